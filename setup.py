@@ -1,0 +1,38 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="var-clip",
+    version="0.1.0",
+    description="VAR-CLIP text-to-image generation (next-scale prediction) for the Hugging Face ecosystem",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    include_package_data=True,
+    package_data={"var_clip": ["default_model/**/*"]},
+    install_requires=[
+        "torch>=2.3",
+        # tested with diffusers 0.42.1 and transformers 5.23.0
+        "diffusers>=0.32,<0.43",
+        "transformers>=4.46",
+        "safetensors>=0.4",
+        "huggingface_hub>=0.25",
+        "accelerate>=0.34",
+        "Pillow>=10",
+        "numpy>=1.24",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "train": ["datasets>=2.20", "tensorboard>=2.15"],
+    },
+    entry_points={"console_scripts": []},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,419 @@
+"""The VAR transformer: next-scale prediction with AdaLN conditioning on a text embedding or a class label.
+
+Every scale's token map is predicted at once from all coarser scales (block-causal attention). The condition,
+projected to the width, is the start token and drives every block's adaptive LayerNorm (Tian et al. 2024, §3;
+VAR-CLIP, Zhang et al. 2024, §3.2, where the class embedding is replaced by a projected CLIP text embedding).
+
+Legend: B batch · S scales · pn side of one scale · l = pn² · L = Σ pn² · D width · C latent channels ·
+V codebook size · E text-embedding width · Hd heads · hd head width.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
+
+__all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache"]
+
+CONDITION_TYPES = ("text", "class")
+
+
+class KVCache:
+    """Keys and values of every layer for one generation, allocated once for all L tokens.
+
+    Each scale writes its l new keys/values after the ones already there and attends to the whole prefix, which
+    is exactly block-causal attention without a mask. Create one per generation; it is never stored on a model.
+    """
+
+    def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch_size, num_heads, max_len, head_dim)
+        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.lengths = [0] * num_layers
+
+    def append(self, layer: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        start, end = self.lengths[layer], self.lengths[layer] + k_BHlc.shape[2]
+        self.k[layer][:, :, start:end] = k_BHlc
+        self.v[layer][:, :, start:end] = v_BHlc
+        self.lengths[layer] = end
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with VAR's biases (q and v, none on k) and optional L2-normalised q·k.
+
+    With ``attn_l2_norm`` the logits are ``cos(q, k) · exp(s_h)`` with a learned per-head log-scale ``s_h``
+    (clamped at log 100); otherwise plain dot products scaled by ``0.25 / sqrt(hd)``, both as in VAR.
+    """
+
+    def __init__(self, layer_idx: int, dim: int, num_heads: int, attn_drop: float, proj_drop: float, l2_norm: bool):
+        super().__init__()
+        self.layer_idx, self.num_heads, self.head_dim = layer_idx, num_heads, dim // num_heads
+        self.l2_norm = l2_norm
+        if l2_norm:
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+            self.max_log_scale = math.log(100)
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("zero_k_bias", torch.zeros(dim), persistent=False)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = attn_drop
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def forward(self, x_BLD: torch.Tensor, attn_bias: torch.Tensor | None, kv_cache: KVCache | None) -> torch.Tensor:
+        B, L, D = x_BLD.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        # (B, L, 3D) -> (3, B, Hd, L, hd)
+        qkv = F.linear(x_BLD, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.l2_norm:
+            scale_mul = self.scale_mul_1H11.clamp_max(self.max_log_scale).exp()
+            q = F.normalize(q, dim=-1).mul(scale_mul)
+            k = F.normalize(k, dim=-1)
+        if kv_cache is not None:
+            k, v = kv_cache.append(self.layer_idx, k, v)
+        if attn_bias is not None:
+            attn_bias = attn_bias.to(q.dtype)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
+        )
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))  # (B, Hd, L, hd) -> (B, L, D)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(F.gelu(self.fc1(x), approximate="tanh")))
+
+
+def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample (rescaled to keep the expectation)."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * keep.div_(1 - p)
+
+
+class AdaLNSelfAttnBlock(nn.Module):
+    """Pre-norm transformer block whose LayerNorms take scale, shift and a residual gate from the condition."""
+
+    def __init__(self, layer_idx: int, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, shared_aln: bool,
+                 l2_norm: bool, drop: float, attn_drop: float, drop_path: float):
+        super().__init__()
+        self.dim, self.shared_aln, self.drop_path = dim, shared_aln, drop_path
+        self.attn = SelfAttention(layer_idx, dim, num_heads, attn_drop, drop, l2_norm)
+        self.ffn = FeedForward(dim, round(dim * mlp_ratio), drop)
+        self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
+        if shared_aln:  # a per-block offset on the modulation that the model computes once for all blocks
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, dim) / dim**0.5)
+        else:
+            self.ada_lin = nn.Linear(dim, 6 * dim)
+
+    def modulation(self, cond_BD: torch.Tensor, shared_B16D: torch.Tensor | None) -> torch.Tensor:
+        """(B, 1, 6, D): gamma1, gamma2, scale1, scale2, shift1, shift2."""
+        if self.shared_aln:
+            return self.ada_gss + shared_B16D
+        return self.ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.dim)
+
+    def forward(self, x_BLD: torch.Tensor, ada_B16D: torch.Tensor, attn_bias: torch.Tensor | None,
+                kv_cache: KVCache | None = None) -> torch.Tensor:
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16D.unbind(2)  # each (B, 1, D)
+        h = self.attn(self.ln_wo_grad(x_BLD).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)
+        x_BLD = x_BLD + _drop_path(h.mul(gamma1), self.drop_path, self.training)
+        h = self.ffn(self.ln_wo_grad(x_BLD).mul(scale2 + 1).add(shift2))
+        return x_BLD + _drop_path(h.mul(gamma2), self.drop_path, self.training)
+
+
+@dataclass
+class VARTransformerOutput(BaseOutput):
+    """Output of :meth:`VARTransformer2DModel.forward`.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, L, V)`): next-scale logits for every token of every scale.
+    """
+
+    logits: torch.Tensor
+
+
+@dataclass
+class Modulations:
+    """AdaLN modulations of every block and of the head for one condition batch (computed once per generation)."""
+
+    blocks: list[torch.Tensor]  # each (B, 1, 6, D)
+    head: torch.Tensor  # (B, 1, 2, D)
+
+
+class VARTransformer2DModel(ModelMixin, ConfigMixin):
+    r"""GPT-style next-scale prediction transformer of VAR, conditioned on a text embedding (VAR-CLIP) or a class.
+
+    Parameters:
+        vocab_size (`int`, defaults to 4096): codebook size V of the VQ-VAE.
+        latent_channels (`int`, defaults to 32): codebook vector width C of the VQ-VAE.
+        patch_nums (`tuple[int]`, defaults to `(1, 2, 3, 4, 5, 6, 8, 10, 13, 16)`): side of each scale.
+        depth (`int`, defaults to 16): number of transformer blocks.
+        embed_dim (`int`, defaults to 1024): width D.
+        num_heads (`int`, defaults to 16): attention heads; must divide `embed_dim`.
+        mlp_ratio (`float`, defaults to 4.0): feed-forward width as a multiple of D.
+        norm_eps (`float`, defaults to 1e-6): LayerNorm epsilon.
+        shared_aln (`bool`, defaults to False): one AdaLN projection shared by all blocks (plus a learned
+            per-block offset) instead of one per block.
+        attn_l2_norm (`bool`, defaults to True): cosine attention with a learned per-head scale.
+        condition_type (`str`, defaults to `"text"`): `"text"` (VAR-CLIP: a text embedding of width
+            `text_embed_dim`, projected to D, with a learned null embedding for guidance) or `"class"` (VAR: a
+            class embedding with `num_classes` classes plus a null class).
+        text_embed_dim (`int`, defaults to 768): width E of the text embedding (CLIP ViT-L/14's projection).
+        num_classes (`int`, defaults to 1000): number of classes for `condition_type="class"`.
+        cond_drop_rate (`float`, defaults to 0.1): share of the batch trained without condition, for guidance.
+        drop_rate (`float`, defaults to 0.0): dropout after the attention projection and the feed-forward.
+        attn_drop_rate (`float`, defaults to 0.0): dropout on the attention weights.
+        drop_path_rate (`float`, defaults to 0.0): stochastic depth, increasing linearly to this rate.
+    """
+
+    _supports_gradient_checkpointing = False
+    _no_split_modules = ["AdaLNSelfAttnBlock"]
+
+    @register_to_config
+    def __init__(
+        self,
+        vocab_size: int = 4096,
+        latent_channels: int = 32,
+        patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+        depth: int = 16,
+        embed_dim: int = 1024,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        norm_eps: float = 1e-6,
+        shared_aln: bool = False,
+        attn_l2_norm: bool = True,
+        condition_type: str = "text",
+        text_embed_dim: int = 768,
+        num_classes: int = 1000,
+        cond_drop_rate: float = 0.1,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+    ):
+        super().__init__()
+        if condition_type not in CONDITION_TYPES:
+            raise ValueError(f"`condition_type` must be one of {CONDITION_TYPES}, got {condition_type!r}")
+        if embed_dim % num_heads:
+            raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim})")
+        patch_nums = tuple(int(p) for p in patch_nums)
+        if not patch_nums or list(patch_nums) != sorted(set(patch_nums)) or patch_nums[0] < 1:
+            raise ValueError(f"`patch_nums` must be strictly increasing positive ints, got {patch_nums}")
+        if not 0.0 <= cond_drop_rate <= 1.0:
+            raise ValueError(f"`cond_drop_rate` must be in [0, 1], got {cond_drop_rate}")
+        D = embed_dim
+        init_std = math.sqrt(1 / D / 3)
+
+        # 1. token embedding: a scale's input is its C-dim latent map (the coarser scales' sum, area-downsampled)
+        self.word_embed = nn.Linear(latent_channels, D)
+
+        # 2. condition: projected text embedding (+ learned null) or class embedding (+ null class)
+        if condition_type == "text":
+            self.null_text_embed = nn.Parameter(torch.empty(1, text_embed_dim))
+            nn.init.trunc_normal_(self.null_text_embed, std=init_std)
+            self.text_proj = nn.Linear(text_embed_dim, D)
+        else:
+            self.class_embed = nn.Embedding(num_classes + 1, D)
+            nn.init.trunc_normal_(self.class_embed.weight, std=init_std)
+
+        # 3. positions: start-token position, absolute position of every token, and a level (scale) embedding
+        self.pos_start = nn.Parameter(torch.empty(1, patch_nums[0] ** 2, D))
+        self.pos_embed = nn.Parameter(torch.empty(1, self.num_tokens, D))
+        self.level_embed = nn.Embedding(len(patch_nums), D)
+        for p in (self.pos_start, self.pos_embed, self.level_embed.weight):
+            nn.init.trunc_normal_(p, std=init_std)
+
+        # 4. blocks, with stochastic depth increasing linearly with depth
+        self.shared_ada_lin = nn.Linear(D, 6 * D) if shared_aln else None
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            AdaLNSelfAttnBlock(i, D, num_heads, mlp_ratio, norm_eps, shared_aln, attn_l2_norm, drop_rate,
+                               attn_drop_rate, dpr[i])
+            for i in range(depth)
+        )
+
+        # 5. head: AdaLN then a linear classifier over the codebook
+        self.head_ln = nn.LayerNorm(D, eps=norm_eps, elementwise_affine=False)
+        self.head_ada_lin = nn.Linear(D, 2 * D)
+        self.head = nn.Linear(D, vocab_size)
+
+        # 6. derived, never saved: scale index of each token and the block-causal mask used in training
+        level_L = torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(patch_nums)])
+        self.register_buffer("level_L", level_L, persistent=False)
+        mask_LL = level_L.view(-1, 1) >= level_L.view(1, -1)  # a token sees its own and every coarser scale
+        self.register_buffer("attn_bias_LL", torch.zeros(mask_LL.shape).masked_fill_(~mask_LL, -torch.inf), persistent=False)
+
+        self._init_weights()
+
+    # -- derived sizes -------------------------------------------------------------------------------------------------
+
+    @property
+    def num_tokens(self) -> int:
+        """L = Σ pn²."""
+        return sum(pn * pn for pn in self.config.patch_nums)
+
+    @property
+    def first_l(self) -> int:
+        return self.config.patch_nums[0] ** 2
+
+    def scale_slice(self, si: int) -> slice:
+        begin = sum(pn * pn for pn in self.config.patch_nums[:si])
+        return slice(begin, begin + self.config.patch_nums[si] ** 2)
+
+    # -- initialisation (VAR's recipe, used when training from scratch) ------------------------------------------------
+
+    @torch.no_grad()
+    def _init_weights(self, init_adaln: float = 0.5, init_adaln_gamma: float = 1e-5, init_head: float = 0.02) -> None:
+        D = self.config.embed_dim
+        std = math.sqrt(1 / D / 3)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    m.bias.zero_()
+        self.head.weight.mul_(init_head)
+        self.head_ada_lin.weight.mul_(init_adaln)
+        self.head_ada_lin.bias.zero_()
+        # Residual branches start small (GPT-2's 1/sqrt(2·depth)); gates start near zero so blocks begin as identity.
+        for block in self.blocks:
+            block.attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
+            block.ffn.fc2.weight.div_(math.sqrt(2 * len(self.blocks)))
+            if block.shared_aln:
+                block.ada_gss[:, :, 2:].mul_(init_adaln)
+                block.ada_gss[:, :, :2].mul_(init_adaln_gamma)
+            else:
+                block.ada_lin.weight[2 * D:].mul_(init_adaln)
+                block.ada_lin.weight[: 2 * D].mul_(init_adaln_gamma)
+
+    # -- condition -----------------------------------------------------------------------------------------------------
+
+    def embed_condition(self, text_embeds: torch.Tensor | None = None, class_labels: torch.LongTensor | None = None) -> torch.Tensor:
+        """Condition → (B, D): the start token and the input of every AdaLN."""
+        if self.config.condition_type == "text":
+            if text_embeds is None:
+                raise ValueError("this transformer is text-conditioned: pass `text_embeds` of shape (B, text_embed_dim)")
+            return self.text_proj(text_embeds.to(self.text_proj.weight.dtype))
+        if class_labels is None:
+            raise ValueError("this transformer is class-conditioned: pass `class_labels` of shape (B,)")
+        return self.class_embed(class_labels)
+
+    def null_condition(self, batch_size: int) -> torch.Tensor:
+        """The unconditional input for guidance: the learned null text embedding (B, E) or the null class (B,)."""
+        if self.config.condition_type == "text":
+            return self.null_text_embed.expand(batch_size, -1)
+        return torch.full((batch_size,), self.config.num_classes, dtype=torch.long, device=self.level_L.device)
+
+    def condition_dropout_mask(self, batch_size: int, generator: torch.Generator | None = None,
+                               device: torch.device | str | None = None) -> torch.BoolTensor:
+        """Which samples of a training batch lose their condition (classifier-free guidance training).
+
+        Text (VAR-CLIP): exactly ``floor(B · cond_drop_rate)`` samples, chosen at random. Class (VAR): each sample
+        independently with probability ``cond_drop_rate``.
+        """
+        device = device or self.level_L.device
+        rate = self.config.cond_drop_rate
+        if self.config.condition_type == "text":
+            mask = torch.zeros(batch_size, dtype=torch.bool, device=device)
+            chosen = torch.randperm(batch_size, generator=generator, device=generator.device if generator else "cpu")
+            mask[chosen[: int(batch_size * rate)].to(device)] = True
+            return mask
+        rand = torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu")
+        return (rand < rate).to(device)
+
+    # -- building blocks shared by training and sampling ---------------------------------------------------------------
+
+    def modulations(self, cond_BD: torch.Tensor) -> Modulations:
+        shared = self.shared_ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.config.embed_dim) if self.shared_ada_lin is not None else None
+        blocks = [block.modulation(cond_BD, shared) for block in self.blocks]
+        head = self.head_ada_lin(F.silu(cond_BD)).view(-1, 1, 2, self.config.embed_dim)
+        return Modulations(blocks=blocks, head=head)
+
+    def _level_pos(self, tokens: slice) -> torch.Tensor:
+        return self.level_embed(self.level_L[tokens]).unsqueeze(0) + self.pos_embed[:, tokens]  # (1, l, D)
+
+    def start_tokens(self, cond_BD: torch.Tensor) -> torch.Tensor:
+        """The first scale's input (B, pn_1², D): the condition itself, plus start and level positions."""
+        B = cond_BD.shape[0]
+        sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
+        return sos + self._level_pos(slice(0, self.first_l))
+
+    def scale_input(self, next_BChw: torch.Tensor, si: int) -> torch.Tensor:
+        """Scale ``si``'s latent input map (B, C, pn, pn) → its tokens (B, pn², D)."""
+        x_BlC = next_BChw.flatten(2).transpose(1, 2)  # (B, C, pn, pn) -> (B, pn², C)
+        return self.word_embed(x_BlC.to(self.word_embed.weight.dtype)) + self._level_pos(self.scale_slice(si))
+
+    def logits(self, h_BLD: torch.Tensor, head_B12D: torch.Tensor) -> torch.Tensor:
+        scale, shift = head_B12D.unbind(2)
+        return self.head(self.head_ln(h_BLD).mul(scale + 1).add(shift)).float()
+
+    @torch.no_grad()
+    def forward_scale(self, x_BlD: torch.Tensor, mods: Modulations, kv_cache: KVCache) -> torch.Tensor:
+        """One sampling step: the l tokens of the current scale, attending to the cache → logits (B, l, V)."""
+        for block, ada in zip(self.blocks, mods.blocks):
+            x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=kv_cache)
+        return self.logits(x_BlD, mods.head)
+
+    def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
+        c = self.config
+        return KVCache(c.depth, batch_size, c.num_heads, self.num_tokens, c.embed_dim // c.num_heads,
+                       dtype or self.dtype, device or self.device)
+
+    # -- training forward ----------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        x_BLC_wo_first_l: torch.Tensor,
+        text_embeds: torch.Tensor | None = None,
+        class_labels: torch.LongTensor | None = None,
+        cond_drop_mask: torch.BoolTensor | None = None,
+        return_dict: bool = True,
+    ):
+        """Teacher-forced logits of all L tokens, with block-causal attention.
+
+        Args:
+            x_BLC_wo_first_l: inputs of scales 2..S, (B, L - pn_1², C), from
+                :meth:`MultiScaleVQModel.indices_to_teacher_input`.
+            text_embeds / class_labels: the condition (B, E) or (B,), as the config's `condition_type` says.
+            cond_drop_mask: optional (B,) bool; samples where it is True get the null condition. Build it with
+                :meth:`condition_dropout_mask` for classifier-free guidance training.
+        """
+        B = x_BLC_wo_first_l.shape[0]
+        L = self.num_tokens
+        if x_BLC_wo_first_l.shape[1:] != (L - self.first_l, self.config.latent_channels):
+            raise ValueError(f"`x_BLC_wo_first_l` must be (B, {L - self.first_l}, {self.config.latent_channels}), "
+                             f"got {tuple(x_BLC_wo_first_l.shape)}")
+        if cond_drop_mask is not None:
+            null = self.null_condition(B)
+            if self.config.condition_type == "text":
+                text_embeds = torch.where(cond_drop_mask.view(B, 1), null.to(text_embeds.dtype), text_embeds)
+            else:
+                class_labels = torch.where(cond_drop_mask, null, class_labels)
+        cond_BD = self.embed_condition(text_embeds, class_labels)
+        sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
+        x_BLD = torch.cat((sos, self.word_embed(x_BLC_wo_first_l.to(cond_BD.dtype))), dim=1) + self._level_pos(slice(0, L))
+        mods = self.modulations(cond_BD)
+        for block, ada in zip(self.blocks, mods.blocks):
+            x_BLD = block(x_BLD, ada, attn_bias=self.attn_bias_LL)
+        logits_BLV = self.logits(x_BLD, mods.head)
+        if not return_dict:
+            return (logits_BLV,)
+        return VARTransformerOutput(logits=logits_BLV)

@@ -1,0 +1,99 @@
+"""Class-conditional VAR pipeline (Tian et al. 2024): the same next-scale sampler, conditioned on a class label."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline
+
+from ..models.multiscale_vq import MultiScaleVQModel
+from ..models.var_transformer import VARTransformer2DModel
+from .next_scale import NextScalePipelineMixin
+
+
+class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
+    r"""Class-conditional image generation with VAR (for example ImageNet 256 × 256 with `var_d16` … `var_d30`).
+
+    Components:
+        transformer ([`VARTransformer2DModel`]): a class-conditional VAR transformer.
+        vqvae ([`MultiScaleVQModel`]): the multi-scale VQ-VAE.
+    """
+
+    model_cpu_offload_seq = "transformer->vqvae"
+
+    def __init__(self, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel):
+        super().__init__()
+        if transformer.config.condition_type != "class":
+            raise ValueError("`transformer` is text-conditional; use `VARCLIPPipeline` for it")
+        if tuple(transformer.config.patch_nums) != tuple(vqvae.config.patch_nums):
+            raise ValueError(f"`transformer` and `vqvae` disagree on patch_nums: {transformer.config.patch_nums} vs "
+                             f"{vqvae.config.patch_nums}")
+        if (transformer.config.vocab_size, transformer.config.latent_channels) != (vqvae.config.vocab_size, vqvae.config.latent_channels):
+            raise ValueError("`transformer` and `vqvae` disagree on the codebook (vocab_size, latent_channels)")
+        self.register_modules(transformer=transformer, vqvae=vqvae)
+
+    def check_inputs(self, class_labels) -> list[int]:
+        labels = [class_labels] if isinstance(class_labels, int) and not isinstance(class_labels, bool) else class_labels
+        if isinstance(labels, torch.Tensor):
+            labels = labels.tolist() if labels.ndim == 1 and not labels.is_floating_point() else None
+        n = self.transformer.config.num_classes
+        if not isinstance(labels, list) or not labels or not all(isinstance(c, int) and not isinstance(c, bool) for c in labels):
+            raise ValueError(f"`class_labels` must be an int or a non-empty list of ints in [0, {n}), got {class_labels!r}")
+        bad = [c for c in labels if not 0 <= c < n]
+        if bad:
+            raise ValueError(f"`class_labels` must be in [0, {n}), got {bad}")
+        return labels
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | list[int],
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 4.0,
+        top_k: int = 900,
+        top_p: float = 0.95,
+        more_smooth: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Generate images of the given classes.
+
+        Args:
+            class_labels (`int` or `list[int]`): class indices in `[0, num_classes)`.
+            Every other argument is as in [`VARCLIPPipeline.__call__`]; the unconditional branch of guidance is the
+            null class.
+
+        Examples:
+            ```py
+            >>> import torch
+            >>> from var_clip import VARPipeline
+
+            >>> pipe = VARPipeline.from_pretrained("path/to/converted/var_d16")
+            >>> image = pipe(class_labels=[207], generator=torch.Generator().manual_seed(0)).images[0]  # golden retriever
+            ```
+        """
+        # 1. check inputs
+        labels = self.check_inputs(class_labels)
+        self.check_num_images(num_images_per_prompt)
+        batch_size = len(labels) * num_images_per_prompt
+        self.check_sampling_inputs(batch_size, guidance_scale, top_k, top_p, generator, output_type,
+                                   callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+
+        # 2. class embeddings of the labels and, for guidance, of the null class
+        labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
+        cond_BD = self.transformer.embed_condition(class_labels=labels_B)
+        uncond_BD = None
+        if guidance_scale > 0:
+            uncond_BD = self.transformer.embed_condition(class_labels=self.transformer.null_condition(batch_size).to(device))
+
+        # 3. sample the token maps scale by scale
+        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, guidance_scale, top_k, top_p, more_smooth,
+                                               generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+
+        # 4. decode
+        return self.decode_output(f_hat, tokens, output_type, return_dict)

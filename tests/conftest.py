@@ -1,0 +1,96 @@
+"""Tiny real components built in-process (no network), and the original code's reference vectors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer
+
+from var_clip import MultiScaleVQModel, VARCLIPPipeline, VARPipeline, VARTransformer2DModel
+
+REPO = Path(__file__).resolve().parents[1]
+PARITY_DIR = Path(os.environ.get("VAR_CLIP_PARITY_DIR", REPO.parent / "shared" / "parity"))
+
+TINY_PATCH_NUMS = (1, 2, 3, 4)
+TEXT_DIM = 16
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2 / CLIP's reversible byte → unicode table: every byte has a printable stand-in."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    table, extra = {b: b for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = 256 + extra
+            extra += 1
+    return [chr(table[b]) for b in range(256)]
+
+
+def make_tiny_tokenizer() -> CLIPTokenizer:
+    """A real CLIP BPE tokenizer with CLIP's 512 byte-level base symbols and a few merges: any text tokenizes."""
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
+    merges = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("a", "</w>")]
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def make_tiny_text_encoder(tokenizer: CLIPTokenizer, seed: int = 0) -> CLIPTextModelWithProjection:
+    torch.manual_seed(seed)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=77, projection_dim=TEXT_DIM, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModelWithProjection(config).eval()
+
+
+def make_tiny_vqvae(seed: int = 0) -> MultiScaleVQModel:
+    torch.manual_seed(seed)
+    return MultiScaleVQModel(vocab_size=64, latent_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                             patch_nums=TINY_PATCH_NUMS).eval()
+
+
+def make_tiny_transformer(condition_type: str = "text", seed: int = 0, **overrides) -> VARTransformer2DModel:
+    torch.manual_seed(seed)
+    kwargs = dict(vocab_size=64, latent_channels=8, patch_nums=TINY_PATCH_NUMS, depth=2, embed_dim=32, num_heads=2,
+                  condition_type=condition_type, text_embed_dim=TEXT_DIM, num_classes=10)
+    kwargs.update(overrides)
+    model = VARTransformer2DModel(**kwargs).eval()
+    # Scale the near-zero initial gates and head up so that the condition visibly changes the logits.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+@pytest.fixture
+def tiny_pipe() -> VARCLIPPipeline:
+    tokenizer = make_tiny_tokenizer()
+    pipe = VARCLIPPipeline(tokenizer=tokenizer, text_encoder=make_tiny_text_encoder(tokenizer),
+                           transformer=make_tiny_transformer(), vqvae=make_tiny_vqvae())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_class_pipe() -> VARPipeline:
+    pipe = VARPipeline(transformer=make_tiny_transformer("class"), vqvae=make_tiny_vqvae())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def parity_dir() -> Path:
+    if not (PARITY_DIR / "reference.safetensors").exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"parity reference vectors missing at {PARITY_DIR}")
+        pytest.skip(f"parity reference vectors not found at {PARITY_DIR} (set VAR_CLIP_PARITY_DIR)")
+    return PARITY_DIR
