@@ -27,7 +27,7 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "datasets>=2.20"],
         "train": ["datasets>=2.20", "tensorboard>=2.15"],
     },
     entry_points={"console_scripts": []},

@@ -34,7 +34,7 @@ def make_tiny_tokenizer() -> CLIPTokenizer:
     chars = _byte_chars()
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": 256 + i for i, c in enumerate(chars)})
-    merges = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("a", "</w>")]
+    merges = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("ci", "r")]
     for a, b in merges:
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -213,13 +214,10 @@ class MultiScaleQuantizer(nn.Module):
     def _phi_indices(num_scales: int, num_phis: int) -> tuple[int, ...]:
         K = num_phis
         lo = 1 / 3 / K if K == 4 else 1 / 2 / K
-        ticks = [lo + (1 - 2 * lo) * k / (K - 1) for k in range(K)] if K > 1 else [0.5]
-        chosen = []
-        for si in range(num_scales):
-            at = si / (num_scales - 1) if num_scales > 1 else 0.0
-            dists = [abs(t - at) for t in ticks]
-            chosen.append(dists.index(min(dists)))  # first minimum, as numpy's argmin
-        return tuple(chosen)
+        # numpy's linspace and argmin, not a closed form: scales often sit exactly halfway between two ticks, and
+        # the float rounding of linspace decides those ties in the original (e.g. scale 2 of 10 takes φ 1, not φ 0).
+        ticks = np.linspace(lo, 1 - lo, K)
+        return tuple(int(np.argmin(np.abs(ticks - si / max(num_scales - 1, 1)))) for si in range(num_scales))
 
     def phi(self, si: int) -> nn.Module:
         return self.phis[self.phi_index_per_scale[si]]
