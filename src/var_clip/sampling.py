@@ -26,12 +26,25 @@ def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) 
     """Mask (to -inf) the logits outside the top-k and outside the top-p nucleus; returns a new tensor.
 
     ``top_k`` ≤ 0 or ≥ V and ``top_p`` ≤ 0 disable the respective filter. Ties with the k-th largest logit are
-    kept, and the nucleus always keeps the most likely token: the original sampler's rules.
+    kept, and the nucleus always keeps the most likely token: the original sampler's rules. When top-k bounds the
+    candidates, the nucleus is computed on the k survivors only (a partial sort of k, not a sort of all V): the
+    masked tokens have probability 0 and cannot change the cumulative sums.
     """
     V = logits_BlV.shape[-1]
-    if 0 < top_k < V:
-        kth_Bl1 = logits_BlV.topk(top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
-        logits_BlV = logits_BlV.masked_fill(logits_BlV < kth_Bl1, -torch.inf)
+    use_top_k = 0 < top_k < V
+    if use_top_k:
+        top_vals, top_idx = logits_BlV.topk(top_k, dim=-1, sorted=top_p > 0)  # descending when sorted
+        keep = logits_BlV >= top_vals[..., -1:] if top_p > 0 else logits_BlV >= top_vals.amin(dim=-1, keepdim=True)
+        ties = int(keep.sum(dim=-1).max()) > top_k  # a logit equal to the k-th one survives too
+        logits_BlV = logits_BlV.masked_fill(~keep, -torch.inf)
+        if top_p <= 0:
+            return logits_BlV
+        if not ties:
+            # ascending order, as the original sorts: cumulative probability of the low tail within the top k
+            asc_vals, asc_idx = top_vals.flip(-1), top_idx.flip(-1)
+            drop_k = asc_vals.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+            drop_k[..., -1:] = False
+            return logits_BlV.scatter(-1, asc_idx, asc_vals.masked_fill(drop_k, -torch.inf))
     if top_p > 0:
         sorted_logits, sorted_idx = logits_BlV.sort(dim=-1, descending=False)
         # drop the low tail whose cumulative probability stays within 1 - top_p; never the top token

@@ -186,7 +186,7 @@ class Phi(nn.Conv2d):
         self.ratio = abs(ratio)
 
     def forward(self, h_BChw: torch.Tensor) -> torch.Tensor:
-        return h_BChw.mul(1 - self.ratio) + super().forward(h_BChw).mul(self.ratio)
+        return h_BChw.mul(1 - self.ratio) + super().forward(h_BChw.to(self.weight.dtype)).to(h_BChw.dtype).mul(self.ratio)
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -376,6 +376,9 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    # The codebook search and the residual accumulation stay in float32 under `torch_dtype=torch.bfloat16`:
+    # nearest-neighbour indices are exact only at full precision.
+    _keep_in_fp32_modules = ["quantize"]
 
     @register_to_config
     def __init__(
@@ -437,7 +440,7 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
     def encode(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → continuous latent ``f`` (B, C, pn_S, pn_S) before quantization."""
         self._check_images(images_B3HW)
-        return self.quant_conv(self.encoder(images_B3HW))
+        return self.quant_conv(self.encoder(images_B3HW.to(self.quant_conv.weight.dtype)))
 
     @torch.no_grad()
     def encode_indices(self, images_B3HW: torch.Tensor) -> list[torch.LongTensor]:
@@ -446,8 +449,10 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
 
     def decode_latent(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         """Accumulated latent ``f_hat`` → images in [-1, 1]."""
-        dtype = next(self.decoder.parameters()).dtype
-        return self.decoder(self.post_quant_conv(f_hat_BChw.to(dtype))).clamp(-1, 1)
+        dtype = self.post_quant_conv.weight.dtype
+        # channels-last activations: oneDNN's convolutions run faster on NHWC on CPU; the values are unchanged
+        f = f_hat_BChw.to(dtype=dtype, memory_format=torch.channels_last)
+        return self.decoder(self.post_quant_conv(f)).clamp(-1, 1).contiguous()
 
     @torch.no_grad()
     def decode_indices(self, idx_per_scale: list[torch.LongTensor]) -> torch.Tensor:

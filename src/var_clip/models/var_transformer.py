@@ -188,6 +188,9 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = False
     _no_split_modules = ["AdaLNSelfAttnBlock"]
+    # Logits stay in float32 under `torch_dtype=torch.bfloat16`: guidance extrapolates them, and top-k/top-p
+    # thresholds compare them, so their precision shapes the sampling distribution.
+    _keep_in_fp32_modules = ["head"]
 
     @register_to_config
     def __init__(
@@ -363,7 +366,8 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
 
     def logits(self, h_BLD: torch.Tensor, head_B12D: torch.Tensor) -> torch.Tensor:
         scale, shift = head_B12D.unbind(2)
-        return self.head(self.head_ln(h_BLD).mul(scale + 1).add(shift)).float()
+        h = self.head_ln(h_BLD).mul(scale + 1).add(shift)
+        return self.head(h.to(self.head.weight.dtype)).float()
 
     @torch.no_grad()
     def forward_scale(self, x_BlD: torch.Tensor, mods: Modulations, kv_cache: KVCache) -> torch.Tensor:
