@@ -34,7 +34,7 @@ def test_kv_cached_steps_equal_teacher_forcing(variant):
         step_in = tr.start_tokens(cond)
         f_hat = torch.zeros(B, 8, 4, 4)
         for si, pn in enumerate(tr.config.patch_nums):
-            logits = tr.forward_scale(step_in, mods, cache)
+            logits, _ = tr.forward_scale(step_in, mods, cache)
             torch.testing.assert_close(logits, full[:, tr.scale_slice(si)], atol=1e-5, rtol=1e-5)
             f_hat, nxt = vq.next_scale_input(si, f_hat, vq.quantize.indices_to_embedding(idx[si]))
             if nxt is not None:

@@ -9,12 +9,16 @@ Legend: B batch · l tokens of one scale · V codebook size.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 Generators = torch.Generator | list[torch.Generator] | None
 
-__all__ = ["filter_logits", "sample_tokens", "gumbel_smooth_probs", "guidance_weight"]
+__all__ = ["filter_logits", "sample_tokens", "gumbel_smooth_probs", "guidance_weight", "SamplingSchedule", "resolve_schedule",
+           "pivotal_tokens"]
 
 
 def guidance_weight(guidance_scale: float, si: int, num_scales: int) -> float:
@@ -87,3 +91,108 @@ def gumbel_smooth_probs(filtered_logits_BlV: torch.Tensor, ratio: float, generat
     else:
         noise = torch.stack([torch.empty_like(logits[b]).exponential_(generator=g) for b, g in enumerate(generators)])
     return F.softmax((logits - noise.log()) / tau, dim=-1)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-scale sampling schedule
+# ----------------------------------------------------------------------------------------------------------------------
+
+GUIDANCE_SCHEDULES = ("linear", "constant")
+
+
+@dataclass(frozen=True)
+class SamplingSchedule:
+    """Every per-scale sampling setting of one generation, resolved and validated up front (S entries each)."""
+
+    guidance: tuple[float, ...]  # the weight t of (1 + t)·cond − t·uncond at each scale
+    top_k: tuple[int, ...]
+    top_p: tuple[float, ...]
+    temperature: tuple[float, ...]
+    prune_ratio: tuple[float, ...]  # FastVAR: share of tokens not run through the blocks at each scale
+
+    @property
+    def last_guided_scale(self) -> int:
+        """Index of the last scale with guidance (-1 if none): after it the unconditional rows can be dropped."""
+        guided = [si for si, t in enumerate(self.guidance) if t != 0]
+        return guided[-1] if guided else -1
+
+
+def _per_scale(name: str, value, num_scales: int, check, allowed: str) -> tuple:
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * num_scales
+    if len(values) != num_scales:
+        raise ValueError(f"`{name}` must be one value or a list of {num_scales} values (one per scale), got {len(values)}")
+    for v in values:
+        if isinstance(v, bool) or not check(v):
+            raise ValueError(f"`{name}` must be {allowed}, got {v!r}")
+    return tuple(values)
+
+
+def resolve_schedule(
+    patch_nums,
+    guidance_scale: float = 4.0,
+    guidance_schedule: str = "linear",
+    guidance_interval: tuple[int, int] | None = None,
+    top_k=900,
+    top_p=0.95,
+    temperature=1.0,
+    prune_ratios=None,
+) -> SamplingSchedule:
+    """Validate the sampling arguments and expand them to one value per scale.
+
+    - ``guidance_schedule``: ``"linear"`` (VAR: ``t = guidance_scale · k / (S − 1)``) or ``"constant"``
+      (``t = guidance_scale`` at every scale).
+    - ``guidance_interval``: ``(start, stop)`` scale indices, Python-slice style; guidance is applied only there.
+      Ending early (e.g. ``(0, S - 2)``) also skips the unconditional pass at the last scales (as Switti).
+    - ``top_k``, ``top_p``, ``temperature``: one value, or a list with one value per scale.
+    - ``prune_ratios``: ``None``, a dict ``{scale side: share of tokens pruned}`` or a list per scale (FastVAR).
+    """
+    S = len(patch_nums)
+    is_num = lambda v: isinstance(v, (int, float)) and not math.isnan(v)  # noqa: E731
+    if not is_num(guidance_scale) or isinstance(guidance_scale, bool) or guidance_scale < 0:
+        raise ValueError(f"`guidance_scale` must be a number >= 0 (0 disables guidance), got {guidance_scale!r}")
+    if guidance_schedule not in GUIDANCE_SCHEDULES:
+        raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
+    if guidance_schedule == "linear":
+        guidance = [guidance_weight(guidance_scale, si, S) for si in range(S)]
+    else:
+        guidance = [float(guidance_scale)] * S
+    if guidance_interval is not None:
+        ok = (isinstance(guidance_interval, (tuple, list)) and len(guidance_interval) == 2
+              and all(isinstance(i, int) and not isinstance(i, bool) for i in guidance_interval)
+              and 0 <= guidance_interval[0] <= guidance_interval[1] <= S)
+        if not ok:
+            raise ValueError(f"`guidance_interval` must be (start, stop) scale indices with 0 <= start <= stop <= {S}, "
+                             f"got {guidance_interval!r}")
+        start, stop = guidance_interval
+        guidance = [t if start <= si < stop else 0.0 for si, t in enumerate(guidance)]
+
+    top_k = _per_scale("top_k", top_k, S, lambda v: isinstance(v, int) and v >= 0,
+                       "an int >= 0 (0, or >= the vocabulary size, disables top-k)")
+    top_p = _per_scale("top_p", top_p, S, lambda v: is_num(v) and 0.0 <= v <= 1.0,
+                       "a number in [0, 1] (0 disables nucleus filtering)")
+    temperature = _per_scale("temperature", temperature, S, lambda v: is_num(v) and v > 0, "a number > 0")
+    if prune_ratios is None:
+        prune = (0.0,) * S
+    elif isinstance(prune_ratios, dict):
+        unknown = [k for k in prune_ratios if k not in patch_nums]
+        if unknown:
+            raise ValueError(f"`prune_ratios` keys must be scale sides from {tuple(patch_nums)}, got {unknown}")
+        prune = tuple(prune_ratios.get(pn, 0.0) for pn in patch_nums)
+        _per_scale("prune_ratios", prune, S, lambda v: is_num(v) and 0.0 <= v < 1.0, "a share in [0, 1)")
+    else:
+        prune = _per_scale("prune_ratios", prune_ratios, S, lambda v: is_num(v) and 0.0 <= v < 1.0, "a share in [0, 1)")
+    if prune[0] > 0:
+        raise ValueError("`prune_ratios` cannot prune the first scale (it has no coarser scale to restore from)")
+    return SamplingSchedule(tuple(guidance), top_k, tuple(float(p) for p in top_p), tuple(float(t) for t in temperature),
+                            tuple(float(p) for p in prune))
+
+
+def pivotal_tokens(x_BlD: torch.Tensor, prune_ratio: float) -> torch.LongTensor:
+    """FastVAR's pivotal tokens: the ``(1 - prune_ratio)·l`` tokens farthest from their scale's mean (high frequency).
+
+    Returns sorted positions (B, k), so the kept tokens keep their raster order.
+    """
+    l = x_BlD.shape[1]
+    k = max(1, math.ceil(l * (1 - prune_ratio)))
+    score_Bl = (x_BlD.float() - x_BlD.float().mean(dim=1, keepdim=True)).norm(dim=-1)
+    return score_Bl.topk(k, dim=1).indices.sort(dim=1).values

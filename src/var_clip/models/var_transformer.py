@@ -46,6 +46,11 @@ class KVCache:
         self.lengths[layer] = end
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def keep_rows(self, rows: int) -> None:
+        """Keep only the first ``rows`` batch rows (the conditional half, once guidance is over)."""
+        self.k = [k[:rows] for k in self.k]
+        self.v = [v[:rows] for v in self.v]
+
 
 class SelfAttention(nn.Module):
     """Multi-head self-attention with VAR's biases (q and v, none on k) and optional L2-normalised q·k.
@@ -158,6 +163,9 @@ class Modulations:
 
     blocks: list[torch.Tensor]  # each (B, 1, 6, D)
     head: torch.Tensor  # (B, 1, 2, D)
+
+    def keep_rows(self, rows: int) -> Modulations:
+        return Modulations(blocks=[m[:rows] for m in self.blocks], head=self.head[:rows])
 
 
 class VARTransformer2DModel(ModelMixin, ConfigMixin):
@@ -370,11 +378,22 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         return self.head(h.to(self.head.weight.dtype)).float()
 
     @torch.no_grad()
-    def forward_scale(self, x_BlD: torch.Tensor, mods: Modulations, kv_cache: KVCache) -> torch.Tensor:
-        """One sampling step: the l tokens of the current scale, attending to the cache → logits (B, l, V)."""
+    def forward_scale(self, x_BlD: torch.Tensor, mods: Modulations, kv_cache: KVCache,
+                      keep_idx_Bk: torch.LongTensor | None = None,
+                      fill_BlD: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sampling step: the l tokens of the current scale attend to the cache → logits (B, l, V), hidden (B, l, D).
+
+        With ``keep_idx_Bk`` only those token positions run through the blocks (and enter the KV cache); the others
+        take their final hidden state from ``fill_BlD`` (FastVAR's cached token pruning, an opt-in approximation).
+        """
+        if keep_idx_Bk is not None:
+            gather_idx = keep_idx_Bk.unsqueeze(-1).expand(-1, -1, x_BlD.shape[-1])
+            x_BlD = x_BlD.gather(1, gather_idx)
         for block, ada in zip(self.blocks, mods.blocks):
             x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=kv_cache)
-        return self.logits(x_BlD, mods.head)
+        if keep_idx_Bk is not None:
+            x_BlD = fill_BlD.to(x_BlD.dtype).scatter(1, gather_idx, x_BlD)
+        return self.logits(x_BlD, mods.head), x_BlD
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
         c = self.config

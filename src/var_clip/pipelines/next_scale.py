@@ -6,7 +6,6 @@ V codebook size.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -16,7 +15,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from ..sampling import gumbel_smooth_probs, guidance_weight, sample_tokens
+from ..sampling import SamplingSchedule, gumbel_smooth_probs, pivotal_tokens, resolve_schedule, sample_tokens
 
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
 
@@ -34,15 +33,10 @@ class NextScalePipelineMixin:
 
     # -- validation of the sampling arguments -------------------------------------------------------------------------
 
-    def check_sampling_inputs(self, batch_size: int, guidance_scale, top_k, top_p, generator, output_type,
-                              callback_on_step_end_tensor_inputs) -> None:
-        if not isinstance(guidance_scale, (int, float)) or isinstance(guidance_scale, bool) or math.isnan(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be a number >= 0 (0 disables guidance), got {guidance_scale!r}")
-        if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 0:
-            raise ValueError(f"`top_k` must be an int >= 0 (0, or >= the vocabulary size "
-                             f"{self.transformer.config.vocab_size}, disables top-k), got {top_k!r}")
-        if not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0.0 <= top_p <= 1.0:
-            raise ValueError(f"`top_p` must be a number in [0, 1] (0 disables nucleus filtering), got {top_p!r}")
+    def check_sampling_inputs(self, batch_size: int, generator, output_type, callback_on_step_end_tensor_inputs,
+                              **schedule_kwargs) -> SamplingSchedule:
+        """Validate the sampling arguments; returns them resolved to one value per scale."""
+        schedule = resolve_schedule(self.transformer.config.patch_nums, **schedule_kwargs)
         if isinstance(generator, list):
             if len(generator) != batch_size:
                 raise ValueError(f"`generator` is a list of {len(generator)} generators but {batch_size} images are "
@@ -57,6 +51,7 @@ class NextScalePipelineMixin:
             unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
             if unknown:
                 raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
+        return schedule
 
     @staticmethod
     def check_num_images(num_images_per_prompt) -> None:
@@ -70,9 +65,7 @@ class NextScalePipelineMixin:
         self,
         cond_BD: torch.Tensor,
         uncond_BD: torch.Tensor | None,
-        guidance_scale: float,
-        top_k: int,
-        top_p: float,
+        schedule: SamplingSchedule,
         more_smooth: bool,
         generator,
         callback_on_step_end: Callable | None = None,
@@ -81,13 +74,15 @@ class NextScalePipelineMixin:
         """Generate all scales. Returns the accumulated latent ``f_hat`` (B, C, pn_S, pn_S) and the tokens per scale.
 
         ``cond_BD`` / ``uncond_BD`` are the embedded conditions; with ``uncond_BD`` the batch is doubled for
-        classifier-free guidance, ``logits = (1 + t)·cond − t·uncond`` with ``t`` ramping linearly over scales.
+        classifier-free guidance, ``logits = (1 + t)·cond − t·uncond`` with ``t`` from the schedule (by default
+        ramping linearly over the scales, as in VAR).
         """
         transformer, vqvae = self.transformer, self.vqvae
         patch_nums = transformer.config.patch_nums
         S, B, C = len(patch_nums), cond_BD.shape[0], vqvae.config.latent_channels
-        cfg = uncond_BD is not None
-        cond_2BD = torch.cat((cond_BD, uncond_BD)) if cfg else cond_BD
+        # The unconditional rows run only while a later scale still needs their logits or their keys and values.
+        last_guided = schedule.last_guided_scale if uncond_BD is not None else -1
+        cond_2BD = torch.cat((cond_BD, uncond_BD)) if last_guided >= 0 else cond_BD
 
         # 1. per generation: AdaLN modulations, the KV cache, and the start tokens
         mods = transformer.modulations(cond_2BD)
@@ -96,22 +91,31 @@ class NextScalePipelineMixin:
         f_hat = cond_BD.new_zeros(B, C, patch_nums[-1], patch_nums[-1], dtype=torch.float32)
         codebook = vqvae.quantize.embedding.weight
         tokens: list[torch.LongTensor] = []
+        h_prev = None
 
         with self.progress_bar(total=S) as progress_bar:
             for si, pn in enumerate(patch_nums):
-                # 2. logits of every token of this scale, guided
-                logits_BlV = transformer.forward_scale(x_BlD, mods, kv_cache)
-                if cfg:
-                    t = guidance_weight(guidance_scale, si, S)
+                # 2. logits of every token of this scale (optionally only FastVAR's pivotal tokens run), guided
+                keep = fill = None
+                if schedule.prune_ratio[si] > 0:
+                    keep = pivotal_tokens(x_BlD, schedule.prune_ratio[si])
+                    side = round(h_prev.shape[1] ** 0.5)
+                    grid = h_prev.transpose(1, 2).reshape(h_prev.shape[0], -1, side, side).float()
+                    fill = F.interpolate(grid, size=(pn, pn), mode="bicubic").flatten(2).transpose(1, 2)
+                logits_BlV, h_prev = transformer.forward_scale(x_BlD, mods, kv_cache, keep, fill)
+                if logits_BlV.shape[0] > B:
+                    t = schedule.guidance[si]
                     logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
                 if not torch.isfinite(logits_BlV).all():
                     raise FloatingPointError(
                         f"non-finite logits at scale {si} (side {pn}): the weights or the condition contain NaN/inf, "
                         f"or the dtype {transformer.dtype} overflowed; try torch.float32"
                     )
+                if schedule.temperature[si] != 1.0:
+                    logits_BlV = logits_BlV / schedule.temperature[si]
 
                 # 3. sample; the scale's latent is the codebook vector (or a Gumbel-soft mix of them)
-                idx_Bl, filtered = sample_tokens(logits_BlV, top_k, top_p, generator)
+                idx_Bl, filtered = sample_tokens(logits_BlV, schedule.top_k[si], schedule.top_p[si], generator)
                 if more_smooth:
                     h_BlC = gumbel_smooth_probs(filtered, si / max(S - 1, 1), generator) @ codebook.float()
                 else:
@@ -130,9 +134,12 @@ class NextScalePipelineMixin:
                         f_hat = returned["f_hat"]
                         if next_BChw is not None:
                             next_BChw = F.interpolate(f_hat, size=next_BChw.shape[-2:], mode="area")
+                if si == last_guided and kv_cache.k[0].shape[0] > B:  # guidance is over: drop the unconditional rows
+                    kv_cache.keep_rows(B)
+                    mods, h_prev = mods.keep_rows(B), h_prev[:B]
                 if next_BChw is not None:
                     x_BlD = transformer.scale_input(next_BChw, si + 1)
-                    if cfg:
+                    if kv_cache.k[0].shape[0] > B:
                         x_BlD = torch.cat((x_BlD, x_BlD))
                 progress_bar.update()
         return f_hat, tokens

@@ -51,9 +51,13 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
         class_labels: int | list[int],
         num_images_per_prompt: int = 1,
         guidance_scale: float = 4.0,
-        top_k: int = 900,
-        top_p: float = 0.95,
+        top_k: int | list[int] = 900,
+        top_p: float | list[float] = 0.95,
         more_smooth: bool = False,
+        guidance_schedule: str = "linear",
+        guidance_interval: tuple[int, int] | None = None,
+        temperature: float | list[float] = 1.0,
+        prune_ratios: dict[int, float] | list[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -80,20 +84,23 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
         labels = self.check_inputs(class_labels)
         self.check_num_images(num_images_per_prompt)
         batch_size = len(labels) * num_images_per_prompt
-        self.check_sampling_inputs(batch_size, guidance_scale, top_k, top_p, generator, output_type,
-                                   callback_on_step_end_tensor_inputs)
+        schedule = self.check_sampling_inputs(
+            batch_size, generator, output_type, callback_on_step_end_tensor_inputs, guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
+            temperature=temperature, prune_ratios=prune_ratios,
+        )
         device = self._execution_device
 
         # 2. class embeddings of the labels and, for guidance, of the null class
         labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
         cond_BD = self.transformer.embed_condition(class_labels=labels_B)
         uncond_BD = None
-        if guidance_scale > 0:
+        if schedule.last_guided_scale >= 0:
             uncond_BD = self.transformer.embed_condition(class_labels=self.transformer.null_condition(batch_size).to(device))
 
         # 3. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, guidance_scale, top_k, top_p, more_smooth,
-                                               generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
+                                               callback_on_step_end, callback_on_step_end_tensor_inputs)
 
         # 4. decode
         return self.decode_output(f_hat, tokens, output_type, return_dict)

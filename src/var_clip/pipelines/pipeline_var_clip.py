@@ -147,9 +147,13 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
         guidance_scale: float = 4.0,
-        top_k: int = 900,
-        top_p: float = 0.95,
+        top_k: int | list[int] = 900,
+        top_p: float | list[float] = 0.95,
         more_smooth: bool = False,
+        guidance_schedule: str = "linear",
+        guidance_interval: tuple[int, int] | None = None,
+        temperature: float | list[float] = 1.0,
+        prune_ratios: dict[int, float] | list[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -171,6 +175,15 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
             top_p (`float`, defaults to 0.95): nucleus filtering in [0, 1] (0: no filter).
             more_smooth (`bool`, defaults to False): Gumbel-softmax smoothing of the sampled embeddings (visually
                 smoother, the original's visualisation setting).
+            guidance_schedule (`str`, defaults to `"linear"`): `"linear"` (the original ramp) or `"constant"`.
+            guidance_interval (`tuple[int, int]`, optional): `(start, stop)` scale indices where guidance applies.
+                Stopping before the last scales (e.g. `(0, S - 2)`) also skips their unconditional pass: faster, an
+                approximation (as Switti).
+            temperature (`float` or `list[float]`, defaults to 1.0): softmax temperature, one value or one per scale.
+                `top_k` and `top_p` likewise accept one value per scale.
+            prune_ratios (`dict[int, float]` or `list[float]`, optional): FastVAR's cached token pruning, an opt-in
+                approximation: at the named scales (by side, e.g. `{13: 0.4, 16: 0.5}`) only the most
+                high-frequency tokens run through the transformer, the rest reuse the previous scale's hidden states.
             generator (`torch.Generator` or list of them, optional): the only source of randomness; a list gives
                 each image its own generator.
             prompt_embeds (`torch.Tensor` (B, E), optional): precomputed (normalised) CLIP text embeddings instead of
@@ -195,12 +208,16 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         # 1. check inputs
         batch_size = self.check_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         self.check_num_images(num_images_per_prompt)
-        self.check_sampling_inputs(batch_size * num_images_per_prompt, guidance_scale, top_k, top_p, generator,
-                                   output_type, callback_on_step_end_tensor_inputs)
+        schedule = self.check_sampling_inputs(
+            batch_size * num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
+            guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
+            temperature=temperature, prune_ratios=prune_ratios,
+        )
         device = self._execution_device
 
         # 2. encode the prompt (and the negative prompt, or the learned null embedding)
-        do_cfg = guidance_scale > 0
+        do_cfg = schedule.last_guided_scale >= 0
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
             prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds, negative_prompt_embeds
         )
@@ -210,8 +227,8 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         uncond_BD = self.transformer.embed_condition(text_embeds=negative_prompt_embeds) if do_cfg else None
 
         # 4. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, guidance_scale, top_k, top_p, more_smooth,
-                                               generator, callback_on_step_end, callback_on_step_end_tensor_inputs)
+        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
+                                               callback_on_step_end, callback_on_step_end_tensor_inputs)
 
         # 5. decode
         return self.decode_output(f_hat, tokens, output_type, return_dict)

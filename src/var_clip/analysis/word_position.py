@@ -1,0 +1,560 @@
+"""Where a word sits in a caption steers VAR-CLIP: measure it on CLIP's text embedding, and show it in images.
+
+VAR-CLIP (Zhang et al. 2024) observes that the position of a word in a caption changes how strongly it guides the
+image: CLIP's text tower is causal and pools the end-of-text token, so the words it reads first shape the pooled
+embedding more than the ones at the end. This tool makes that visible for one key word (or phrase):
+
+1. *Variants*: the key word moved through every position of a caption (inserted before each word of a filler
+   sentence, moved out of and back into a caption, an attribute phrase moved through a list of phrases), or a
+   user-given list of captions.
+2. *Embedding*: each variant's L2-normalised CLIP text embedding (the pipeline's own conditioning, or a CLIP model's),
+   and its cosine similarity to the key word alone, to the reference variant (the key word first) and to the caption
+   without the key word. Written as ``word_position.json`` and drawn as a line plot, ``word_position.png``.
+3. *Images* (``--generate``): one image per variant from the same seed, captioned, in ``word_position_grid.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from ..utils.device import resolve_device
+from ..utils.image_grid import default_font, make_image_grid, wrap_text
+
+__all__ = [
+    "CaptionVariant",
+    "insert_word_variants",
+    "move_word_variants",
+    "phrase_order_variants",
+    "caption_list_variants",
+    "word_position_of",
+    "load_embedder",
+    "analyze_word_position",
+    "plot_similarities",
+    "generate_variant_images",
+    "build_parser",
+    "main",
+]
+
+JSON_FILE = "word_position.json"
+PLOT_FILE = "word_position.png"
+GRID_FILE = "word_position_grid.png"
+# the punctuation a word may carry in a caption and still count as the key word ("red," is "red")
+_PUNCTUATION = ".,;:!?\"'()[]"
+
+SERIES = {  # JSON field → (legend label, line colour)
+    "similarity_to_key_word": ("to the key word alone", (214, 39, 40)),
+    "similarity_to_reference": ("to the reference (key word first)", (31, 119, 180)),
+    "similarity_to_filler": ("to the caption without the key word", (44, 160, 44)),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 1. Variants
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CaptionVariant:
+    """One caption and the position of the key word in it (the number of words before it; None when absent)."""
+
+    caption: str
+    position: int | None
+
+
+def _words(text: str, name: str) -> list[str]:
+    if not isinstance(text, str) or not text.split():
+        raise ValueError(f"`{name}` must be a non-empty string, got {text!r}")
+    return text.split()
+
+
+def _normalise(word: str) -> str:
+    return word.strip(_PUNCTUATION).lower()
+
+
+def word_position_of(caption: str, key_word: str) -> int | None:
+    """Index of the first word where ``key_word`` (one or more words) starts in ``caption``, or None.
+
+    Matching is per whole word, ignores case and the punctuation around a word: "Red," matches "red".
+    """
+    words = [_normalise(w) for w in caption.split()]
+    key = [_normalise(w) for w in _words(key_word, "key_word")]
+    for start in range(len(words) - len(key) + 1):
+        if words[start : start + len(key)] == key:
+            return start
+    return None
+
+
+def insert_word_variants(filler: str, key_word: str) -> list[CaptionVariant]:
+    """``key_word`` inserted before each word of ``filler`` and at its end: ``len(filler words) + 1`` variants.
+
+    >>> [v.caption for v in insert_word_variants("a car", "red")]
+    ['red a car', 'a red car', 'a car red']
+    """
+    words, key = _words(filler, "filler"), " ".join(_words(key_word, "key_word"))
+    return [CaptionVariant(" ".join([*words[:i], key, *words[i:]]), i) for i in range(len(words) + 1)]
+
+
+def move_word_variants(caption: str, key_word: str) -> list[CaptionVariant]:
+    """``key_word``, taken out of ``caption`` where it first occurs, put back before each remaining word and at the end.
+
+    The caption itself is among the variants. ``key_word`` must occur in ``caption`` as whole word(s).
+    """
+    words = _words(caption, "caption")
+    start = word_position_of(caption, key_word)
+    if start is None:
+        raise ValueError(f"`key_word` {key_word!r} does not occur as a whole word in `caption` {caption!r}; "
+                         "use `filler` to insert a word that is not in the sentence")
+    n = len(key_word.split())
+    key = " ".join(words[start : start + n])  # keep the caption's own spelling of the key word
+    filler = " ".join(words[:start] + words[start + n :])
+    if not filler:
+        raise ValueError(f"`caption` {caption!r} holds nothing but the key word; there is no position to move it to")
+    return insert_word_variants(filler, key)
+
+
+def phrase_order_variants(phrases: Sequence[str], key_phrase: str) -> list[CaptionVariant]:
+    """``key_phrase`` moved through every slot of ``phrases`` (the others keep their order), joined with spaces.
+
+    ``key_phrase`` must be one of ``phrases``. The position is counted in words, like the other variants.
+    """
+    phrases = [" ".join(_words(p, "phrases")) for p in phrases]
+    key = " ".join(_words(key_phrase, "key_word"))
+    if len(phrases) < 2 or key not in phrases:
+        raise ValueError(f"`phrases` must hold at least two phrases, one of them the key phrase {key!r}; got {phrases}")
+    others = list(phrases)
+    others.remove(key)
+    variants = []
+    for slot in range(len(others) + 1):
+        order = [*others[:slot], key, *others[slot:]]
+        variants.append(CaptionVariant(" ".join(order), sum(len(p.split()) for p in others[:slot])))
+    return variants
+
+
+def caption_list_variants(captions: Sequence[str], key_word: str | None = None) -> list[CaptionVariant]:
+    """User-given captions; with ``key_word``, each one's position of it (None where it does not occur)."""
+    captions = [" ".join(_words(c, "captions")) for c in captions]
+    if not captions:
+        raise ValueError("`captions` must hold at least one caption")
+    return [CaptionVariant(c, word_position_of(c, key_word) if key_word else None) for c in captions]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 2. Embeddings and similarities
+# ----------------------------------------------------------------------------------------------------------------------
+
+Embedder = Callable[[list[str]], torch.Tensor]  # captions → (N, E) L2-normalised, float32, on CPU
+
+
+def _pipeline_embedder(pipe) -> Embedder:
+    device = pipe._execution_device
+
+    @torch.no_grad()
+    def embed(texts: list[str]) -> torch.Tensor:
+        # exactly the conditioning the pipeline generates from (padding, projection, normalisation)
+        return pipe.encode_prompt(texts, device, do_classifier_free_guidance=False)[0].float().cpu()
+
+    return embed
+
+
+def _clip_embedder(tokenizer, text_encoder) -> Embedder:
+    max_len = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+
+    @torch.no_grad()
+    def embed(texts: list[str]) -> torch.Tensor:
+        # the same recipe as VARCLIPPipeline: padded to CLIP's length, projected text embeds, L2-normalised
+        ids = tokenizer(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
+        embeds = text_encoder(ids.to(text_encoder.device)).text_embeds.float()
+        return (embeds / embeds.norm(dim=-1, keepdim=True)).cpu()
+
+    return embed
+
+
+def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = None):
+    """A `VARCLIPPipeline` from a folder or Hub repo id, on ``device`` (default: CUDA when available)."""
+    from ..pipelines import VARCLIPPipeline
+
+    name = str(model)
+    if Path(name).exists() and not (Path(name) / "model_index.json").is_file():
+        raise ValueError(f"`model` {name!r} is not a VARCLIPPipeline folder (it has no model_index.json)")
+    try:
+        pipe = VARCLIPPipeline.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"`model` {name!r} could not be loaded as a VARCLIPPipeline: {error}") from error
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(resolve_device(device))
+
+
+def load_embedder(
+    pipe=None, text_encoder: str | os.PathLike | None = None, device: str | torch.device | None = None
+) -> Embedder:
+    """The caption → normalised CLIP embedding function: from ``text_encoder`` (a CLIP model folder or Hub repo id,
+    e.g. ``openai/clip-vit-large-patch14``) when given, else from the pipeline's own text encoder."""
+    if text_encoder is not None:
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+        try:
+            tokenizer = CLIPTokenizer.from_pretrained(str(text_encoder))
+            encoder = CLIPTextModelWithProjection.from_pretrained(str(text_encoder))
+        except (OSError, ValueError) as error:
+            raise ValueError(f"`text_encoder` {str(text_encoder)!r} could not be loaded as a CLIP tokenizer and text "
+                             f"model with projection: {error}") from error
+        return _clip_embedder(tokenizer, encoder.to(resolve_device(device)).eval())
+    if pipe is None:
+        raise ValueError("pass a pipeline (`model`) or a CLIP `text_encoder` to embed the captions with")
+    if pipe.text_encoder is None or pipe.tokenizer is None:
+        raise ValueError("the pipeline has no text encoder (converted without one); pass a CLIP `text_encoder`")
+    return _pipeline_embedder(pipe)
+
+
+def _cosine(a_NE: torch.Tensor, b_E: torch.Tensor) -> list[float]:
+    # both sides are unit vectors; clamp the rounding error that can put a self-similarity a hair above 1
+    return [float(x) for x in (a_NE @ b_E).clamp(-1.0, 1.0)]
+
+
+def analyze_word_position(
+    variants: Sequence[CaptionVariant],
+    embed: Embedder,
+    key_word: str | None = None,
+    filler: str | None = None,
+) -> dict:
+    """Cosine similarities of each variant's embedding, as the JSON-ready report.
+
+    The reference is the first variant with the key word at position 0 (the first variant when none has). Each
+    variant gets ``similarity_to_reference``, and ``similarity_to_key_word`` / ``similarity_to_filler`` when
+    ``key_word`` / ``filler`` are given.
+    """
+    variants = list(variants)
+    if not variants:
+        raise ValueError("`variants` must hold at least one caption variant")
+    reference_index = next((i for i, v in enumerate(variants) if v.position == 0), 0)
+    captions = [v.caption for v in variants]
+    extra = [t for t in (key_word, filler) if t is not None]
+    embeds_NE = embed(captions + extra)
+    if embeds_NE.ndim != 2 or embeds_NE.shape[0] != len(captions) + len(extra):
+        raise ValueError(f"the embedder returned shape {tuple(embeds_NE.shape)} for {len(captions) + len(extra)} texts")
+    variant_NE = embeds_NE[: len(captions)]
+    sims = {"similarity_to_reference": _cosine(variant_NE, variant_NE[reference_index])}
+    if key_word is not None:
+        sims["similarity_to_key_word"] = _cosine(variant_NE, embeds_NE[len(captions)])
+    if filler is not None:
+        sims["similarity_to_filler"] = _cosine(variant_NE, embeds_NE[-1])
+    rows = []
+    for i, variant in enumerate(variants):
+        row = {"index": i, "caption": variant.caption, "position": variant.position,
+               "num_words": len(variant.caption.split())}
+        row.update({name: sims[name][i] if name in sims else None for name in SERIES})
+        rows.append(row)
+    return {
+        "key_word": key_word,
+        "filler": filler,
+        "reference_index": reference_index,
+        "reference": captions[reference_index],
+        "embedding_dim": int(embeds_NE.shape[1]),
+        "variants": rows,
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The plot, drawn with Pillow
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _nice_step(span: float, target_ticks: int = 6) -> float:
+    raw = span / target_ticks
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+
+
+def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    return right - left, bottom - top
+
+
+def plot_similarities(
+    report: dict,
+    width: int = 900,
+    height: int = 520,
+) -> Image.Image:
+    """A line plot of the report's similarity series against the key word's position, with the captions listed below.
+
+    x is the key word's position (words before it) when every variant has a distinct one, else the variant's index.
+    """
+    rows = report["variants"]
+    positions = [r["position"] for r in rows]
+    by_position = all(p is not None for p in positions) and len(set(positions)) == len(positions)
+    xs = positions if by_position else [r["index"] for r in rows]
+    x_label = "position of the key word (words before it)" if by_position else "caption variant"
+    series = {name: [r[name] for r in rows] for name in SERIES if all(r[name] is not None for r in rows)}
+
+    title_font, label_font, tick_font = default_font(18), default_font(14), default_font(12)
+    line_h = tick_font.getmetrics()[0] + tick_font.getmetrics()[1] + 3
+    list_lines = [f"{x}: {r['caption']}" for x, r in zip(xs, rows)]
+    list_height = line_h * (len(list_lines) + 1) + 10
+    image = Image.new("RGB", (width, height + list_height), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+
+    # plot area
+    left, right, top, bottom = 84, width - 24, 78, height - 64
+    values = [v for vs in series.values() for v in vs]
+    lo, hi = min(values), max(values)
+    step = _nice_step(max(hi - lo, 1e-3))  # word order can move CLIP similarities by a thousandth: keep it visible
+    num_steps = max(4, math.ceil(hi / step - 1e-9) - math.floor(lo / step + 1e-9))
+    y_max = min(1.0, math.ceil(hi / step - 1e-9) * step)  # cosine similarity never exceeds 1: the top is 1 at most
+    y_min = max(-1.0, y_max - num_steps * step)
+    num_steps = round((y_max - y_min) / step)
+    decimals = max(2, len(f"{step:.6f}".rstrip("0").split(".")[1]))
+    x_min, x_max = min(xs), max(xs)
+    x_span = max(x_max - x_min, 1)
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        px = left + 20 + (x - x_min) / x_span * (right - left - 40)  # inset so end markers do not sit on the axes
+        py = bottom - (y - y_min) / (y_max - y_min) * (bottom - top)
+        return px, py
+
+    # title
+    key = report.get("key_word")
+    title = "Cosine similarity of the CLIP text embedding " + (f'as "{key}" moves' if key else "per caption")
+    tw, _ = _text_size(draw, title, title_font)
+    draw.text(((width - tw) / 2, 12), title, fill=(0, 0, 0), font=title_font)
+
+    # grid, ticks and axes
+    for k in range(num_steps + 1):
+        tick = y_min + k * step
+        _, py = to_px(x_min, tick)
+        draw.line([(left, py), (right, py)], fill=(225, 225, 225))
+        label = f"{tick:.{decimals}f}"
+        lw, lh = _text_size(draw, label, tick_font)
+        draw.text((left - 8 - lw, py - lh / 2 - 2), label, fill=(60, 60, 60), font=tick_font)
+    x_every = max(1, math.ceil(len(xs) / 20))
+    for x in sorted(set(xs))[::x_every]:
+        px, _ = to_px(x, y_min)
+        draw.line([(px, bottom), (px, bottom + 5)], fill=(0, 0, 0))
+        lw, _ = _text_size(draw, str(x), tick_font)
+        draw.text((px - lw / 2, bottom + 8), str(x), fill=(60, 60, 60), font=tick_font)
+    draw.line([(left, top), (left, bottom), (right, bottom)], fill=(0, 0, 0), width=1)
+
+    # axis labels: x centred below, y rotated along the left edge
+    lw, _ = _text_size(draw, x_label, label_font)
+    draw.text(((left + right - lw) / 2, bottom + 32), x_label, fill=(0, 0, 0), font=label_font)
+    y_label = "cosine similarity"
+    lw, lh = _text_size(draw, y_label, label_font)
+    label_image = Image.new("RGBA", (lw + 4, lh + 8), (255, 255, 255, 0))
+    ImageDraw.Draw(label_image).text((2, 0), y_label, fill=(0, 0, 0), font=label_font)
+    label_image = label_image.rotate(90, expand=True)
+    image.paste(label_image, (12, int((top + bottom - label_image.height) / 2)), label_image)
+
+    # the series, in order along x, drawn 4x larger and scaled down: ImageDraw does not antialias lines
+    ss = 4
+    layer = Image.new("RGBA", (width * ss, height * ss), (255, 255, 255, 0))
+    layer_draw = ImageDraw.Draw(layer)
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    for name, vs in series.items():
+        color = SERIES[name][1]
+        points = [tuple(c * ss for c in to_px(xs[i], vs[i])) for i in order]
+        if len(points) > 1:
+            layer_draw.line(points, fill=color, width=2 * ss, joint="curve")
+        for px, py in points:
+            layer_draw.ellipse([px - 3.5 * ss, py - 3.5 * ss, px + 3.5 * ss, py + 3.5 * ss], fill=color)
+    layer = layer.resize((width, height), Image.Resampling.LANCZOS)
+    image.paste(layer, (0, 0), layer)
+
+    # legend, in one row under the title
+    entries = [(SERIES[name][0], SERIES[name][1]) for name in series]
+    widths = [28 + _text_size(draw, label, tick_font)[0] for label, _ in entries]
+    x = (width - (sum(widths) + 24 * (len(entries) - 1))) / 2
+    for (label, color), w in zip(entries, widths):
+        draw.line([(x, 54), (x + 20, 54)], fill=color, width=3)
+        draw.text((x + 26, 46), label, fill=(0, 0, 0), font=tick_font)
+        x += w + 24
+
+    # the captions, so each x value can be read
+    y = height + 4
+    draw.text((left, y), "captions:", fill=(0, 0, 0), font=tick_font)
+    for line in list_lines:
+        y += line_h
+        line = wrap_text(line, width - left - 24, tick_font, max_lines=1)[0]
+        draw.text((left, y), line, fill=(40, 40, 40), font=tick_font)
+    return image
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# 3. Images
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def generate_variant_images(
+    pipe,
+    variants: Sequence[CaptionVariant],
+    seed: int = 0,
+    batch_size: int = 8,
+    prompt_embeds: torch.Tensor | None = None,
+    **call_kwargs,
+) -> list[Image.Image]:
+    """One image per variant, each drawn with its own generator seeded with ``seed``, so the only difference between
+    two images is the caption. ``prompt_embeds`` (N, E) replaces the captions for pipelines without a text encoder;
+    other keyword arguments (``guidance_scale``, ``top_k``, ``top_p``, ``more_smooth``) go to the pipeline."""
+    device = pipe._execution_device
+    images = []
+    for start in range(0, len(variants), batch_size):
+        chunk = list(variants[start : start + batch_size])
+        generators = [torch.Generator(device=device).manual_seed(seed) for _ in chunk]
+        if prompt_embeds is not None:
+            out = pipe(prompt_embeds=prompt_embeds[start : start + len(chunk)], generator=generators, **call_kwargs)
+        else:
+            out = pipe(prompt=[v.caption for v in chunk], generator=generators, **call_kwargs)
+        images.extend(out.images)
+    return images
+
+
+def _display_side(side: int, minimum: int = 128) -> int:
+    # enlarge small images by a whole factor so that every token pixel stays a crisp block
+    return side * max(1, math.ceil(minimum / side))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="word_position",
+        description="How the position of a word in a caption changes VAR-CLIP's CLIP text embedding and its images.",
+    )
+    parser.add_argument("--model", default=None,
+                        help="VARCLIPPipeline folder or Hub repo id (its text encoder embeds the captions; needed for "
+                             "--generate)")
+    parser.add_argument("--text_encoder", default=None,
+                        help="a CLIP model folder or Hub repo id to embed the captions with instead of the "
+                             "pipeline's (images still come from the pipeline's own text encoder when it has one)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--caption", help="a caption containing --key_word; the key word is moved through it")
+    source.add_argument("--filler", help="a sentence without the key word; --key_word is inserted at every position")
+    source.add_argument("--phrases", nargs="+",
+                        help="attribute phrases; the one equal to --key_word moves through them")
+    source.add_argument("--captions", type=Path, help="a text file with one caption per line")
+    parser.add_argument("--key_word", default=None, help="the word (or phrase) whose position varies")
+    parser.add_argument("--output_dir", type=Path, required=True, help="where to write the JSON, the plot and the grid")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every generated image (default: 0)")
+    parser.add_argument("--generate", action="store_true", help="also generate one image per variant (same seed)")
+    parser.add_argument("--guidance_scale", type=float, default=4.0, help="classifier-free guidance (default: 4.0)")
+    parser.add_argument("--top_k", type=int, default=900, help="top-k sampling filter (default: 900)")
+    parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling filter (default: 0.95)")
+    parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call (default: 8)")
+    parser.add_argument("--cols", type=int, default=None, help="images per row in the grid (default: up to 6)")
+    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
+    return parser
+
+
+def _variants_from_args(args) -> tuple[list[CaptionVariant], str | None]:
+    """The variants and the filler (the caption without the key word) the arguments describe."""
+    if args.captions is not None:
+        if not args.captions.is_file():
+            raise ValueError(f"`captions` {str(args.captions)!r} is not a file")
+        lines = [line.strip() for line in args.captions.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return caption_list_variants(lines, args.key_word), None
+    if args.key_word is None:
+        raise ValueError("`key_word` is required with --caption, --filler and --phrases")
+    if args.filler is not None:
+        return insert_word_variants(args.filler, args.key_word), " ".join(args.filler.split())
+    if args.caption is not None:
+        variants = move_word_variants(args.caption, args.key_word)
+        position = word_position_of(args.caption, args.key_word)
+        words = args.caption.split()
+        return variants, " ".join(words[:position] + words[position + len(args.key_word.split()) :])
+    phrases = [" ".join(p.split()) for p in args.phrases]
+    key = " ".join(args.key_word.split())
+    return phrase_order_variants(phrases, key), " ".join(p for p in phrases if p != key)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Do what the parsed command line asks; returns the report written to ``word_position.json``."""
+    # 1. what to compare
+    variants, filler = _variants_from_args(args)
+    if args.model is None and (args.generate or args.text_encoder is None):
+        raise ValueError("`model` (a VARCLIPPipeline) is required" + (" with --generate" if args.generate else
+                                                                      " unless --text_encoder is given"))
+    if args.batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {args.batch_size}")
+    if args.cols is not None and args.cols < 1:
+        raise ValueError(f"`cols` must be a positive int, got {args.cols}")
+
+    # 2. embeddings and similarities
+    pipe = load_pipeline(args.model, args.device) if args.model is not None else None
+    embed = load_embedder(pipe, args.text_encoder, args.device)
+    report = analyze_word_position(variants, embed, key_word=args.key_word, filler=filler)
+    report["model"] = None if args.model is None else str(args.model)
+    report["text_encoder"] = str(args.text_encoder if args.text_encoder is not None else args.model)
+    report["files"] = {"plot": PLOT_FILE, "grid": None}
+    outputs: dict[str, Image.Image] = {PLOT_FILE: plot_similarities(report)}
+
+    # 3. images
+    if args.generate:
+        prompt_embeds = None
+        if pipe.text_encoder is None or pipe.tokenizer is None:
+            prompt_embeds = embed([v.caption for v in variants])  # the --text_encoder's embeddings
+        images = generate_variant_images(pipe, variants, seed=args.seed, batch_size=args.batch_size,
+                                         prompt_embeds=prompt_embeds, guidance_scale=args.guidance_scale,
+                                         top_k=args.top_k, top_p=args.top_p)
+        side = _display_side(max(images[0].size))
+        cols = args.cols or min(len(images), 6)
+        labels = [f"[{v.position if v.position is not None else '-'}] {v.caption}" for v in variants]
+        outputs[GRID_FILE] = make_image_grid(images, labels, cols=cols, cell_size=side, font=default_font(13))
+        report["files"]["grid"] = GRID_FILE
+        report["generation"] = {"seed": args.seed, "guidance_scale": args.guidance_scale, "top_k": args.top_k,
+                                "top_p": args.top_p, "image_size": list(images[0].size), "grid_cols": cols,
+                                "grid_cell_size": side}
+
+    # 4. write everything into a staging folder, then move the files into place
+    _write_outputs(args.output_dir, report, outputs)
+    return report
+
+
+def _write_outputs(output_dir: Path, report: dict, images: dict[str, Image.Image]) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".word_position.partial-", dir=output_dir))
+    try:
+        (staging / JSON_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        for name, image in images.items():
+            image.save(staging / name, format="PNG")
+        for name in (JSON_FILE, PLOT_FILE, GRID_FILE):
+            if (staging / name).exists():
+                os.replace(staging / name, output_dir / name)
+            elif (output_dir / name).exists():
+                (output_dir / name).unlink()  # a grid from an earlier run would not match this report
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        report = run(args)
+    except ValueError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(f"{'position':>8}  {'to key':>7}  {'to ref':>7}  caption")
+    for row in report["variants"]:
+        to_key = "" if row["similarity_to_key_word"] is None else f"{row['similarity_to_key_word']:.4f}"
+        position = "-" if row["position"] is None else row["position"]
+        print(f"{position!s:>8}  {to_key:>7}  {row['similarity_to_reference']:7.4f}  {row['caption']}")
+    print(f"wrote {args.output_dir / JSON_FILE}, {args.output_dir / PLOT_FILE}"
+          + (f", {args.output_dir / GRID_FILE}" if report["files"]["grid"] else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

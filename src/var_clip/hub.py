@@ -1,0 +1,175 @@
+"""Hugging Face Hub I/O for var-clip pipeline and model folders.
+
+Why a helper for downloads: diffusers' ``DiffusionPipeline.download`` (0.42.1) decides which files to fetch from
+``model_index.json`` and refuses a component whose library it does not know and whose code is not in the repository
+— var_clip's components are named by their module (``var_clip.models.var_transformer``), so
+``VARCLIPPipeline.from_pretrained("user/repo")`` fails before anything is downloaded. :func:`snapshot` fetches
+exactly the files of the pipeline (for one variant, safetensors only) and returns a local folder that
+``from_pretrained`` loads::
+
+    pipe = VARCLIPPipeline.from_pretrained(snapshot("user/var-clip-d16"))
+    pipe = VARCLIPPipeline.from_pretrained(snapshot("user/var-clip-d16", variant="fp16"), variant="fp16",
+                                           dtype=torch.float16)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from huggingface_hub import HfApi, snapshot_download
+
+__all__ = ["push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "diffusers_download"]
+
+# Weight formats that unpickle (run code) when loaded; never downloaded, never uploaded.
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
+# Weight formats of other frameworks; not needed by var-clip.
+OTHER_WEIGHT_SUFFIXES = (".msgpack", ".h5", ".onnx", ".pb", ".ot", ".gguf", ".tflite")
+# `name.safetensors`, `name.fp16.safetensors`, `name-00001-of-00002.safetensors`, `name.fp16-00001-of-00002...`
+_WEIGHTS = re.compile(r"^(?P<stem>[^.]+?)(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.safetensors$")
+# `name.safetensors.index.json`, `name.safetensors.index.fp16.json`
+_INDEX = re.compile(r"^[^.]+\.safetensors\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$")
+_VARIANT = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+def _variant_of(filename: str) -> tuple[bool, str | None]:
+    """(is a safetensors weight or index file, its variant or None)."""
+    name = filename.rsplit("/", 1)[-1]
+    m = _WEIGHTS.match(name) or _INDEX.match(name)
+    return (m is not None, m.group("variant") if m else None)
+
+
+def select_files(filenames: Iterable[str], variant: str | None = None) -> list[str]:
+    """The files of a pipeline (or model) repository that loading ``variant`` needs.
+
+    Every configuration, tokenizer and card file; per folder, the safetensors weights of ``variant`` (or, where a
+    folder has none of that variant, its default ones, as diffusers does); never pickled or foreign-format weights.
+    Raises ``ValueError`` when no folder has ``variant`` or a folder has weights but no safetensors.
+    """
+    if variant is not None and not (isinstance(variant, str) and _VARIANT.match(variant)):
+        raise ValueError(f"`variant` must be None or a name like 'fp16' or 'bf16', got {variant!r}")
+    filenames = sorted(set(filenames))
+    weights_by_dir: dict[str, dict[str | None, list[str]]] = {}
+    pickled_dirs, chosen = set(), []
+    for f in filenames:
+        folder = f.rsplit("/", 1)[0] if "/" in f else ""
+        is_weight, file_variant = _variant_of(f)
+        if is_weight:
+            weights_by_dir.setdefault(folder, {}).setdefault(file_variant, []).append(f)
+        elif f.endswith(PICKLE_SUFFIXES):
+            pickled_dirs.add(folder)
+        elif not f.endswith(OTHER_WEIGHT_SUFFIXES) and not f.rsplit("/", 1)[-1].startswith(".git"):
+            chosen.append(f)
+    unsafe = sorted(d or "." for d in pickled_dirs - set(weights_by_dir))
+    if unsafe:
+        raise ValueError(f"folders {unsafe} hold only pickled weights (.bin/.pth/...); var-clip loads safetensors only")
+    if variant is not None and not any(variant in by_variant for by_variant in weights_by_dir.values()):
+        available = sorted({v for by_variant in weights_by_dir.values() for v in by_variant if v})
+        raise ValueError(f"`variant`={variant!r} is not in this repository; available variants: {available or 'none'}")
+    for folder, by_variant in weights_by_dir.items():
+        chosen += by_variant.get(variant) or by_variant.get(None) or []
+    return sorted(chosen)
+
+
+def snapshot(
+    repo_id: str | os.PathLike,
+    revision: str | None = None,
+    variant: str | None = None,
+    *,
+    token: str | bool | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+) -> str:
+    """Download the files a var-clip pipeline (or model) repository needs and return the local folder.
+
+    A local folder is returned as it is. ``revision`` is resolved to one commit first, so every file comes from the
+    same commit. With ``local_files_only`` the cached snapshot is returned without contacting the Hub.
+    """
+    if os.path.isdir(repo_id):
+        return os.fspath(repo_id)
+    repo_id = os.fspath(repo_id)
+    if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
+        raise ValueError(f"`repo_id` must be an existing local folder or a Hub id 'owner/name', got {repo_id!r}")
+    if local_files_only:
+        return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=True)
+    info = HfApi(token=token).model_info(repo_id, revision=revision)
+    files = select_files([s.rfilename for s in info.siblings], variant)
+    return snapshot_download(repo_id, revision=info.sha, cache_dir=cache_dir, token=token, allow_patterns=files,
+                             force_download=force_download)
+
+
+def diffusers_download(pretrained_model_name: str, **kwargs) -> str:
+    """:func:`snapshot` with the keyword arguments diffusers passes to ``DiffusionPipeline.download``.
+
+    A pipeline class can route its Hub downloads here (``download = classmethod(lambda cls, name, **kw:
+    diffusers_download(name, **kw))``) so that ``from_pretrained("user/repo")`` works for var_clip's components.
+    """
+    return snapshot(pretrained_model_name, revision=kwargs.get("revision"), variant=kwargs.get("variant"),
+                    token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
+                    local_files_only=bool(kwargs.get("local_files_only")),
+                    force_download=bool(kwargs.get("force_download")))
+
+
+def check_folder(folder: str | os.PathLike) -> list[str]:
+    """Check that a pipeline or model folder is complete and safe to publish; returns its files (relative paths).
+
+    A pipeline folder has ``model_index.json`` and, for every component it names, a folder with a configuration
+    and (for models) safetensors weights; a model folder has ``config.json`` and safetensors weights. Both need a
+    ``README.md`` model card and may not contain pickled weights.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"`folder` {str(folder)!r} is not a folder")
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    problems = []
+    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    if pickled:
+        problems.append(f"pickled weights {pickled} (publish safetensors only)")
+    if "README.md" not in files:
+        problems.append("no README.md model card")
+    if "model_index.json" in files:
+        index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+        for name, value in index.items():
+            if name.startswith("_") or not isinstance(value, list) or value[0] is None:
+                continue
+            inside = [f[len(name) + 1:] for f in files if f.startswith(name + "/")]
+            if not inside:
+                problems.append(f"component {name!r} is named in model_index.json but its folder is missing or empty")
+            elif "config.json" not in inside and "tokenizer_config.json" not in inside:
+                problems.append(f"component {name!r} has no config.json")
+            elif "config.json" in inside and not any(_variant_of(f)[0] for f in inside):
+                problems.append(f"component {name!r} has no safetensors weights")
+    elif "config.json" in files:
+        if not any(_variant_of(f)[0] for f in files if "/" not in f):
+            problems.append("no safetensors weights next to config.json")
+    else:
+        problems.append("neither model_index.json (a pipeline) nor config.json (a model)")
+    if problems:
+        raise ValueError(f"`folder` {str(folder)!r} is not ready to publish: " + "; ".join(problems))
+    return files
+
+
+def push_pipeline_to_hub(
+    folder: str | os.PathLike,
+    repo_id: str,
+    private: bool = False,
+    token: str | bool | None = None,
+    commit_message: str = "Upload var-clip pipeline",
+    revision: str | None = None,
+) -> str:
+    """Create ``repo_id`` (if needed) and upload a complete pipeline or model folder with its model card.
+
+    The folder is checked first (:func:`check_folder`). Returns the URL of the commit.
+    """
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"`repo_id` must be 'owner/name', got {repo_id!r}")
+    check_folder(folder)
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    commit = api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), repo_type="model",
+                               commit_message=commit_message, revision=revision)
+    return getattr(commit, "commit_url", None) or str(commit)

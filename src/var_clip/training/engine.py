@@ -1,0 +1,495 @@
+"""The training machinery shared by the VQ-VAE, CLIP and VAR-CLIP entry points.
+
+Each entry point builds a :class:`TrainingTask` (the trainable model, its loss, its data, how to export the result)
+and hands it to :func:`run_training`, which owns everything else: the ``accelerate`` setup (devices, mixed precision,
+gradient accumulation, data parallelism), AdamW with VAR's no-weight-decay groups, the learning-rate schedule, EMA,
+the resumable data order, atomic checkpoints and resume, the JSONL/TensorBoard logs, sample grids and the final
+atomic ``save_pretrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from .checkpointing import (
+    capture_rng_state,
+    load_checkpoint,
+    publish_folder,
+    resolve_resume_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .data import DataPosition, ResumableSampler, iterate_batches, make_dataloader
+
+__all__ = [
+    "MIXED_PRECISION_CHOICES",
+    "REPORT_TO_CHOICES",
+    "LR_SCHEDULERS",
+    "LOG_FILE_NAME",
+    "add_data_arguments",
+    "add_training_arguments",
+    "check_training_arguments",
+    "create_accelerator",
+    "build_optimizer",
+    "TrainingTask",
+    "TrainingResult",
+    "MetricsLog",
+    "run_training",
+    "read_log",
+]
+
+logger = logging.getLogger(__name__)
+
+MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
+REPORT_TO_CHOICES = ("tensorboard", "none")
+LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+LOG_FILE_NAME = "train_log.jsonl"
+STAGING_NAME = ".final.tmp"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command-line arguments shared by every entry point
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--train_data_dir", type=str, default=None,
+                       help="an imagefolder dataset: images + metadata.jsonl with `file_name` and `text` (class "
+                            "subfolders give labels)")
+    group.add_argument("--caption_file", type=str, default=None,
+                       help="VAR-CLIP's caption file instead: lines 'relative/path.JPEG: caption'")
+    group.add_argument("--image_root", type=str, default=None,
+                       help="folder the caption file's paths are relative to (default: its folder or parent)")
+    group.add_argument("--image_column", type=str, default="image")
+    group.add_argument("--caption_column", type=str, default="text")
+    group.add_argument("--max_train_samples", type=int, default=None, help="use only the first N samples")
+    group.add_argument("--dataset_cache_dir", type=str, default=None, help="cache folder of `datasets`")
+    group.add_argument("--resolution", type=int, default=None,
+                       help="training image side (default: what the model takes)")
+    group.add_argument("--crop", choices=("center", "random"), default="center",
+                       help="square crop after the resize (center keeps caption positions true)")
+    group.add_argument("--resize_ratio", type=float, default=1.0,
+                       help="resize the shorter side to ratio × resolution before cropping (VAR uses 1.125 with "
+                            "random crops)")
+    group.add_argument("--random_flip", action="store_true",
+                       help="random horizontal flips (off by default: captions name left and right)")
+    group.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    learning_rate: float | None,
+    weight_decay: float,
+    adam_beta1: float = 0.9,
+    adam_beta2: float = 0.95,
+    max_grad_norm: float = 1.0,
+    lr_scheduler: str = "cosine",
+    train_batch_size: int = 16,
+) -> None:
+    """Optimisation, precision, checkpointing and logging flags (defaults differ per model)."""
+    parser.add_argument("--output_dir", type=str, required=True,
+                        help="where the trained model, checkpoints, logs and samples are written")
+    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and augmentation")
+
+    group = parser.add_argument_group("optimisation")
+    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="batch size per process")
+    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    group.add_argument("--max_train_steps", type=int, default=None,
+                       help="optimizer steps (overrides --num_train_epochs)")
+    group.add_argument("--num_train_epochs", type=int, default=1)
+    group.add_argument("--learning_rate", type=float, default=learning_rate)
+    group.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=lr_scheduler)
+    group.add_argument("--lr_warmup_steps", type=int, default=None,
+                       help="linear warm-up steps (default: 2%% of the steps, as VAR's ep/50)")
+    group.add_argument("--adam_beta1", type=float, default=adam_beta1)
+    group.add_argument("--adam_beta2", type=float, default=adam_beta2)
+    group.add_argument("--adam_weight_decay", type=float, default=weight_decay)
+    group.add_argument("--adam_epsilon", type=float, default=1e-8)
+    group.add_argument("--max_grad_norm", type=float, default=max_grad_norm, help="0 disables clipping")
+    group.add_argument("--use_ema", action="store_true", help="keep an exponential moving average of the weights "
+                                                              "and export it")
+    group.add_argument("--ema_decay", type=float, default=0.9999)
+
+    group = parser.add_argument_group("speed")
+    group.add_argument("--mixed_precision", choices=MIXED_PRECISION_CHOICES, default="no",
+                       help="bf16 (CPU or GPU) or fp16 (GPU, with a gradient scaler)")
+    group.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs")
+    group.add_argument("--torch_compile", action="store_true", help="compile the trained model with torch.compile")
+
+    group = parser.add_argument_group("checkpoints and logs")
+    group.add_argument("--checkpointing_steps", type=int, default=500,
+                       help="save a resumable checkpoint every N optimizer steps (0: never)")
+    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the last K checkpoints")
+    group.add_argument("--resume_from_checkpoint", type=str, default=None,
+                       help="'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint folder")
+    group.add_argument("--report_to", choices=REPORT_TO_CHOICES, default="none",
+                       help="log to TensorBoard (pip install tensorboard) besides train_log.jsonl")
+    group.add_argument("--tracker_project_name", type=str, default=None)
+    group.add_argument("--validation_steps", type=int, default=0,
+                       help="write samples / validation metrics every N steps and at the end (0: only at the end)")
+    group.add_argument("--no_progress_bar", action="store_true", help="disable the tqdm progress bar")
+
+
+def check_training_arguments(args: argparse.Namespace) -> None:
+    """Raise ValueError naming the first bad flag."""
+    positive = ("train_batch_size", "gradient_accumulation_steps", "num_train_epochs")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise ValueError(f"`--{name}` must be >= 1, got {getattr(args, name)}")
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise ValueError(f"`--max_train_steps` must be >= 1, got {args.max_train_steps}")
+    if args.learning_rate is not None and not args.learning_rate > 0:
+        raise ValueError(f"`--learning_rate` must be > 0, got {args.learning_rate}")
+    for name in ("checkpointing_steps", "validation_steps", "dataloader_num_workers"):
+        if getattr(args, name, 0) < 0:
+            raise ValueError(f"`--{name}` must be >= 0, got {getattr(args, name)}")
+    if args.lr_warmup_steps is not None and args.lr_warmup_steps < 0:
+        raise ValueError(f"`--lr_warmup_steps` must be >= 0, got {args.lr_warmup_steps}")
+    if args.checkpoints_total_limit is not None and args.checkpoints_total_limit < 1:
+        raise ValueError(f"`--checkpoints_total_limit` must be >= 1, got {args.checkpoints_total_limit}")
+    if not 0.0 <= args.ema_decay <= 1.0:
+        raise ValueError(f"`--ema_decay` must be in [0, 1], got {args.ema_decay}")
+    if args.max_grad_norm < 0:
+        raise ValueError(f"`--max_grad_norm` must be >= 0, got {args.max_grad_norm}")
+    if args.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ValueError("`--mixed_precision fp16` needs a CUDA GPU (its gradient scaler); use 'bf16' on CPU")
+    if args.report_to == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError as error:
+            raise ValueError("`--report_to tensorboard` needs TensorBoard: pip install tensorboard "
+                             "(or pip install 'var-clip[train]'), or pass --report_to none") from error
+    if hasattr(args, "resize_ratio") and args.resize_ratio < 1.0:
+        raise ValueError(f"`--resize_ratio` must be >= 1.0, got {args.resize_ratio}")
+    if hasattr(args, "train_data_dir") and (args.train_data_dir is None) == (args.caption_file is None):
+        raise ValueError("pass exactly one of `--train_data_dir` and `--caption_file`")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Accelerator, optimizer
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def create_accelerator(args: argparse.Namespace, project_name: str):
+    """An ``Accelerator`` for the flags: precision, accumulation, trackers writing under ``output_dir/logs``."""
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    output_dir = Path(args.output_dir)
+    project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs"))
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=project_config,
+    )
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_to != "none":
+        config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(args.tracker_project_name or project_name, config=config)
+    return accelerator
+
+
+def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: Sequence[str] = ()) -> torch.optim.AdamW:
+    """AdamW with two groups, as VAR: no weight decay on biases, 1-D tensors (norms, gains) and ``no_decay_keys``
+    (positional and level embeddings, learned null condition, attention scales)."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if param.ndim <= 1 or name.endswith("bias") or any(key in name for key in no_decay_keys):
+            no_decay.append(param)
+        else:
+            decay.append(param)
+    groups = [{"params": decay, "weight_decay": args.adam_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate,
+                             betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Logs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """One JSON object per optimizer step in ``output_dir/train_log.jsonl`` (main process only).
+
+    On resume the lines after the checkpoint's step are dropped (they belong to the interrupted run), so the file
+    always reads as one uninterrupted run.
+    """
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def truncate_after(self, step: int) -> None:
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and _parse_step(line) is not None and _parse_step(line) <= step]
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def reset(self) -> None:
+        if self.enabled and self.path.is_file():
+            self.path.unlink()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def _parse_step(line: str) -> int | None:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a crash
+
+
+def read_log(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``output_dir/train_log.jsonl``."""
+    path = Path(output_dir) / LOG_FILE_NAME
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+LossFn = Callable[[nn.Module, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]]
+
+
+@dataclass
+class TrainingTask:
+    """What one kind of training supplies to :func:`run_training`.
+
+    Attributes:
+        name: a short name (``"vqvae"``, ``"clip"``, ``"var"``) for trackers and the progress bar.
+        model: the trainable module (not yet prepared).
+        loss_fn: ``(prepared model, batch) -> (scalar loss, {metric: float})``; batches come from ``dataset`` through
+            ``collate_fn`` (CPU tensors: the loss moves what it needs).
+        dataset: a map-style dataset addressed by the ``(index, epoch)`` keys of :class:`ResumableSampler`.
+        export: ``(unwrapped model, staging folder) -> None`` writes the final ``save_pretrained`` output (with the
+            EMA weights swapped in under ``--use_ema``).
+        validate: optional ``(unwrapped model, step, output_dir) -> {metric: float}``, run on the main process every
+            ``--validation_steps`` and at the end (EMA weights swapped in), e.g. writing a sample grid.
+        after_step: optional ``(unwrapped model) -> None`` after every optimizer step (e.g. CLIP's temperature clamp).
+        generators: named ``torch.Generator`` the loss draws from; their states go into every checkpoint.
+        no_decay_keys: parameter-name substrings excluded from weight decay.
+        index_names: the final output's index files, moved last (see :func:`publish_folder`).
+        collate_fn: how examples become a batch.
+    """
+
+    name: str
+    model: nn.Module
+    loss_fn: LossFn
+    dataset: Any
+    export: Callable[[nn.Module, Path], None]
+    validate: Callable[[nn.Module, int, Path], dict[str, float]] | None = None
+    after_step: Callable[[nn.Module], None] | None = None
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+    no_decay_keys: Sequence[str] = ()
+    index_names: Sequence[str] = ("model_index.json", "config.json")
+    collate_fn: Callable | None = None
+
+
+@dataclass
+class TrainingResult:
+    output_dir: Path
+    global_step: int
+    losses: list[float]
+
+
+def _signature(args: argparse.Namespace, sampler: ResumableSampler) -> dict[str, Any]:
+    """What a checkpoint must agree on with the resuming run for the data position to mean the same samples."""
+    return {"seed": args.seed, "dataset_size": sampler.num_samples, "global_batch_size": sampler.global_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps}
+
+
+def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
+    for key, value in current.items():
+        if key in saved.get("signature", {}) and saved["signature"][key] != value:
+            raise ValueError(f"`--resume_from_checkpoint` {str(path)!r} was saved with {key}={saved['signature'][key]}, "
+                             f"this run has {key}={value}: resume with the same seed, data, batch size and "
+                             "accumulation (or start a new --output_dir)")
+
+
+def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> TrainingResult:
+    """Train ``task.model`` for ``--max_train_steps`` optimizer steps (or ``--num_train_epochs``), resumably.
+
+    Returns the output folder, the final step and the losses logged by this call (one per optimizer step).
+    """
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import EMAModel
+
+    output_dir = Path(args.output_dir)
+    P = accelerator.num_processes
+
+    # 1. data order: seeded, sharded over processes, resumable at any batch
+    sampler = ResumableSampler(len(task.dataset), args.train_batch_size, seed=args.seed, num_replicas=P,
+                               rank=accelerator.process_index)
+    kwargs = {"collate_fn": task.collate_fn} if task.collate_fn is not None else {}
+    loader = make_dataloader(task.dataset, sampler, num_workers=args.dataloader_num_workers,
+                             pin_memory=torch.cuda.is_available(), **kwargs)
+    steps_per_epoch = math.ceil(sampler.batches_per_epoch / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    warmup = args.lr_warmup_steps if args.lr_warmup_steps is not None else round(0.02 * max_steps)
+
+    # 2. optimizer, schedule (stepped once per process by accelerate, hence × P), EMA
+    model = task.model
+    model.train()
+    optimizer = build_optimizer(model, args, task.no_decay_keys)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=warmup * P,
+                                 num_training_steps=max_steps * P)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(model.parameters(), decay=args.ema_decay)
+    if args.torch_compile:
+        model.compile()
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    unwrapped = accelerator.unwrap_model(model)
+    if ema is not None:
+        ema.to(accelerator.device)
+
+    # 3. resume
+    log = MetricsLog(output_dir / LOG_FILE_NAME, enabled=accelerator.is_main_process)
+    global_step, position = 0, DataPosition()
+    checkpoint = resolve_resume_checkpoint(output_dir, args.resume_from_checkpoint)
+    signature = _signature(args, sampler)
+    if checkpoint is not None:
+        saved = json.loads((checkpoint / "training_state.json").read_text(encoding="utf-8"))
+        _check_signature(saved, signature, checkpoint)
+        state = load_checkpoint(accelerator, checkpoint, task.generators, ema)
+        global_step, position = int(state["step"]), DataPosition.from_dict(state["position"])
+        log.truncate_after(global_step)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, global_step, position.epoch,
+                    position.batch_index)
+    else:
+        log.reset()
+
+    # 4. train
+    total_batch = sampler.global_batch_size * args.gradient_accumulation_steps
+    logger.info("training %s: %d samples, %d steps, %d images per step (%d per process × %d processes × %d "
+                "accumulation)", task.name, sampler.num_samples, max_steps, total_batch, args.train_batch_size, P,
+                args.gradient_accumulation_steps)
+    progress = tqdm(total=max_steps, initial=global_step, desc=f"train {task.name}",
+                    disable=args.no_progress_bar or not accelerator.is_local_main_process)
+    batches = iterate_batches(loader, sampler, position)
+    losses: list[float] = []
+    micro_losses: list[float] = []
+    micro_metrics: dict[str, list[float]] = {}
+    while global_step < max_steps:
+        batch, position = next(batches)
+        with accelerator.accumulate(model):
+            loss, metrics = task.loss_fn(model, batch)
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        micro_losses.append(accelerator.gather(loss.detach().float().reshape(1)).mean().item())
+        for key, value in metrics.items():
+            micro_metrics.setdefault(key, []).append(float(value))
+        if not accelerator.sync_gradients:
+            continue
+
+        # one optimizer step done
+        global_step += 1
+        if ema is not None:
+            ema.step(unwrapped.parameters())
+        if task.after_step is not None:
+            task.after_step(unwrapped)
+        record = {"step": global_step, "epoch": position.epoch, "loss": sum(micro_losses) / len(micro_losses),
+                  "lr": lr_scheduler.get_last_lr()[0]}
+        if grad_norm is not None:
+            record["grad_norm"] = float(grad_norm)
+        record.update({k: sum(v) / len(v) for k, v in micro_metrics.items()})
+        micro_losses, micro_metrics = [], {}
+        losses.append(record["loss"])
+        log.write(record)
+        accelerator.log({k: v for k, v in record.items() if k != "step"}, step=global_step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}")
+
+        if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+            training_state = {"position": position.to_dict(), "signature": signature,
+                              "samples_seen": position.batch_index * sampler.global_batch_size}
+            save_checkpoint(accelerator, output_dir, global_step, training_state, task.generators, ema,
+                            args.checkpoints_total_limit)
+        if task.validate is not None and args.validation_steps and global_step % args.validation_steps == 0 \
+                and global_step < max_steps:
+            _validate(accelerator, task, unwrapped, ema, global_step, output_dir)
+    progress.close()
+
+    # 5. final validation and export (EMA weights if any), written aside and published atomically
+    if task.validate is not None:
+        _validate(accelerator, task, unwrapped, ema, global_step, output_dir)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        staging = output_dir / STAGING_NAME
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        with _ema_weights(unwrapped, ema):
+            task.export(unwrapped, staging)
+        publish_folder(staging, output_dir, task.index_names)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainingResult(output_dir=output_dir, global_step=global_step, losses=losses)
+
+
+class _ema_weights:
+    """Swap the EMA weights into ``model`` for the duration of the block (no-op without EMA)."""
+
+    def __init__(self, model: nn.Module, ema):
+        self.model, self.ema = model, ema
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.ema.store(self.model.parameters())
+            self.ema.copy_to(self.model.parameters())
+
+    def __exit__(self, *exc):
+        if self.ema is not None:
+            self.ema.restore(self.model.parameters())
+
+
+def _validate(accelerator, task: TrainingTask, unwrapped: nn.Module, ema, step: int, output_dir: Path) -> None:
+    """Run ``task.validate`` on the main process without touching the training's RNG streams or train mode."""
+    if accelerator.is_main_process:
+        rng_tensors, rng_scalars = capture_rng_state(task.generators)
+        was_training = unwrapped.training
+        unwrapped.eval()
+        try:
+            with _ema_weights(unwrapped, ema), torch.no_grad():
+                metrics = task.validate(unwrapped, step, output_dir) or {}
+        finally:
+            unwrapped.train(was_training)
+            restore_rng_state(rng_tensors, rng_scalars, task.generators)
+        if metrics:
+            accelerator.log({f"validation/{k}": v for k, v in metrics.items()}, step=step)
+            logger.info("step %d validation: %s", step, metrics)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,88 @@
+"""A byte-level CLIP tokenizer for worlds without a pretrained one, optionally with BPE merges learned from captions.
+
+The vocabulary has CLIP's layout: 256 byte symbols, the same 256 with the end-of-word marker ``</w>``, then one token
+per merge (in merge order), then ``<|startoftext|>`` and ``<|endoftext|>``. Every byte has a symbol, so any text
+tokenizes; merges learned from the training captions make their common words single tokens. The result is a real
+``transformers.CLIPTokenizer`` (same normaliser and pre-tokeniser as OpenAI's CLIP), saved and loaded as usual.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from transformers import CLIPTokenizer
+
+__all__ = ["byte_symbols", "build_byte_level_clip_tokenizer"]
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+
+
+def byte_symbols() -> list[str]:
+    """GPT-2 / CLIP's reversible byte → printable unicode table, in byte order."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    table, extra = {b: b for b in printable}, 0
+    for b in range(256):
+        if b not in table:
+            table[b] = 256 + extra
+            extra += 1
+    return [chr(table[b]) for b in range(256)]
+
+
+def _learn_merges(corpus: Iterable[str], num_merges: int, min_frequency: int) -> list[tuple[str, str]]:
+    """BPE merges of ``corpus`` under CLIP's normalisation and pre-tokenisation (``tokenizers``' BPE trainer)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    reference = CLIPTokenizer(vocab={BOS_TOKEN: 0, EOS_TOKEN: 1}, merges=[]).backend_tokenizer
+    learner = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
+    learner.normalizer = reference.normalizer
+    learner.pre_tokenizer = reference.pre_tokenizer
+    trainer = trainers.BpeTrainer(
+        # the trainer counts its alphabet (≤ 512 symbols) in vocab_size: leave room for num_merges merges after it
+        vocab_size=512 + num_merges, min_frequency=min_frequency, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>", special_tokens=[],
+    )
+    learner.train_from_iterator(corpus, trainer=trainer)
+    merges = json.loads(learner.to_str())["model"]["merges"]
+    # merges are ordered by priority, so any prefix is itself a valid merge list
+    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges][:num_merges]
+
+
+def build_byte_level_clip_tokenizer(
+    corpus: Iterable[str] | None = None,
+    num_merges: int = 4000,
+    min_frequency: int = 2,
+    model_max_length: int = 77,
+) -> CLIPTokenizer:
+    """A byte-level ``CLIPTokenizer`` that accepts any text.
+
+    Args:
+        corpus: texts (e.g. the training captions) to learn BPE merges from; None gives a tokenizer without merges
+            (one token per byte).
+        num_merges: at most this many merges (fewer when no pair reaches ``min_frequency``).
+        min_frequency: a pair must occur this often in ``corpus`` to be merged.
+        model_max_length: the tokenizer's maximum sequence length (CLIP's 77 by default).
+    """
+    if int(num_merges) != num_merges or num_merges < 0:
+        raise ValueError(f"`num_merges` must be an int >= 0, got {num_merges!r}")
+    if int(min_frequency) != min_frequency or min_frequency < 1:
+        raise ValueError(f"`min_frequency` must be an int >= 1, got {min_frequency!r}")
+    if int(model_max_length) != model_max_length or model_max_length < 3:
+        raise ValueError(f"`model_max_length` must be an int >= 3 (start, one token, end), got {model_max_length!r}")
+    if isinstance(corpus, str):
+        raise ValueError("`corpus` must be an iterable of texts, not one string")
+
+    symbols = byte_symbols()
+    vocab = {s: i for i, s in enumerate(symbols)}
+    vocab.update({s + "</w>": 256 + i for i, s in enumerate(symbols)})
+    merges: list[tuple[str, str]] = []
+    if corpus is not None and num_merges > 0:
+        for a, b in _learn_merges(list(corpus), int(num_merges), int(min_frequency)):
+            if a + b not in vocab:
+                vocab[a + b] = len(vocab)
+            merges.append((a, b))
+    vocab[BOS_TOKEN] = len(vocab)
+    vocab[EOS_TOKEN] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=int(model_max_length))

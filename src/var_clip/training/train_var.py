@@ -1,0 +1,351 @@
+"""Train the VAR-CLIP transformer (or a class-conditional VAR) on a frozen VQ-VAE and a frozen CLIP text encoder.
+
+Each step: the images' per-scale token indices (VQ-VAE) are the targets, their teacher-forcing inputs the coarser
+scales' accumulated latents; the condition is the caption's L2-normalised CLIP text embedding (exactly what
+``VARCLIPPipeline.encode_prompt`` gives at inference), replaced by the learned null embedding for 10 % of each batch
+(classifier-free guidance training, VAR-CLIP §3.2); the loss is cross-entropy over all L tokens with label
+smoothing 0.1, as VAR-CLIP's defaults. The result is a ``VARCLIPPipeline`` folder (``VARPipeline`` for classes).
+
+    accelerate launch -m var_clip.training.train_var --train_data_dir DATA --vqvae VQVAE \
+        --text_encoder CLIP/text_encoder --tokenizer CLIP/tokenizer --output_dir OUT
+
+Legend: B batch · L = Σ pn² · V codebook size · C latent channels · E text-embedding width.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..models.multiscale_vq import MultiScaleVQModel
+from ..models.var_transformer import VARTransformer2DModel
+from ..pipelines.pipeline_var import VARPipeline
+from ..pipelines.pipeline_var_clip import VARCLIPPipeline
+from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset, num_classes_of
+from .engine import (
+    TrainingResult,
+    TrainingTask,
+    add_data_arguments,
+    add_training_arguments,
+    check_training_arguments,
+    create_accelerator,
+    run_training,
+)
+from .samples import save_sample_grid
+from .token_cache import (
+    TokenCacheDataset,
+    build_token_cache,
+    dataset_fingerprint,
+    load_token_cache,
+    module_fingerprint,
+    token_cache_path,
+)
+
+__all__ = ["build_parser", "main", "train", "var_loss", "load_vqvae", "TRANSFORMER_NO_DECAY_KEYS"]
+
+logger = logging.getLogger(__name__)
+
+# VAR's no-weight-decay names, in this package's parameter naming
+TRANSFORMER_NO_DECAY_KEYS = ("pos_start", "pos_embed", "level_embed", "null_text_embed", "ada_gss", "scale_mul")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="var-clip train-var",
+        description="Train a VAR-CLIP transformer (text) or a VAR transformer (class labels) on a frozen VQ-VAE "
+                    "and CLIP text encoder; writes a VARCLIPPipeline (VARPipeline) folder.",
+    )
+    add_training_arguments(parser, learning_rate=None, weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95,
+                           max_grad_norm=2.0, lr_scheduler="linear", train_batch_size=16)
+    add_data_arguments(parser)
+
+    group = parser.add_argument_group("frozen components")
+    group.add_argument("--pretrained_pipeline", type=str, default=None,
+                       help="fine-tune this VARCLIPPipeline/VARPipeline folder (its vqvae, text encoder and "
+                            "tokenizer are used unless given below)")
+    group.add_argument("--vqvae", type=str, default=None,
+                       help="MultiScaleVQModel folder (or a pipeline folder with vqvae/)")
+    group.add_argument("--text_encoder", type=str, default=None,
+                       help="CLIPTextModelWithProjection folder (e.g. train_clip's text_encoder/ or a CLIP checkpoint)")
+    group.add_argument("--tokenizer", type=str, default=None,
+                       help="CLIPTokenizer folder (default: the text encoder's folder or its sibling tokenizer/)")
+    group.add_argument("--condition", choices=("text", "class"), default="text",
+                       help="text: VAR-CLIP on captions; class: VAR on class labels (class subfolders)")
+    group.add_argument("--label_column", type=str, default="label")
+    group.add_argument("--num_classes", type=int, default=None, help="default: the dataset's number of classes")
+
+    group = parser.add_argument_group("transformer (when training from scratch)")
+    group.add_argument("--depth", type=int, default=16)
+    group.add_argument("--embed_dim", type=int, default=None, help="default 64 × depth, as VAR")
+    group.add_argument("--num_heads", type=int, default=None, help="default depth, as VAR")
+    group.add_argument("--mlp_ratio", type=float, default=4.0)
+    group.add_argument("--shared_aln", action="store_true")
+    group.add_argument("--no_attn_l2_norm", action="store_true", help="plain dot-product attention")
+    group.add_argument("--cond_drop_rate", type=float, default=0.1)
+    group.add_argument("--drop_rate", type=float, default=0.0)
+    group.add_argument("--attn_drop_rate", type=float, default=0.0)
+    group.add_argument("--drop_path_rate", type=float, default=None, help="default 0.1 × depth / 24, as VAR")
+
+    group = parser.add_argument_group("VAR training")
+    group.add_argument("--label_smoothing", type=float, default=0.1)
+    group.add_argument("--cache_dir", type=str, default=None,
+                       help="precompute every image's token indices and every caption's embedding once into this "
+                            "folder and train from them (much faster on CPU; needs center crops, no flips)")
+    group.add_argument("--cache_batch_size", type=int, default=64)
+
+    group = parser.add_argument_group("validation samples")
+    group.add_argument("--validation_prompts", type=str, nargs="*", default=None)
+    group.add_argument("--validation_class_labels", type=int, nargs="*", default=None)
+    group.add_argument("--validation_guidance_scale", type=float, default=4.0)
+    group.add_argument("--validation_top_k", type=int, default=900)
+    group.add_argument("--validation_top_p", type=float, default=0.95)
+    group.add_argument("--validation_seed", type=int, default=0)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Components
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_vqvae(path: str | Path) -> MultiScaleVQModel:
+    """A ``MultiScaleVQModel`` from its folder, or from a pipeline folder's ``vqvae/``."""
+    path = Path(path)
+    if (path / "vqvae" / "config.json").is_file():
+        return MultiScaleVQModel.from_pretrained(path, subfolder="vqvae")
+    if not (path / "config.json").is_file():
+        raise ValueError(f"`--vqvae` {str(path)!r} is neither a MultiScaleVQModel folder nor a pipeline folder")
+    return MultiScaleVQModel.from_pretrained(path)
+
+
+def _load_text_components(args):
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    text_path = Path(args.text_encoder)
+    text_encoder = CLIPTextModelWithProjection.from_pretrained(text_path)
+    candidates = [Path(args.tokenizer)] if args.tokenizer else [text_path, text_path.parent / "tokenizer"]
+    for candidate in candidates:
+        if (candidate / "tokenizer_config.json").is_file() or (candidate / "vocab.json").is_file():
+            return CLIPTokenizer.from_pretrained(candidate), text_encoder
+    raise ValueError(f"no CLIP tokenizer found at {[str(c) for c in candidates]}: pass `--tokenizer`")
+
+
+def _build_components(args, num_classes: int | None):
+    """(tokenizer, text_encoder, transformer, vqvae), the transformer trainable, the rest frozen."""
+    pipe = None
+    if args.pretrained_pipeline:
+        pipe_cls = VARCLIPPipeline if args.condition == "text" else VARPipeline
+        pipe = pipe_cls.from_pretrained(args.pretrained_pipeline)
+    vqvae = load_vqvae(args.vqvae) if args.vqvae else (pipe.vqvae if pipe is not None else None)
+    if vqvae is None:
+        raise ValueError("`--vqvae` is required (or `--pretrained_pipeline`)")
+    tokenizer = text_encoder = None
+    if args.condition == "text":
+        if args.text_encoder:
+            tokenizer, text_encoder = _load_text_components(args)
+        elif pipe is not None and pipe.text_encoder is not None and pipe.tokenizer is not None:
+            tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
+        else:
+            raise ValueError("`--condition text` needs `--text_encoder` (and `--tokenizer`), or a "
+                             "`--pretrained_pipeline` that has them")
+
+    if pipe is not None:
+        transformer = pipe.transformer
+    else:
+        depth = args.depth
+        transformer = VARTransformer2DModel(
+            vocab_size=vqvae.config.vocab_size, latent_channels=vqvae.config.latent_channels,
+            patch_nums=tuple(vqvae.config.patch_nums), depth=depth, embed_dim=args.embed_dim or 64 * depth,
+            num_heads=args.num_heads or depth, mlp_ratio=args.mlp_ratio, shared_aln=args.shared_aln,
+            attn_l2_norm=not args.no_attn_l2_norm, condition_type=args.condition,
+            text_embed_dim=text_encoder.config.projection_dim if text_encoder is not None else 768,
+            num_classes=num_classes or 1000, cond_drop_rate=args.cond_drop_rate, drop_rate=args.drop_rate,
+            attn_drop_rate=args.attn_drop_rate,
+            drop_path_rate=args.drop_path_rate if args.drop_path_rate is not None else 0.1 * depth / 24,
+        )
+    if args.condition == "class" and num_classes is not None and transformer.config.num_classes < num_classes:
+        raise ValueError(f"the dataset has {num_classes} classes but the transformer {transformer.config.num_classes}")
+    vqvae.requires_grad_(False).eval()
+    if text_encoder is not None:
+        text_encoder.requires_grad_(False).eval()
+    return tokenizer, text_encoder, transformer, vqvae
+
+
+def _check_arguments(args) -> None:
+    check_training_arguments(args)
+    if not 0.0 <= args.label_smoothing < 1.0:
+        raise ValueError(f"`--label_smoothing` must be in [0, 1), got {args.label_smoothing}")
+    if args.depth < 1:
+        raise ValueError(f"`--depth` must be >= 1, got {args.depth}")
+    if not 0.0 <= args.cond_drop_rate <= 1.0:
+        raise ValueError(f"`--cond_drop_rate` must be in [0, 1], got {args.cond_drop_rate}")
+    if args.cache_batch_size < 1:
+        raise ValueError(f"`--cache_batch_size` must be >= 1, got {args.cache_batch_size}")
+    if args.cache_dir and (args.random_flip or (args.crop == "random" and args.resize_ratio > 1.0)):
+        raise ValueError("`--cache_dir` stores one encoding per image, so it needs deterministic inputs: drop "
+                         "`--random_flip` and `--crop random`")
+    if args.condition == "text" and args.validation_class_labels:
+        raise ValueError("`--validation_class_labels` is for `--condition class`; use `--validation_prompts`")
+    if args.condition == "class" and args.validation_prompts:
+        raise ValueError("`--validation_prompts` is for `--condition text`; use `--validation_class_labels`")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loss
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel, idx_BL: torch.LongTensor,
+             text_embeds: torch.Tensor | None, class_labels: torch.LongTensor | None, label_smoothing: float,
+             generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Teacher-forced next-scale cross-entropy over all L tokens, with condition dropout.
+
+    ``model`` is the (possibly wrapped) trainable transformer, ``transformer`` the unwrapped one.
+    """
+    B, L = idx_BL.shape
+    V = transformer.config.vocab_size
+    with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
+        # the inputs of scales 2..S come from the ground-truth indices of the coarser scales (teacher forcing)
+        idx_per_scale = list(idx_BL.split([pn * pn for pn in transformer.config.patch_nums], dim=1))
+        x_BLC_wo_first_l = vqvae.indices_to_teacher_input(idx_per_scale)
+    drop_B = transformer.condition_dropout_mask(B, generator=generator, device=idx_BL.device)
+    logits_BLV = model(x_BLC_wo_first_l, text_embeds=text_embeds, class_labels=class_labels,
+                       cond_drop_mask=drop_B).logits
+    loss = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing)
+    with torch.no_grad():
+        hits_BL = logits_BLV.argmax(dim=-1) == idx_BL
+        last_l = transformer.config.patch_nums[-1] ** 2
+        metrics = {"accuracy": hits_BL.float().mean().item() * 100,
+                   "accuracy_last_scale": hits_BL[:, -last_l:].float().mean().item() * 100}
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Entry point
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def train(args: argparse.Namespace) -> TrainingResult:
+    """Run a VAR / VAR-CLIP training from parsed arguments."""
+    from accelerate.utils import set_seed
+
+    _check_arguments(args)
+    accelerator = create_accelerator(args, "var-clip-train-var")
+    set_seed(args.seed)  # initialisation only: data order, augmentation and dropout have their own seeded streams
+    device = accelerator.device
+
+    # 1. data and frozen components
+    dataset = load_image_caption_dataset(args.train_data_dir, args.caption_file, args.image_root,
+                                         condition=args.condition, image_column=args.image_column,
+                                         caption_column=args.caption_column, label_column=args.label_column,
+                                         max_samples=args.max_train_samples, cache_dir=args.dataset_cache_dir)
+    num_classes = (args.num_classes or num_classes_of(dataset)) if args.condition == "class" else None
+    tokenizer, text_encoder, transformer, vqvae = _build_components(args, num_classes)
+    if args.resolution is not None and args.resolution != vqvae.sample_size:
+        raise ValueError(f"`--resolution` {args.resolution} differs from the VQ-VAE's image size {vqvae.sample_size}")
+    if args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images
+        args.learning_rate = 1e-4 * args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps / 256
+    vqvae.to(device)
+    if text_encoder is not None:
+        text_encoder.to(device)
+    transform = ImageTransform(vqvae.sample_size, crop=args.crop, resize_ratio=args.resize_ratio,
+                               random_flip=args.random_flip)
+    examples = ImageCaptionDataset(dataset, transform, seed=args.seed)
+    text_pipe = VARCLIPPipeline(tokenizer, text_encoder, transformer, vqvae) if args.condition == "text" else None
+
+    @torch.no_grad()
+    def encode_texts(texts: list[str]) -> torch.Tensor:
+        # the pipeline's own prompt encoding, so training and inference condition on identical embeddings
+        with torch.autocast(device.type, enabled=False):
+            return text_pipe.encode_prompt(list(texts), device=device, do_classifier_free_guidance=False)[0].float()
+
+    @torch.no_grad()
+    def encode_images(pixel_values: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, enabled=False):
+            return torch.cat(vqvae.encode_indices(pixel_values.to(device)), dim=1)
+
+    # 2. optional cache of indices and embeddings, built once by the main process
+    if args.cache_dir:
+        parts = {"dataset": dataset_fingerprint(dataset), "vqvae": module_fingerprint(vqvae),
+                 "transform": f"{vqvae.sample_size}:{args.crop}:{args.resize_ratio}", "condition": args.condition}
+        if text_encoder is not None:
+            parts["text_encoder"] = module_fingerprint(text_encoder)
+            parts["tokenizer"] = _tokenizer_digest(tokenizer)
+        if accelerator.is_main_process:
+            build_token_cache(args.cache_dir, examples, parts, encode_images,
+                              encode_texts if args.condition == "text" else None, batch_size=args.cache_batch_size,
+                              show_progress=not args.no_progress_bar)
+        accelerator.wait_for_everyone()
+        train_dataset = TokenCacheDataset(load_token_cache(token_cache_path(args.cache_dir, parts)))
+    else:
+        train_dataset = examples
+
+    # 3. the loss on one batch
+    cond_generator = torch.Generator().manual_seed(args.seed + 1_000_003 * accelerator.process_index)
+
+    def loss_fn(model, batch: dict[str, Any]):
+        if "indices" in batch:
+            idx_BL = batch["indices"].to(device)
+        else:
+            idx_BL = encode_images(batch["pixel_values"])
+        text_embeds = class_labels = None
+        if args.condition == "text":
+            text_embeds = batch["text_embeds"].to(device) if "text_embeds" in batch else encode_texts(batch["text"])
+        else:
+            class_labels = batch["label"].to(device)
+        return var_loss(model, transformer, vqvae, idx_BL, text_embeds, class_labels, args.label_smoothing,
+                        cond_generator)
+
+    # 4. samples and export
+    def validate(model, step: int, output_dir: Path) -> dict[str, float]:
+        if args.condition == "text" and args.validation_prompts:
+            pipe = VARCLIPPipeline(tokenizer, text_encoder, model, vqvae)
+            conditions, captions = {"prompt": list(args.validation_prompts)}, list(args.validation_prompts)
+        elif args.condition == "class" and args.validation_class_labels:
+            pipe = VARPipeline(model, vqvae)
+            conditions = {"class_labels": list(args.validation_class_labels)}
+            names = getattr(dataset.features.get("label"), "names", None)
+            captions = [names[c] if names and c < len(names) else f"class {c}" for c in args.validation_class_labels]
+        else:
+            return {}
+        pipe.set_progress_bar_config(disable=True)
+        generators = [torch.Generator(device=device).manual_seed(args.validation_seed + i) for i in range(len(captions))]
+        images = pipe(**conditions, guidance_scale=args.validation_guidance_scale, top_k=args.validation_top_k,
+                      top_p=args.validation_top_p, generator=generators).images
+        save_sample_grid(images, captions, output_dir, step)
+        return {}
+
+    def export(model, folder: Path) -> None:
+        model = model.to(torch.float32)
+        if args.condition == "text":
+            VARCLIPPipeline(tokenizer, text_encoder, model, vqvae).save_pretrained(folder, safe_serialization=True)
+        else:
+            VARPipeline(model, vqvae).save_pretrained(folder, safe_serialization=True)
+
+    task = TrainingTask(name="var", model=transformer, loss_fn=loss_fn, dataset=train_dataset, export=export,
+                        validate=validate, generators={"condition_dropout": cond_generator},
+                        no_decay_keys=TRANSFORMER_NO_DECAY_KEYS, index_names=("model_index.json",))
+    return run_training(args, accelerator, task)
+
+
+def _tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of the tokenizer's full definition (vocabulary, merges, normaliser) and its maximum length."""
+    definition = tokenizer.backend_tokenizer.to_str() + f":{tokenizer.model_max_length}"
+    return hashlib.sha256(definition.encode()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
