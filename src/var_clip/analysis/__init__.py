@@ -1,21 +1,27 @@
-"""Analyses of trained VAR-CLIP models."""
+"""Analyses of trained VAR-CLIP models.
 
-from .word_position import (
-    CaptionVariant,
-    analyze_word_position,
-    caption_list_variants,
-    insert_word_variants,
-    move_word_variants,
-    phrase_order_variants,
-    plot_similarities,
-)
+``word_position``: how the position of a word in a caption changes the CLIP text embedding and the generated images
+(``python -m var_clip.analysis.word_position --help``). Names are imported from their submodule on first use.
+"""
 
-__all__ = [
-    "CaptionVariant",
-    "analyze_word_position",
-    "caption_list_variants",
-    "insert_word_variants",
-    "move_word_variants",
-    "phrase_order_variants",
-    "plot_similarities",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "CaptionVariant": "word_position",
+    "analyze_word_position": "word_position",
+    "caption_list_variants": "word_position",
+    "insert_word_variants": "word_position",
+    "move_word_variants": "word_position",
+    "phrase_order_variants": "word_position",
+    "plot_similarities": "word_position",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

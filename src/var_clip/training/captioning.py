@@ -251,6 +251,13 @@ class ImageCaptioner:
     def device(self) -> torch.device:
         return self.model.device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The precision the model computes in (``model.dtype`` names its first parameter's, which may be one that
+        transformers keeps in float32, such as BLIP-2's query tokens, in a float16 model)."""
+        embeddings = self.model.get_input_embeddings()
+        return embeddings.weight.dtype if embeddings is not None else self.model.dtype
+
     def _inputs(self, images: list[Image.Image]):
         if self.uses_chat_template:
             messages = [{"role": "user", "content": [{"type": "image"},
@@ -262,7 +269,7 @@ class ImageCaptioner:
         else:
             inputs = self.processor(images=images, return_tensors="pt")
         # BatchFeature.to casts only the floating-point entries (pixel values) to the model's dtype
-        return inputs.to(self.device, dtype=self.model.dtype)
+        return inputs.to(self.device, dtype=self.dtype)
 
     @torch.no_grad()
     def __call__(self, images: Sequence[Image.Image]) -> list[str]:
