@@ -3,6 +3,23 @@
 __version__ = "0.1.0"
 
 from .models import MultiScaleVQModel, VARTransformer2DModel
-from .pipelines import VARCLIPPipeline, VARPipeline
+from .pipelines import (
+    VARCLIPImg2ImgPipeline,
+    VARCLIPInpaintPipeline,
+    VARCLIPPipeline,
+    VARInpaintPipeline,
+    VARPipeline,
+    prepare_outpainting,
+)
 
-__all__ = ["MultiScaleVQModel", "VARTransformer2DModel", "VARCLIPPipeline", "VARPipeline", "__version__"]
+__all__ = [
+    "MultiScaleVQModel",
+    "VARTransformer2DModel",
+    "VARCLIPPipeline",
+    "VARCLIPInpaintPipeline",
+    "VARCLIPImg2ImgPipeline",
+    "VARPipeline",
+    "VARInpaintPipeline",
+    "prepare_outpainting",
+    "__version__",
+]

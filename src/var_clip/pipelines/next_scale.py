@@ -7,6 +7,7 @@ V codebook size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,33 @@ from ..sampling import SamplingSchedule, gumbel_smooth_probs, pivotal_tokens, re
 OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
 
 
+@dataclass
+class EditRequest:
+    """An image to edit, preprocessed: pixels (B, 3, H, W) in [-1, 1], and either a regenerate-mask or a strength.
+
+    ``mask_B1HW`` in [0, 1] (1 = regenerate) makes an inpainting request; ``keep_scales`` (how many of the first
+    scales keep the image's tokens) an image-to-image one.
+    """
+
+    image_B3HW: torch.Tensor
+    mask_B1HW: torch.Tensor | None = None
+    keep_scales: int | None = None
+
+
+@dataclass
+class KnownTokens:
+    """Tokens imposed during sampling: per scale, the indices (B, l) and where they apply (B, l), True = keep."""
+
+    tokens: list[torch.LongTensor]
+    mask: list[torch.BoolTensor]
+
+
 class NextScalePipelineMixin:
     """Sampling, validation and output handling common to :class:`VARCLIPPipeline` and :class:`VARPipeline`."""
 
     transformer: VARTransformer2DModel
     vqvae: MultiScaleVQModel
-    _callback_tensor_inputs = ["f_hat", "idx_Bl", "logits_BlV"]
+    _callback_tensor_inputs = ["f_hat", "idx_Bl", "logits_BlV", "tokens"]
 
     @property
     def image_processor(self) -> VaeImageProcessor:
@@ -70,8 +92,12 @@ class NextScalePipelineMixin:
         generator,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        known: KnownTokens | None = None,
     ) -> tuple[torch.Tensor, list[torch.LongTensor]]:
         """Generate all scales. Returns the accumulated latent ``f_hat`` (B, C, pn_S, pn_S) and the tokens per scale.
+
+        With ``known``, the tokens it marks are imposed at every scale instead of the sampled ones (inpainting keeps
+        the unmasked region, image-to-image the first scales); the transformer still sees them as its context.
 
         ``cond_BD`` / ``uncond_BD`` are the embedded conditions; with ``uncond_BD`` the batch is doubled for
         classifier-free guidance, ``logits = (1 + t)·cond − t·uncond`` with ``t`` from the schedule (by default
@@ -120,13 +146,17 @@ class NextScalePipelineMixin:
                     h_BlC = gumbel_smooth_probs(filtered, si / max(S - 1, 1), generator) @ codebook.float()
                 else:
                     h_BlC = codebook[idx_Bl].float()
+                if known is not None:
+                    keep_Bl = known.mask[si]
+                    idx_Bl = torch.where(keep_Bl, known.tokens[si], idx_Bl)
+                    h_BlC = torch.where(keep_Bl.unsqueeze(-1), codebook[known.tokens[si]].float(), h_BlC)
                 h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
                 tokens.append(idx_Bl)
 
                 # 4. accumulate into f_hat, and embed the next scale's input (area-downsampled f_hat)
                 f_hat, next_BChw = vqvae.next_scale_input(si, f_hat, h_BChw)
                 if callback_on_step_end is not None:
-                    local = {"f_hat": f_hat, "idx_Bl": idx_Bl, "logits_BlV": logits_BlV}
+                    local = {"f_hat": f_hat, "idx_Bl": idx_Bl, "logits_BlV": logits_BlV, "tokens": list(tokens)}
                     kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs or []}
                     # diffusers' convention (pipe, step, timestep, tensors); the "timestep" is the scale's side
                     returned = callback_on_step_end(self, si, pn, kwargs) or {}
@@ -144,16 +174,99 @@ class NextScalePipelineMixin:
                 progress_bar.update()
         return f_hat, tokens
 
+    # -- editing: images and masks in, known tokens out ----------------------------------------------------------------
+
+    def preprocess_image(self, image, name: str = "image") -> torch.Tensor:
+        """PIL image(s), or arrays/tensors in [0, 1] (H, W, 3) / (B, 3, H, W) → (B, 3, S, S) in [-1, 1] at model size."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        size = self.vqvae.sample_size
+        if isinstance(image, torch.Tensor) and (image.min() < 0 or image.max() > 1):
+            raise ValueError(f"`{name}` tensors must hold values in [0, 1], got [{float(image.min())}, {float(image.max())}]")
+        try:
+            pixels = VaeImageProcessor(do_normalize=True).preprocess(image, height=size, width=size)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"`{name}` must be a PIL image, a list of them, or a float array/tensor in [0, 1]: {e}") from None
+        device, dtype = self._execution_device, torch.float32
+        return pixels.to(device=device, dtype=dtype)
+
+    def preprocess_mask(self, mask, image, name: str = "mask_image") -> torch.Tensor:
+        """A mask the size of ``image`` (white / 1 = regenerate) → (B, 1, S, S) float in [0, 1] at model size."""
+        import numpy as np
+        import PIL.Image
+
+        masks = mask if isinstance(mask, list) else [mask]
+        images = image if isinstance(image, list) else [image]
+        out = []
+        for m in masks:
+            if isinstance(m, PIL.Image.Image):
+                arr = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
+            elif isinstance(m, (np.ndarray, torch.Tensor)):
+                arr = m.detach().cpu().float().numpy() if isinstance(m, torch.Tensor) else np.asarray(m, dtype=np.float32)
+                arr = arr.squeeze()
+                if arr.ndim != 2:
+                    raise ValueError(f"`{name}` arrays must be (H, W), (1, H, W) or (H, W, 1), got shape {m.shape}")
+                if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
+                    raise ValueError(f"`{name}` values must be in [0, 1] (1 = regenerate), got [{arr.min()}, {arr.max()}]")
+            else:
+                raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(m).__name__}")
+            out.append(arr)
+        ref = images[0]
+        ref_hw = (ref.height, ref.width) if isinstance(ref, PIL.Image.Image) else tuple(np.asarray(ref.shape[-2:] if isinstance(ref, torch.Tensor) else ref.shape[:2]))
+        for arr in out:
+            if tuple(arr.shape) != tuple(ref_hw):
+                raise ValueError(f"`{name}` must be the size of `image` ({ref_hw[1]}×{ref_hw[0]}), got {arr.shape[1]}×{arr.shape[0]}")
+        size = self.vqvae.sample_size
+        mask_B1HW = torch.from_numpy(np.stack(out)).unsqueeze(1)
+        if mask_B1HW.shape[-1] != size or mask_B1HW.shape[-2] != size:
+            mask_B1HW = F.interpolate(mask_B1HW, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
+        return mask_B1HW.to(self._execution_device)
+
+    def known_tokens(self, edit: EditRequest, batch_size: int) -> KnownTokens | None:
+        """The image's multi-scale tokens and, per scale, where they are kept (inpainting or image-to-image)."""
+        if edit.mask_B1HW is None and not edit.keep_scales:
+            return None  # strength 1: nothing of the image is kept, exactly plain text-to-image
+        image = _repeat_to(edit.image_B3HW, batch_size, "image")
+        tokens = self.vqvae.encode_indices(image.to(self.vqvae.dtype))
+        patch_nums = self.vqvae.config.patch_nums
+        if edit.mask_B1HW is not None:
+            regenerate = _repeat_to(edit.mask_B1HW, batch_size, "mask_image") > 0.5
+            # a token is regenerated when any masked pixel falls into its cell at that scale
+            keep = [~F.adaptive_max_pool2d(regenerate.float(), pn).flatten(1).bool() for pn in patch_nums]
+        else:
+            keep = [torch.full_like(t, si < edit.keep_scales, dtype=torch.bool) for si, t in enumerate(tokens)]
+        return KnownTokens(tokens=tokens, mask=keep)
+
+    def decode_preview(self, f_hat: torch.Tensor, output_type: str = "pil"):
+        """Decode a partial latent (from a `callback_on_step_end`) into a coarse-to-fine preview image."""
+        images = self.vqvae.decode_latent(f_hat).float()
+        return self.image_processor.postprocess(images, output_type=output_type)
+
     # -- output --------------------------------------------------------------------------------------------------------
 
-    def decode_output(self, f_hat: torch.Tensor, tokens: list[torch.LongTensor], output_type: str, return_dict: bool):
+    def decode_output(self, f_hat: torch.Tensor, tokens: list[torch.LongTensor], output_type: str, return_dict: bool,
+                      edit: EditRequest | None = None):
         if output_type == "tokens":
             images = tokens
         else:
             images = self.vqvae.decode_latent(f_hat).float()
+            if edit is not None and edit.mask_B1HW is not None:
+                # pixels outside the mask are the input's own, exactly
+                B = images.shape[0]
+                mask = _repeat_to(edit.mask_B1HW, B, "mask_image").to(images.dtype)
+                images = mask * images + (1 - mask) * _repeat_to(edit.image_B3HW, B, "image").to(images.dtype)
             images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
 
+
+
+def _repeat_to(x: torch.Tensor, batch_size: int, name: str) -> torch.Tensor:
+    """Broadcast a batch of 1 to ``batch_size``, or repeat each of n items batch_size / n times (images per prompt)."""
+    if x.shape[0] == batch_size:
+        return x
+    if batch_size % x.shape[0]:
+        raise ValueError(f"`{name}` has {x.shape[0]} items for {batch_size} images: give 1 or one per prompt")
+    return x.repeat_interleave(batch_size // x.shape[0], dim=0)

@@ -9,7 +9,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from .next_scale import NextScalePipelineMixin
+from .next_scale import EditRequest, NextScalePipelineMixin
 
 
 class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
@@ -80,15 +80,21 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
             >>> image = pipe(class_labels=[207], generator=torch.Generator().manual_seed(0)).images[0]  # golden retriever
             ```
         """
+        return self._generate(
+            class_labels, num_images_per_prompt, generator, output_type, return_dict, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, more_smooth, edit=None, guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
+            temperature=temperature, prune_ratios=prune_ratios,
+        )
+
+    def _generate(self, class_labels, num_images_per_prompt, generator, output_type, return_dict, callback_on_step_end,
+                  callback_on_step_end_tensor_inputs, more_smooth, edit: EditRequest | None, **schedule_kwargs):
         # 1. check inputs
         labels = self.check_inputs(class_labels)
         self.check_num_images(num_images_per_prompt)
         batch_size = len(labels) * num_images_per_prompt
-        schedule = self.check_sampling_inputs(
-            batch_size, generator, output_type, callback_on_step_end_tensor_inputs, guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
-            temperature=temperature, prune_ratios=prune_ratios,
-        )
+        schedule = self.check_sampling_inputs(batch_size, generator, output_type, callback_on_step_end_tensor_inputs,
+                                              **schedule_kwargs)
         device = self._execution_device
 
         # 2. class embeddings of the labels and, for guidance, of the null class
@@ -98,9 +104,47 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
         if schedule.last_guided_scale >= 0:
             uncond_BD = self.transformer.embed_condition(class_labels=self.transformer.null_condition(batch_size).to(device))
 
-        # 3. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
-                                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+        # 3. when editing, the input image's tokens that are kept at each scale
+        known = self.known_tokens(edit, batch_size) if edit is not None else None
 
-        # 4. decode
-        return self.decode_output(f_hat, tokens, output_type, return_dict)
+        # 4. sample the token maps scale by scale
+        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
+                                               callback_on_step_end, callback_on_step_end_tensor_inputs, known)
+
+        # 5. decode (and, when inpainting, paste back the unmasked pixels)
+        return self.decode_output(f_hat, tokens, output_type, return_dict, edit)
+
+
+class VARInpaintPipeline(VARPipeline):
+    r"""Class-conditional inpainting with VAR: regenerate the white region of `mask_image` as the given class."""
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        class_labels: int | list[int],
+        image=None,
+        mask_image=None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 4.0,
+        top_k: int | list[int] = 900,
+        top_p: float | list[float] = 0.95,
+        more_smooth: bool = False,
+        guidance_schedule: str = "linear",
+        guidance_interval: tuple[int, int] | None = None,
+        temperature: float | list[float] = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""As [`VARCLIPInpaintPipeline.__call__`], with `class_labels` in place of prompts."""
+        if image is None or mask_image is None:
+            raise ValueError("inpainting needs both `image` and `mask_image`")
+        edit = EditRequest(image_B3HW=self.preprocess_image(image), mask_B1HW=self.preprocess_mask(mask_image, image))
+        return self._generate(
+            class_labels, num_images_per_prompt, generator, output_type, return_dict, callback_on_step_end,
+            callback_on_step_end_tensor_inputs, more_smooth, edit=edit, guidance_scale=guidance_scale,
+            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
+            temperature=temperature,
+        )

@@ -11,7 +11,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from .next_scale import NextScalePipelineMixin
+from .next_scale import EditRequest, NextScalePipelineMixin
 
 logger = logging.get_logger(__name__)
 
@@ -205,15 +205,23 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
             >>> image = pipe("a red fox", generator=torch.Generator().manual_seed(0)).images[0]
             ```
         """
+        return self._generate(
+            prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator, output_type,
+            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth, edit=None,
+            guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
+            top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
+        )
+
+    def _generate(self, prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator,
+                  output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth,
+                  edit: EditRequest | None, **schedule_kwargs):
+        """The steps shared by text-to-image, inpainting and image-to-image."""
         # 1. check inputs
         batch_size = self.check_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
         self.check_num_images(num_images_per_prompt)
-        schedule = self.check_sampling_inputs(
-            batch_size * num_images_per_prompt, generator, output_type, callback_on_step_end_tensor_inputs,
-            guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
-            temperature=temperature, prune_ratios=prune_ratios,
-        )
+        num_images = batch_size * num_images_per_prompt
+        schedule = self.check_sampling_inputs(num_images, generator, output_type, callback_on_step_end_tensor_inputs,
+                                              **schedule_kwargs)
         device = self._execution_device
 
         # 2. encode the prompt (and the negative prompt, or the learned null embedding)
@@ -226,12 +234,15 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         cond_BD = self.transformer.embed_condition(text_embeds=prompt_embeds)
         uncond_BD = self.transformer.embed_condition(text_embeds=negative_prompt_embeds) if do_cfg else None
 
-        # 4. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
-                                               callback_on_step_end, callback_on_step_end_tensor_inputs)
+        # 4. when editing, the input image's tokens that are kept at each scale
+        known = self.known_tokens(edit, num_images) if edit is not None else None
 
-        # 5. decode
-        return self.decode_output(f_hat, tokens, output_type, return_dict)
+        # 5. sample the token maps scale by scale
+        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
+                                               callback_on_step_end, callback_on_step_end_tensor_inputs, known)
+
+        # 6. decode (and, when inpainting, paste back the unmasked pixels)
+        return self.decode_output(f_hat, tokens, output_type, return_dict, edit)
 
 
 def _check_embeds(name: str, embeds, width: int) -> None:

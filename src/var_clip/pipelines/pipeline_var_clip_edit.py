@@ -1,0 +1,141 @@
+"""Text-guided editing with VAR-CLIP: inpainting, outpainting and image-to-image.
+
+Next-scale prediction makes editing natural: the coarse scales fix the layout, and known tokens can be imposed at
+every scale while the transformer fills in the rest, with the imposed tokens as its context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+
+from .next_scale import EditRequest
+from .pipeline_var_clip import VARCLIPPipeline
+
+__all__ = ["VARCLIPInpaintPipeline", "VARCLIPImg2ImgPipeline", "prepare_outpainting"]
+
+
+class VARCLIPInpaintPipeline(VARCLIPPipeline):
+    r"""Regenerate a masked region of an image from a prompt (white in the mask = regenerate), any mask shape.
+
+    At every scale the tokens whose cell contains no masked pixel are taken from the image's multi-scale encoding;
+    only the others are sampled. The decoded result is blended with the input so unmasked pixels are unchanged.
+    Outpainting is inpainting on an extended canvas: see :func:`prepare_outpainting`.
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image=None,
+        mask_image=None,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 4.0,
+        top_k: int | list[int] = 900,
+        top_p: float | list[float] = 0.95,
+        more_smooth: bool = False,
+        guidance_schedule: str = "linear",
+        guidance_interval: tuple[int, int] | None = None,
+        temperature: float | list[float] = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Inpaint ``mask_image``'s white region of ``image`` following ``prompt``.
+
+        Args:
+            image (PIL image, list of them, or array/tensor in [0, 1]): the image(s) to edit; resized to the model's
+                resolution. One image, or one per prompt.
+            mask_image (PIL image, array or tensor in [0, 1], or a list): the same size as `image`; 1 (white) marks
+                what to regenerate, soft values blend.
+            Every other argument is as in [`VARCLIPPipeline.__call__`].
+        """
+        if image is None or mask_image is None:
+            raise ValueError("inpainting needs both `image` and `mask_image`")
+        edit = EditRequest(image_B3HW=self.preprocess_image(image), mask_B1HW=self.preprocess_mask(mask_image, image))
+        return self._generate(
+            prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator, output_type,
+            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth, edit=edit,
+            guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
+            top_k=top_k, top_p=top_p, temperature=temperature,
+        )
+
+
+class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
+    r"""Image-to-image: keep an image's tokens for the first scales and sample the rest under the prompt.
+
+    ``strength`` is the share of scales regenerated: 0 returns the image's own reconstruction, 1 is plain
+    text-to-image (same seed, same image). In between: variations, re-captioning, coarse layout transfer.
+    """
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        image=None,
+        strength: float = 0.6,
+        negative_prompt: str | list[str] | None = None,
+        num_images_per_prompt: int = 1,
+        guidance_scale: float = 4.0,
+        top_k: int | list[int] = 900,
+        top_p: float | list[float] = 0.95,
+        more_smooth: bool = False,
+        guidance_schedule: str = "linear",
+        guidance_interval: tuple[int, int] | None = None,
+        temperature: float | list[float] = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ):
+        r"""Re-generate ``image`` under ``prompt``, keeping its coarse scales.
+
+        Args:
+            image (PIL image, list of them, or array/tensor in [0, 1]): the starting image(s).
+            strength (`float` in [0, 1], defaults to 0.6): share of the scales regenerated,
+                `round(strength · S)` of the S scales, the finest ones.
+            Every other argument is as in [`VARCLIPPipeline.__call__`].
+        """
+        if image is None:
+            raise ValueError("image-to-image needs an `image`")
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 <= strength <= 1.0:
+            raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}")
+        S = len(self.transformer.config.patch_nums)
+        edit = EditRequest(image_B3HW=self.preprocess_image(image), keep_scales=S - round(strength * S))
+        return self._generate(
+            prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator, output_type,
+            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth, edit=edit,
+            guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
+            top_k=top_k, top_p=top_p, temperature=temperature,
+        )
+
+
+def prepare_outpainting(image: PIL.Image.Image, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0,
+                        fill: tuple[int, int, int] = (127, 127, 127)) -> tuple[PIL.Image.Image, PIL.Image.Image]:
+    """Extend ``image`` by the given margins (pixels) and return ``(canvas, mask)`` for the inpainting pipeline.
+
+    The canvas holds the image with ``fill`` around it; the mask is white on the new margins. The pipeline resizes
+    both to the model's resolution, so make the canvas square for undistorted results.
+    """
+    for name, value in (("left", left), ("top", top), ("right", right), ("bottom", bottom)):
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"`{name}` must be an int >= 0, got {value!r}")
+    if not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"`image` must be a PIL image, got {type(image).__name__}")
+    w, h = image.size
+    canvas = PIL.Image.new("RGB", (w + left + right, h + top + bottom), fill)
+    canvas.paste(image.convert("RGB"), (left, top))
+    mask = np.full((canvas.height, canvas.width), 255, dtype=np.uint8)
+    mask[top : top + h, left : left + w] = 0
+    return canvas, PIL.Image.fromarray(mask, mode="L")

@@ -1,0 +1,152 @@
+"""Inpainting, outpainting, image-to-image and per-scale previews on tiny real components."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+import torch.nn.functional as F
+
+from var_clip import (
+    VARCLIPImg2ImgPipeline,
+    VARCLIPInpaintPipeline,
+    VARCLIPPipeline,
+    VARInpaintPipeline,
+    prepare_outpainting,
+)
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(0)
+    return PIL.Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+
+
+@pytest.fixture
+def mask():
+    m = np.zeros((16, 16), dtype=np.uint8)
+    m[2:9, 3:12] = 255  # an irregular region, not aligned to token cells
+    m[12, 1] = 255
+    return PIL.Image.fromarray(m)
+
+
+def edit_pipe(cls, tiny_pipe):
+    pipe = cls(**tiny_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_unmasked_tokens_are_the_inputs_at_every_scale(tiny_pipe, image, mask):
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    tokens = pipe("a red circle", image=image, mask_image=mask, generator=gen(), output_type="tokens").images
+    source = pipe.vqvae.encode_indices(pipe.preprocess_image(image))
+    regen = torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
+    changed_somewhere = False
+    for si, pn in enumerate(pipe.vqvae.config.patch_nums):
+        keep = ~F.adaptive_max_pool2d(regen, pn).flatten(1).bool()
+        assert torch.equal(tokens[si][keep], source[si][keep]), f"scale {si}"
+        changed_somewhere |= not torch.equal(tokens[si][~keep], source[si][~keep])
+    assert changed_somewhere
+
+
+def test_unmasked_pixels_are_unchanged(tiny_pipe, image, mask):
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    out = pipe("a red circle", image=image, mask_image=mask, generator=gen(), output_type="np").images[0]
+    src = np.asarray(image, dtype=np.float32) / 255
+    keep = np.asarray(mask) == 0
+    np.testing.assert_allclose(out[keep], src[keep], atol=1e-6)
+    assert np.abs(out[~keep] - src[~keep]).max() > 0.01
+    pil = pipe("a red circle", image=image, mask_image=mask, generator=gen()).images[0]
+    assert np.array_equal(np.asarray(pil)[keep], np.asarray(image)[keep])
+
+
+def test_batch_and_mask_as_tensor(tiny_pipe, image):
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    m = torch.zeros(16, 16)
+    m[:, 8:] = 1.0
+    out = pipe(["a", "b"], image=image, mask_image=m, num_images_per_prompt=2, generator=gen(), output_type="pt").images
+    assert out.shape == (4, 3, 16, 16)
+
+
+@pytest.mark.parametrize(
+    "bad_mask,message",
+    [
+        (np.zeros((8, 8)), "must be the size of `image`"),
+        (np.full((16, 16), 2.0), r"values must be in \[0, 1\]"),
+        (np.full((16, 16), -0.5), r"values must be in \[0, 1\]"),
+        (torch.zeros(2, 3, 16, 16), r"must be \(H, W\)"),
+        ("mask.png", "must be a PIL image, a numpy array or a torch tensor"),
+    ],
+)
+def test_bad_masks(tiny_pipe, image, bad_mask, message):
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    with pytest.raises(ValueError, match=message):
+        pipe("a red circle", image=image, mask_image=bad_mask)
+
+
+def test_missing_image_or_mask(tiny_pipe, image):
+    with pytest.raises(ValueError, match="needs both"):
+        edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)("a", image=image)
+    with pytest.raises(ValueError, match="needs an `image`"):
+        edit_pipe(VARCLIPImg2ImgPipeline, tiny_pipe)("a")
+
+
+def test_img2img_strength_zero_is_the_reconstruction_and_one_is_text_to_image(tiny_pipe, image):
+    pipe = edit_pipe(VARCLIPImg2ImgPipeline, tiny_pipe)
+    pixels = pipe.preprocess_image(image)
+    recon = (pipe.vqvae.decode_indices(pipe.vqvae.encode_indices(pixels)) / 2 + 0.5).clamp(0, 1)
+    zero = pipe("a red circle", image=image, strength=0.0, generator=gen(), output_type="pt").images
+    torch.testing.assert_close(zero, recon, atol=1e-5, rtol=0)
+    one = pipe("a red circle", image=image, strength=1.0, generator=gen(4), output_type="pt").images
+    plain = tiny_pipe("a red circle", generator=gen(4), output_type="pt").images
+    assert torch.equal(one, plain)
+
+
+def test_img2img_keeps_the_first_scales(tiny_pipe, image):
+    pipe = edit_pipe(VARCLIPImg2ImgPipeline, tiny_pipe)
+    source = pipe.vqvae.encode_indices(pipe.preprocess_image(image))
+    tokens = pipe("a blue square", image=image, strength=0.5, generator=gen(), output_type="tokens").images
+    assert all(torch.equal(tokens[si], source[si]) for si in range(2))  # S=4, strength 0.5 → 2 scales regenerated
+    with pytest.raises(ValueError, match=r"`strength` must be a number in \[0, 1\]"):
+        pipe("a", image=image, strength=1.5)
+
+
+def test_class_conditional_inpainting(tiny_class_pipe, image, mask):
+    pipe = VARInpaintPipeline(**tiny_class_pipe.components)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(3, image=image, mask_image=mask, generator=gen(), output_type="np").images[0]
+    keep = np.asarray(mask) == 0
+    np.testing.assert_allclose(out[keep], np.asarray(image, dtype=np.float32)[keep] / 255, atol=1e-6)
+
+
+def test_outpainting_canvas_and_mask(tiny_pipe):
+    small = PIL.Image.new("RGB", (8, 8), (255, 0, 0))
+    canvas, mask = prepare_outpainting(small, left=4, right=4, top=4, bottom=4)
+    assert canvas.size == (16, 16) and mask.size == (16, 16)
+    m = np.asarray(mask)
+    assert m[4:12, 4:12].max() == 0 and m[0].min() == 255
+    out = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)("a red square", image=canvas, mask_image=mask, generator=gen(),
+                                                       output_type="np").images[0]
+    np.testing.assert_allclose(out[4:12, 4:12], np.asarray(canvas, dtype=np.float32)[4:12, 4:12] / 255, atol=1e-6)
+    with pytest.raises(ValueError, match="`left` must be an int >= 0"):
+        prepare_outpainting(small, left=-1)
+
+
+def test_previews_after_every_scale(tiny_pipe):
+    previews, seen_tokens = [], []
+
+    def on_scale(pipe, si, pn, tensors):
+        seen_tokens.append(len(tensors["tokens"]))
+        previews.append(pipe.decode_preview(tensors["f_hat"])[0])
+        return {}
+
+    final = tiny_pipe("a red circle", generator=gen(), callback_on_step_end=on_scale,
+                      callback_on_step_end_tensor_inputs=["f_hat", "tokens"]).images[0]
+    assert seen_tokens == [1, 2, 3, 4] and len(previews) == 4
+    assert np.array_equal(np.asarray(previews[-1]), np.asarray(final))
+    assert isinstance(tiny_pipe, VARCLIPPipeline)
