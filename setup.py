@@ -30,7 +30,7 @@ setup(
         "test": ["pytest>=8", "datasets>=2.20"],
         "train": ["datasets>=2.20", "tensorboard>=2.15"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

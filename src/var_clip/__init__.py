@@ -2,6 +2,11 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+
+#: Folder of the small shapes-world pipeline that ships with the package: `VARCLIPPipeline.from_pretrained(DEFAULT_MODEL)`.
+DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "default_model")
+
 from .models import MultiScaleVQModel, VARTransformer2DModel
 from .pipelines import (
     VARCLIPImg2ImgPipeline,
@@ -21,5 +26,6 @@ __all__ = [
     "VARPipeline",
     "VARInpaintPipeline",
     "prepare_outpainting",
+    "DEFAULT_MODEL",
     "__version__",
 ]

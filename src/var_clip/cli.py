@@ -1,0 +1,231 @@
+"""The `var-clip` command line: generate, edit, train, caption, analyse and evaluate.
+
+    var-clip generate "a red circle above a blue square" -o shapes.png
+    var-clip generate "a red fox" --model path/or/repo-id --num-images 4 --seed 1 -o foxes.png
+    var-clip inpaint "a red circle" --image scene.png --mask mask.png -o inpainted.png
+    var-clip img2img "a blue square" --image scene.png --strength 0.5 -o variation.png
+    var-clip train-var --help
+
+Every subcommand exits with 0 on success, 2 on bad arguments and 1 when the work itself fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+# Subcommands implemented by other modules' `main(argv)`: name -> (module, one-line help)
+DELEGATED = {
+    "train-vqvae": ("var_clip.training.train_vqvae", "train the multi-scale VQ-VAE (accelerate-ready)"),
+    "train-clip": ("var_clip.training.train_clip", "train a CLIP model contrastively on image-caption pairs"),
+    "train-var": ("var_clip.training.train_var", "train the VAR-CLIP transformer on a frozen VQ-VAE and CLIP"),
+    "caption": ("var_clip.training.captioning", "caption a folder of images with an image-to-text model (BLIP-2)"),
+    "word-position": ("var_clip.analysis.word_position", "how a word's position in a caption steers CLIP guidance"),
+    "eval-shapes": ("var_clip.evaluation", "faithfulness report on the shapes world (accuracy per attribute)"),
+}
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class CLIError(Exception):
+    """A failure to report as one line, with exit code 1."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Arguments
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text}")
+    return value
+
+
+def _unit_float(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
+    return value
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompt", help="what to draw (English text; quote it)")
+    p.add_argument("--model", default=None,
+                   help="a pipeline folder or Hugging Face Hub repo id (default: the embedded shapes-world model)")
+    p.add_argument("--negative-prompt", default=None, help="replaces the learned null embedding in guidance")
+    p.add_argument("--num-images", type=_positive_int, default=1, help="images to generate; several make a grid (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed + i (default 0)")
+    p.add_argument("--guidance-scale", type=_non_negative_float, default=None,
+                   help="classifier-free guidance, ramping linearly over scales; 0 disables it (default 4.0)")
+    p.add_argument("--top-k", type=_non_negative_int, default=None,
+                   help="sample among the k most likely tokens; 0 disables (default 900)")
+    p.add_argument("--top-p", type=_unit_float, default=None,
+                   help="nucleus sampling threshold in [0, 1]; 0 disables (default 0.95)")
+    p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (the original's visualisation setting)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument("--save-progress", metavar="PNG", default=None,
+                   help="also write the coarse-to-fine progression (one preview per scale) as a strip")
+    p.add_argument("-o", "--output", default="var_clip.png", help="PNG file to write (default var_clip.png)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="var-clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("generate", help="text-to-image", description="Generate images from a text prompt.")
+    _add_generation_args(p)
+    p = sub.add_parser("inpaint", help="regenerate a masked region from a prompt",
+                       description="Inpaint: regenerate the white region of --mask in --image following the prompt.")
+    _add_generation_args(p)
+    p.add_argument("--image", required=True, help="image to edit (resized to the model's resolution)")
+    p.add_argument("--mask", required=True, help="mask image of the same size: white = regenerate")
+    p = sub.add_parser("img2img", help="keep an image's coarse scales, regenerate the rest",
+                       description="Image-to-image: keep --image's first scales and sample the finer ones under the prompt.")
+    _add_generation_args(p)
+    p.add_argument("--image", required=True, help="starting image")
+    p.add_argument("--strength", type=_unit_float, default=0.6,
+                   help="share of scales regenerated: 0 reconstructs the image, 1 ignores it (default 0.6)")
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Running
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_pipeline(model: str | None, cls, dtype: str, device: str):
+    """Load a pipeline folder, a Hub repo id, or the embedded default model, as ``cls`` on ``device``."""
+    import torch
+
+    import var_clip
+
+    source = model or var_clip.DEFAULT_MODEL
+    if model is None and not Path(source).is_dir():
+        raise CLIError(f"the embedded default model is not installed at {source}; pass --model PATH_OR_REPO")
+    if model is not None and not Path(model).is_dir() and (model.count("/") != 1 or Path(model).suffix):
+        raise CLIError(f"--model {model!r} is neither a folder nor a Hub repo id (owner/name)")
+    try:
+        pipe = cls.from_pretrained(source, torch_dtype=getattr(torch, dtype))
+    except OSError as e:
+        raise CLIError(f"could not load --model {source!r}: {str(e).splitlines()[0]}") from None
+    try:
+        pipe = pipe.to(device)
+    except (RuntimeError, AssertionError) as e:
+        raise CLIError(f"--device {device!r} is not available: {str(e).splitlines()[0]}") from None
+    return pipe
+
+
+def _sampling_flags(args) -> dict:
+    """The sampling flags the user gave; the others keep the pipeline's defaults."""
+    given = {key: getattr(args, key) for key in ("guidance_scale", "top_k", "top_p")}
+    return {key: value for key, value in given.items() if value is not None}
+
+
+def _save_png(image, path: str) -> None:
+    """Write atomically: a crash never leaves a truncated PNG under the final name."""
+    path = os.path.abspath(path)
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        raise CLIError(f"the folder of --output {path!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".var_clip_", suffix=".png", dir=directory)
+    os.close(fd)
+    try:
+        image.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _load_image(path: str, flag: str):
+    import PIL.Image
+
+    try:
+        with PIL.Image.open(path) as im:
+            return im.convert("RGB") if flag == "--image" else im.convert("L")
+    except (OSError, ValueError) as e:
+        raise CLIError(f"{flag} {path!r} cannot be read as an image: {e}") from None
+
+
+def run_generation(args) -> int:
+    import torch
+
+    from . import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
+    from .utils.image_grid import make_image_grid
+
+    cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "img2img": VARCLIPImg2ImgPipeline}[args.command]
+    extra = {}
+    if args.command == "inpaint":
+        image, mask = _load_image(args.image, "--image"), _load_image(args.mask, "--mask")
+        if image.size != mask.size:
+            raise CLIError(f"--mask is {mask.size[0]}×{mask.size[1]} but --image is {image.size[0]}×{image.size[1]}")
+        extra = dict(image=image, mask_image=mask)
+    elif args.command == "img2img":
+        extra = dict(image=_load_image(args.image, "--image"), strength=args.strength)
+    pipe = load_pipeline(args.model, cls, args.dtype, args.device)
+
+    previews: list = []
+
+    def keep_preview(p, si, pn, tensors):
+        previews.append(p.decode_preview(tensors["f_hat"][:1])[0])
+        return {}
+
+    generators = [torch.Generator(device=args.device).manual_seed(args.seed + i) for i in range(args.num_images)]
+    images = pipe(
+        args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images, generator=generators,
+        more_smooth=args.more_smooth, callback_on_step_end=keep_preview if args.save_progress else None,
+        callback_on_step_end_tensor_inputs=["f_hat"] if args.save_progress else None, **_sampling_flags(args), **extra,
+    ).images
+    picture = images[0] if len(images) == 1 else make_image_grid(images, cols=min(len(images), 4))
+    _save_png(picture, args.output)
+    print(f"wrote {args.output} ({len(images)} image{'s' if len(images) > 1 else ''}, {picture.width}×{picture.height})")
+    if args.save_progress:
+        sides = [f"{pn}×{pn}" for pn in pipe.transformer.config.patch_nums]
+        size = max(previews[0].width, 64)
+        strip = make_image_grid([p.resize((size, size)) for p in previews], captions=sides, cols=len(previews))
+        _save_png(strip, args.save_progress)
+        print(f"wrote {args.save_progress} (progression over {len(previews)} scales)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in DELEGATED:
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return module.main(argv[1:])
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return run_generation(args)
+    except (CLIError, ValueError) as e:
+        print(f"var-clip {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

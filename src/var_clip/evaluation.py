@@ -1,0 +1,162 @@
+"""Faithfulness report on the shapes world: how often a generated image shows what its caption says.
+
+For seen and held-out prompts (``shapes_world.evaluation_prompts``) the pipeline draws several samples per prompt;
+each image is scored against its caption by the shapes-world evaluator (colour, shape, position, size, relation,
+whole caption), and the accuracies are reported per split (seen / held-out) and per group (one / two objects), at
+the main guidance scale and, optionally, at several others.
+
+    var-clip eval-shapes --output-dir report/                 # the embedded default model
+    var-clip eval-shapes --model path/to/pipeline --samples-per-prompt 8 --guidance-scales 0,2,4,6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import PIL.Image
+import torch
+from tqdm.auto import tqdm
+
+from . import shapes_world as sw
+
+__all__ = ["evaluate_shapes", "build_parser", "main"]
+
+SPLITS = {  # name -> (held_out, num_objects)
+    "seen_one": (False, 1), "seen_two": (False, 2), "held_out_one": (True, 1), "held_out_two": (True, 2),
+}
+
+
+def evaluate_shapes(pipe, samples_per_prompt: int = 4, guidance_scale: float | None = None, seed: int = 0,
+                    max_prompts: int | None = None, batch_size: int = 16, show_progress: bool = True,
+                    **sampling_kwargs) -> tuple[dict, list]:
+    """Generate and score. Returns the summary (``shapes_world.summarize_scores``) and the records
+    ``(caption, scores, held_out, num_objects, image)`` (images for the sample grid).
+
+    Sample ``j`` of prompt ``i`` uses a generator seeded ``seed + 1000·i + j``: reruns are identical, and a prompt's
+    samples do not depend on the batch size.
+    """
+    if samples_per_prompt < 1:
+        raise ValueError(f"`samples_per_prompt` must be >= 1, got {samples_per_prompt}")
+    if guidance_scale is not None:
+        sampling_kwargs["guidance_scale"] = guidance_scale
+    prompts = [(p, held_out, n) for held_out, n in SPLITS.values()
+               for p in sw.evaluation_prompts(held_out=held_out, num_objects=n)[:max_prompts]]
+    jobs = [(p, held_out, n, seed + 1000 * i + j) for i, (p, held_out, n) in enumerate(prompts) for j in range(samples_per_prompt)]
+    records = []
+    bar = tqdm(total=len(jobs), desc="eval-shapes", disable=not show_progress)
+    for start in range(0, len(jobs), batch_size):
+        chunk = jobs[start : start + batch_size]
+        generators = [torch.Generator().manual_seed(job_seed) for *_, job_seed in chunk]
+        images = pipe([c[0] for c in chunk], generator=generators, **sampling_kwargs).images
+        for (prompt, held_out, n, _), image in zip(chunk, images):
+            if image.size != (sw.IMAGE_SIZE, sw.IMAGE_SIZE):  # the evaluator reads the spec's 64 × 64 canvas
+                image = image.resize((sw.IMAGE_SIZE, sw.IMAGE_SIZE), resample=PIL.Image.Resampling.BOX)
+            records.append((prompt, sw.score_image(image, prompt), held_out, n, image))
+        bar.update(len(chunk))
+    bar.close()
+    summary = sw.summarize_scores([r[:4] for r in records])
+    return summary, records
+
+
+def headline(summary: dict) -> dict:
+    """Whole-caption accuracy of the four report groups."""
+    return {
+        "seen_one_object": summary["seen"]["one_object"]["caption"],
+        "seen_two_objects": summary["seen"]["two_objects"]["caption"],
+        "held_out_one_object": summary["held_out"]["one_object"]["caption"],
+        "held_out_two_objects": summary["held_out"]["two_objects"]["caption"],
+    }
+
+
+def sample_grid(records: list, per_group: int = 8):
+    from .utils.image_grid import make_image_grid
+
+    chosen = []
+    for held_out, n in SPLITS.values():
+        group = [r for r in records if r[2] == held_out and r[3] == n]
+        step = max(1, len(group) // per_group)
+        chosen += group[::step][:per_group]
+    images = [r[4].resize((128, 128), resample=0) for r in chosen]
+    captions = [("✓ " if r[1]["caption"] else "✗ ") + r[0] + (" [held out]" if r[2] else "") for r in chosen]
+    return make_image_grid(images, captions=captions, cols=per_group)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="var-clip eval-shapes", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded default model)")
+    p.add_argument("--output-dir", default="shapes_report", help="where report.json and samples.png go")
+    p.add_argument("--samples-per-prompt", type=int, default=4, help="samples per prompt (default 4, the spec's minimum)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="main guidance scale (default: the pipeline's)")
+    p.add_argument("--guidance-scales", default=None,
+                   help="comma-separated extra guidance scales to sweep, e.g. 0,2,4,6 (whole-caption accuracy each)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k (default: the pipeline's)")
+    p.add_argument("--top-p", type=float, default=None, help="top-p (default: the pipeline's)")
+    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    p.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each group (quick runs)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call (default 16)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .cli import CLIError, load_pipeline
+    from .pipelines import VARCLIPPipeline
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("samples_per_prompt", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    sweep = []
+    if args.guidance_scales:
+        try:
+            sweep = [float(g) for g in args.guidance_scales.split(",") if g.strip()]
+        except ValueError:
+            parser.error(f"--guidance-scales must be comma-separated numbers, got {args.guidance_scales!r}")
+        if any(g < 0 for g in sweep):
+            parser.error("--guidance-scales must be >= 0")
+    try:
+        pipe = load_pipeline(args.model, VARCLIPPipeline, "float32", args.device)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs = {k: v for k, v in (("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+        common = dict(samples_per_prompt=args.samples_per_prompt, seed=args.seed, max_prompts=args.max_prompts,
+                      batch_size=args.batch_size, **kwargs)
+        summary, records = evaluate_shapes(pipe, guidance_scale=args.guidance_scale, **common)
+        report = {
+            "model": args.model or "default", "samples_per_prompt": args.samples_per_prompt, "seed": args.seed,
+            "guidance_scale": args.guidance_scale, "whole_caption_accuracy": headline(summary), "accuracy": summary,
+            "guidance_sweep": {},
+        }
+        for g in sweep:
+            report["guidance_sweep"][str(g)] = headline(evaluate_shapes(pipe, guidance_scale=g, **common)[0])
+        # write into a temporary folder, then move the finished files into place
+        out = Path(args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".eval_shapes_", dir=out))
+        try:
+            (tmp / "report.json").write_text(json.dumps(report, indent=1))
+            sample_grid(records).save(tmp / "samples.png")
+            for name in ("report.json", "samples.png"):
+                os.replace(tmp / name, out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except (CLIError, ValueError) as e:
+        print(f"var-clip eval-shapes: error: {e}", file=sys.stderr)
+        return 1
+    acc = report["whole_caption_accuracy"]
+    print("whole-caption accuracy: " + ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in acc.items()))
+    for g, a in report["guidance_sweep"].items():
+        print(f"  guidance {g}: " + ", ".join(f"{k} {v:.0%}" for k, v in a.items() if v is not None))
+    print(f"wrote {out / 'report.json'} and {out / 'samples.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""The `var-clip` command line, on a tiny pipeline saved in the test's folder."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+
+from var_clip.cli import main
+
+
+@pytest.fixture
+def model_dir(tiny_pipe, tmp_path):
+    path = tmp_path / "pipe"
+    tiny_pipe.save_pretrained(path)
+    return str(path)
+
+
+def test_generate_one_and_a_grid(model_dir, tmp_path, capsys):
+    out = tmp_path / "one.png"
+    assert main(["generate", "a red circle", "--model", model_dir, "-o", str(out), "--seed", "3"]) == 0
+    assert PIL.Image.open(out).size == (16, 16)
+    grid = tmp_path / "grid.png"
+    assert main(["generate", "a red circle", "--model", model_dir, "--num-images", "3", "-o", str(grid)]) == 0
+    assert PIL.Image.open(grid).width > 3 * 16
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_generate_is_seeded(model_dir, tmp_path):
+    a, b, c = (tmp_path / f"{n}.png" for n in "abc")
+    for path, seed in ((a, 1), (b, 1), (c, 2)):
+        main(["generate", "a blue square", "--model", model_dir, "--seed", str(seed), "-o", str(path)])
+    assert np.array_equal(np.asarray(PIL.Image.open(a)), np.asarray(PIL.Image.open(b)))
+    assert not np.array_equal(np.asarray(PIL.Image.open(a)), np.asarray(PIL.Image.open(c)))
+
+
+def test_save_progress_strip(model_dir, tmp_path):
+    strip = tmp_path / "strip.png"
+    assert main(["generate", "a red circle", "--model", model_dir, "-o", str(tmp_path / "x.png"),
+                 "--save-progress", str(strip)]) == 0
+    assert PIL.Image.open(strip).width >= 4 * 64
+
+
+def test_inpaint_and_img2img(model_dir, tmp_path):
+    image = tmp_path / "in.png"
+    PIL.Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(image)
+    mask = np.zeros((16, 16), dtype=np.uint8)
+    mask[4:12, 4:12] = 255
+    PIL.Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "out.png"
+    assert main(["inpaint", "a red circle", "--model", model_dir, "--image", str(image), "--mask",
+                 str(tmp_path / "mask.png"), "-o", str(out)]) == 0
+    kept = np.asarray(PIL.Image.open(out))[mask == 0]
+    assert np.array_equal(kept, np.asarray(PIL.Image.open(image))[mask == 0])
+    assert main(["img2img", "a red circle", "--model", model_dir, "--image", str(image), "--strength", "0.5",
+                 "-o", str(out)]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv,code,message",
+    [
+        (["generate", "x", "--num-images", "0"], 2, "must be an int >= 1"),
+        (["generate", "x", "--top-p", "1.5"], 2, r"must be a number in \[0, 1\]"),
+        (["generate", "x", "--guidance-scale", "-1"], 2, "must be a number >= 0"),
+        (["generate", "x", "--dtype", "int8"], 2, "invalid choice"),
+        (["generate"], 2, "required: prompt"),
+        (["img2img", "x", "--image", "i.png", "--strength", "2"], 2, r"must be a number in \[0, 1\]"),
+    ],
+)
+def test_bad_arguments_exit_2(argv, code, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == code
+    assert __import__("re").search(message, capsys.readouterr().err)
+
+
+def test_failures_exit_1_with_one_line(model_dir, tmp_path, capsys):
+    assert main(["generate", "x", "--model", str(tmp_path / "missing"), "-o", str(tmp_path / "o.png")]) == 1
+    assert "neither a folder nor a Hub repo id" in capsys.readouterr().err
+    assert main(["generate", "x", "--model", model_dir, "-o", str(tmp_path / "no" / "dir" / "o.png")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["inpaint", "x", "--model", model_dir, "--image", str(tmp_path / "nope.png"), "--mask", "m.png"]) == 1
+    assert "cannot be read as an image" in capsys.readouterr().err
+
+
+def test_eval_shapes_report(model_dir, tmp_path):
+    out = tmp_path / "report"
+    assert main(["eval-shapes", "--model", model_dir, "--output-dir", str(out), "--samples-per-prompt", "1",
+                 "--max-prompts", "2", "--guidance-scales", "0,2"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["whole_caption_accuracy"]) == {"seen_one_object", "seen_two_objects", "held_out_one_object",
+                                                     "held_out_two_objects"}
+    assert report["accuracy"]["all"]["all"]["num_samples"] == 8
+    assert set(report["guidance_sweep"]) == {"0.0", "2.0"}
+    assert PIL.Image.open(out / "samples.png").width > 0
+
+
+def test_console_script_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "var_clip.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for command in ("generate", "inpaint", "img2img", "train-vqvae", "train-clip", "train-var", "caption",
+                    "word-position", "eval-shapes"):
+        assert command in out.stdout
