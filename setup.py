@@ -16,8 +16,9 @@ setup(
     package_data={"var_clip": ["default_model/**/*"]},
     install_requires=[
         "torch>=2.3",
-        # tested with diffusers 0.42.1 and transformers 5.23.0
-        "diffusers>=0.32,<0.43",
+        # tested with diffusers 0.42.1 and transformers 5.23.0 (the Hub loading and custom-pipeline recipes
+        # depend on diffusers internals: other minor versions are not supported)
+        "diffusers>=0.42,<0.43",
         "transformers>=4.46",
         "safetensors>=0.4",
         "huggingface_hub>=0.25",
@@ -25,6 +26,7 @@ setup(
         "Pillow>=10",
         "numpy>=1.24",
         "tqdm>=4.66",
+        "jinja2>=3",
     ],
     extras_require={
         "test": ["pytest>=8", "datasets>=2.20"],

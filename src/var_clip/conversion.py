@@ -20,8 +20,8 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,8 +30,6 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .models.multiscale_vq import MultiScaleVQModel
-from .models.var_transformer import VARTransformer2DModel
 from .original_format import (
     DEFAULT_PATCH_NUMS,
     OriginalCheckpointError,
@@ -149,7 +147,8 @@ def load_text_encoder(name_or_path: str, expected_dim: int):
     except (OSError, ValueError, KeyError) as e:  # missing files, no network, not a CLIP model
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConversionError(f"text_encoder {name_or_path!r} could not be loaded as a CLIP text model with "
-                              f"projection and its tokenizer: {first}") from None
+                              f"projection and its tokenizer: {first} (offline? pass a local folder, or 'none')"
+                              ) from None
     projection_dim = text_encoder.config.projection_dim
     if projection_dim != expected_dim:
         raise ConversionError(f"text_encoder {name_or_path!r} projects to {projection_dim} dims but the transformer in "
@@ -189,6 +188,10 @@ def load_original_pipeline(
         script = "convert_var_clip_to_diffusers.py" if kind == "text" else "convert_var_to_diffusers.py"
         raise ConversionError(f"var_checkpoint {str(var_checkpoint)!r} holds {held}; convert it with "
                               f"conversion_scripts/{script}")
+    encoder = tokenizer = None
+    if condition_type == "text" and text_encoder is not None and kind == "text":
+        # before the slow part, so that a wrong or unreachable text encoder is reported at once
+        encoder, tokenizer = load_text_encoder(text_encoder, int(var_sd["noise.weight"].shape[1]))
     if "blocks.0.attn.scale_mul_1H11" not in var_sd and num_heads is None:
         depth = len({k.split(".")[1] for k in var_sd if k.startswith("blocks.")})
         logger.warning(f"var_checkpoint has no L2-normalised attention, so it does not store the number of heads: "
@@ -214,9 +217,6 @@ def load_original_pipeline(
 
     if condition_type == "class":
         return VARPipeline(transformer=transformer, vqvae=vqvae)
-    encoder = tokenizer = None
-    if text_encoder is not None:
-        encoder, tokenizer = load_text_encoder(text_encoder, t.text_embed_dim)
     return VARCLIPPipeline(tokenizer=tokenizer, text_encoder=encoder, transformer=transformer, vqvae=vqvae)
 
 
@@ -372,9 +372,10 @@ def _card_data(pipe, has_text_encoder: bool, text_encoder_source: str | None, re
         base_model.append(DEFAULT_TEXT_ENCODER)
     # The Hub has no class-conditional task; generating from a label and no text is closest to its
     # `unconditional-image-generation` task.
+    pipeline_tag = "text-to-image" if text else "unconditional-image-generation"
     return ModelCardData(
-        library_name="var-clip", license="mit", pipeline_tag="text-to-image" if text else "unconditional-image-generation",
-        tags=tags, base_model=base_model if released else None, datasets=["ILSVRC/imagenet-1k"] if released else None,
+        library_name="var-clip", license="mit", pipeline_tag=pipeline_tag, tags=tags,
+        base_model=base_model if released else None, datasets=["ILSVRC/imagenet-1k"] if released else None,
     )
 
 
@@ -414,13 +415,20 @@ def _check_output_dir(output_dir: Path, overwrite: bool, inputs: Sequence[str | 
                                       f"overwriting it would delete the input")
 
 
-def _move_into_place(staging: Path, output_dir: Path) -> None:
+def _sibling(output_dir: Path, kind: str) -> Path:
+    """A fresh hidden name next to ``output_dir`` (same file system, so renames are atomic)."""
+    return output_dir.parent / f".{output_dir.name}.{kind}-{secrets.token_hex(4)}"
+
+
+def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
     """Rename the finished folder to ``output_dir``; an old one is set aside first and deleted only afterwards."""
     old = None
     if output_dir.exists():
         if any(output_dir.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.old-", dir=output_dir.parent))
-            old.rmdir()
+            if not overwrite:  # appeared while converting
+                raise ConversionError(f"output_dir {str(output_dir)!r} was created while converting; pass overwrite "
+                                      f"(--overwrite) to replace it")
+            old = _sibling(output_dir, "old")
             os.replace(output_dir, old)
         else:
             output_dir.rmdir()
@@ -482,7 +490,8 @@ def convert_original_checkpoints(
     logger.info("inferred configuration:\n" + format_table(summary))
 
     output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.partial-", dir=output_dir.parent))
+    staging = _sibling(output_dir, "partial")
+    staging.mkdir()  # with the user's umask, unlike tempfile.mkdtemp's private 0700
     image_size = None
     try:
         start = time.perf_counter()
@@ -508,7 +517,7 @@ def convert_original_checkpoints(
                 raise ConversionError(f"the converted pipeline failed its check (loading the written folder and "
                                       f"generating one image): {reason}; no output folder was written") from e
             seconds["check"] = time.perf_counter() - start
-        _move_into_place(staging, output_dir)
+        _move_into_place(staging, output_dir, overwrite)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

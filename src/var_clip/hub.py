@@ -69,7 +69,7 @@ def select_files(filenames: Iterable[str], variant: str | None = None) -> list[s
     if variant is not None and not any(variant in by_variant for by_variant in weights_by_dir.values()):
         available = sorted({v for by_variant in weights_by_dir.values() for v in by_variant if v})
         raise ValueError(f"`variant`={variant!r} is not in this repository; available variants: {available or 'none'}")
-    for folder, by_variant in weights_by_dir.items():
+    for by_variant in weights_by_dir.values():
         chosen += by_variant.get(variant) or by_variant.get(None) or []
     return sorted(chosen)
 

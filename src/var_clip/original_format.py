@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 
 import torch
+from accelerate import init_empty_weights
 
 from .models.multiscale_vq import MultiScaleVQModel
 from .models.var_transformer import VARTransformer2DModel
@@ -73,7 +74,7 @@ def load_original_state_dict(path: str | os.PathLike, what: str = "checkpoint") 
         if "Weights only load failed" in msg or "weights_only" in msg:
             raise OriginalCheckpointError(
                 f"{what} {path!r} needs code to unpickle and was refused (only tensors and plain containers are "
-                f"read; nothing from the file was run). Details: {msg.splitlines()[0]}"
+                f"read; nothing from the file was run)"
             ) from None
         raise OriginalCheckpointError(f"{what} {path!r} is damaged or truncated: {msg.splitlines()[0] if msg else type(e).__name__}") from None
     if isinstance(obj, Mapping) and "trainer" in obj:
@@ -149,7 +150,8 @@ def vqvae_from_original(state_dict: Mapping[str, torch.Tensor], patch_nums=DEFAU
         raise OriginalCheckpointError("this is a VAR transformer checkpoint, not a VQ-VAE (were the files swapped?)")
     config = infer_vqvae_config(state_dict, patch_nums, quant_resi)
     config.update(config_overrides)
-    model = MultiScaleVQModel(**config)
+    with init_empty_weights():  # no random initialisation: every parameter comes from the checkpoint
+        model = MultiScaleVQModel(**config)
     mapped = {_vqvae_key(k): v for k, v in state_dict.items()}
     # The codebook-usage statistics are per scale: a VAE trained with other patch_nums keeps fresh ones (as VAR does).
     ema = mapped.get("quantize.ema_vocab_hit_SV")
@@ -247,7 +249,8 @@ def transformer_from_original(state_dict: Mapping[str, torch.Tensor], num_heads:
     """Build a :class:`VARTransformer2DModel` from a VAR-CLIP or VAR transformer state dict."""
     config = infer_transformer_config(state_dict, num_heads=num_heads, patch_nums=patch_nums)
     config.update(config_overrides)
-    model = VARTransformer2DModel(**config)
+    with init_empty_weights():  # parameters on the meta device; buffers (derived from the config) are real
+        model = VARTransformer2DModel(**config)
     mapped = {}
     for key, value in state_dict.items():
         if key in _DERIVED:
@@ -283,5 +286,5 @@ def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], wha
         if wrong:
             parts.append(f"shape mismatches: {wrong}")
         raise OriginalCheckpointError(f"the {what} checkpoint does not fit the inferred model; " + "; ".join(parts))
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state_dict.items()}, strict=True)
+    model.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
     model.eval()

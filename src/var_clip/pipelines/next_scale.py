@@ -49,6 +49,17 @@ class NextScalePipelineMixin:
     vqvae: MultiScaleVQModel
     _callback_tensor_inputs = ["f_hat", "idx_Bl", "logits_BlV", "tokens"]
 
+    @classmethod
+    def download(cls, pretrained_model_name, **kwargs) -> str:
+        """Fetch a pipeline repository for ``from_pretrained("owner/name")``: the requested variant, safetensors only.
+
+        diffusers' own download refuses components whose library it does not know (var_clip's), so repo ids are
+        resolved by :func:`var_clip.hub.snapshot` instead.
+        """
+        from ..hub import diffusers_download
+
+        return diffusers_download(pretrained_model_name, **kwargs)
+
     @property
     def image_processor(self) -> VaeImageProcessor:
         return VaeImageProcessor(do_resize=False, do_normalize=True)

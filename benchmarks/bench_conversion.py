@@ -1,0 +1,62 @@
+"""Wall time and peak memory of converting a full-size VAR-CLIP d16 checkpoint pair.
+
+    python benchmarks/bench_conversion.py [--dtype fp32|fp16|bf16] [--skip_check]
+
+Writes a d16 transformer (``ar-ckpt-last.pth`` layout) and VAR's 256-px VQ-VAE with random weights in the original
+key layout (tests/full_size.py), then runs conversion_scripts/convert_var_clip_to_diffusers.py on them in a child
+process with ``--text_encoder none`` (no CLIP ViT-L/14 weights offline) and reports the child's wall time and peak
+resident memory (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), including the final load-and-generate check unless
+``--skip_check``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.full_size import write_var_clip_d16_pair  # noqa: E402
+
+
+def _size_mib(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--skip_check", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-conversion-") as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        var_path, vae_path = write_var_clip_d16_pair(tmp / "original")
+        print(f"wrote the original-format pair in {time.perf_counter() - start:.1f} s: "
+              f"{var_path.name} {var_path.stat().st_size / 2**20:.0f} MiB, "
+              f"{vae_path.name} {vae_path.stat().st_size / 2**20:.0f} MiB")
+
+        out = tmp / "var-clip-d16"
+        command = [sys.executable, str(REPO / "conversion_scripts" / "convert_var_clip_to_diffusers.py"),
+                   "--var_checkpoint", str(var_path), "--vae_checkpoint", str(vae_path), "--output_dir", str(out),
+                   "--text_encoder", "none", "--dtype", args.dtype] + (["--skip_check"] if args.skip_check else [])
+        start = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if proc.returncode != 0:
+            sys.exit(f"conversion failed ({proc.returncode}):\n{proc.stderr}")
+        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+        print(proc.stdout.strip().splitlines()[-1])
+        print(f"conversion ({args.dtype}{', no check' if args.skip_check else ', with check'}): wall {wall:.1f} s "
+              f"(process start and imports included), peak RSS {peak_mib:.0f} MiB, output {_size_mib(out):.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""VAR-CLIP text-to-image for diffusers apps, loaded through diffusers' custom-pipeline mechanism.
+
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(
+        "path/to/converted/var-clip-d16",
+        custom_pipeline="path/to/var-clip/pipelines/pipeline_var_clip.py",
+        trust_remote_code=True,
+    )
+
+diffusers copies this file into its modules cache, imports it and uses the one `DiffusionPipeline` subclass it
+finds here; the components themselves are loaded from the modules named in `model_index.json`
+(`var_clip.models...`), so the var-clip package must be installed (`pip install var-clip`). Tested with
+diffusers 0.42.1.
+"""
+
+from var_clip import VARCLIPPipeline
+
+__all__ = ["VARCLIPPipeline"]
