@@ -1,0 +1,182 @@
+"""Rebuild the embedded default model from scratch: shapes-world data → CLIP → VQ-VAE → VAR-CLIP → evaluation → card.
+
+    python scripts/build_default_model.py --workdir runs/default_model --output src/var_clip/default_model
+
+Every stage uses the package's own entry points (`var-clip train-clip`, `train-vqvae`, `train-var`, `eval-shapes`)
+and is skipped when its output already exists, so an interrupted build resumes where it stopped (`--fresh` starts
+over). The finished pipeline folder, with its model card, replaces `--output` only once it is complete. The
+default settings fit in about 90 minutes on two CPU cores; `--scale 0.1` makes a quick smoke build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The recipe. Steps are multiplied by --scale.
+DATA = dict(num_images=30000, seed=1)
+CLIP = dict(steps=1500, batch=128, lr=1e-3, width=128, layers=4, heads=4, projection=64, vision_width=128,
+            vision_layers=4, patch=8)
+VQVAE = dict(steps=1500, batch=32, lr=1e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
+             patch_nums=(1, 2, 3, 4, 5, 6, 8))
+VAR = dict(steps=3000, batch=64, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
+EVAL = dict(samples_per_prompt=4, guidance_scale=4.0, top_k=900, top_p=0.95)
+MAX_MB = 25.0
+
+
+def run_stage(name: str, out: Path, entry, argv: list[str], log: dict) -> None:
+    marker = out / "stage_complete.json"
+    if marker.exists():
+        print(f"[{name}] done already ({out})", flush=True)
+        return
+    if out.exists():
+        argv = argv + ["--resume_from_checkpoint", "latest"]
+    print(f"[{name}] {' '.join(argv)}", flush=True)
+    t = time.time()
+    code = entry(argv)
+    if code:
+        raise SystemExit(f"[{name}] failed with exit code {code}")
+    log[name] = round(time.time() - t)
+    marker.write_text(json.dumps({"seconds": log[name]}))
+
+
+def folder_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/default_model", help="data, runs and checkpoints (default runs/default_model)")
+    parser.add_argument("--output", default=str(REPO / "src" / "var_clip" / "default_model"),
+                        help="where the finished pipeline folder goes (default: the package's default_model)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke build)")
+    parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
+    parser.add_argument("--num_images", type=int, default=DATA["num_images"], help="training images (default 30000)")
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error("--scale must be > 0")
+
+    from var_clip import VARCLIPPipeline, shapes_world
+    from var_clip.evaluation import evaluate_shapes
+    from var_clip.training import train_clip, train_var, train_vqvae
+
+    work = Path(args.workdir)
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "timings.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    steps = lambda n: str(max(1, round(n * args.scale)))  # noqa: E731
+    common = ["--report_to", "none", "--mixed_precision", "no", "--seed", "0"]
+
+    # 1. data
+    data = work / "data"
+    if not (data / "metadata.jsonl").exists():
+        t = time.time()
+        shapes_world.generate_dataset(data, num_images=args.num_images, seed=DATA["seed"])
+        log["data"] = round(time.time() - t)
+
+    # 2. CLIP: its text tower and tokenizer become the pipeline's text encoder
+    c = CLIP
+    run_stage("clip", work / "clip", train_clip.main, [
+        "--train_data_dir", str(data), "--output_dir", str(work / "clip"), "--resolution", "64",
+        "--train_batch_size", str(c["batch"]), "--learning_rate", str(c["lr"]), "--max_train_steps", steps(c["steps"]),
+        "--text_width", str(c["width"]), "--text_layers", str(c["layers"]), "--text_heads", str(c["heads"]),
+        "--projection_dim", str(c["projection"]), "--vision_width", str(c["vision_width"]),
+        "--vision_layers", str(c["vision_layers"]), "--patch_size", str(c["patch"]),
+        "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common], log)
+
+    # 3. VQ-VAE: 64 × 64 images, 8× downsampling, scales up to 8 × 8
+    v = VQVAE
+    run_stage("vqvae", work / "vqvae", train_vqvae.main, [
+        "--train_data_dir", str(data), "--output_dir", str(work / "vqvae"), "--train_batch_size", str(v["batch"]),
+        "--learning_rate", str(v["lr"]), "--max_train_steps", steps(v["steps"]), "--ch", str(v["ch"]),
+        "--ch_mult", *map(str, v["ch_mult"]), "--num_res_blocks", "1", "--vocab_size", str(v["vocab"]),
+        "--latent_channels", str(v["latent"]), "--patch_nums", *map(str, v["patch_nums"]),
+        "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common], log)
+
+    # 4. VAR-CLIP transformer on the frozen VQ-VAE and text tower, with cached tokens and embeddings
+    r = VAR
+    run_stage("var", work / "var", train_var.main, [
+        "--train_data_dir", str(data), "--output_dir", str(work / "var"), "--vqvae", str(work / "vqvae"),
+        "--text_encoder", str(work / "clip" / "text_encoder"), "--tokenizer", str(work / "clip" / "tokenizer"),
+        "--cache_dir", str(work / "cache"), "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
+        "--num_heads", str(r["heads"]), "--train_batch_size", str(r["batch"]), "--learning_rate", str(r["lr"]),
+        "--max_train_steps", steps(r["steps"]), "--cond_drop_rate", str(r["cond_drop"]),
+        "--label_smoothing", str(r["label_smoothing"]), "--checkpointing_steps", "500",
+        "--checkpoints_total_limit", "1", *common], log)
+    log_path.write_text(json.dumps(log, indent=1))
+
+    # 5. export, evaluate, write the card; the folder replaces --output only when complete
+    import torch
+    from huggingface_hub import ModelCardData
+
+    from var_clip.conversion import render_model_card
+
+    pipe = VARCLIPPipeline.from_pretrained(work / "var", torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    t = time.time()
+    summary, _ = evaluate_shapes(pipe, samples_per_prompt=EVAL["samples_per_prompt"], guidance_scale=EVAL["guidance_scale"],
+                                 top_k=EVAL["top_k"], top_p=EVAL["top_p"])
+    log["eval"] = round(time.time() - t)
+    (work / "eval_summary.json").write_text(json.dumps(summary, indent=1))
+
+    def pct(split: str, metric: str) -> str:
+        value = summary[split]["all"][metric]
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+
+    output = Path(args.output)
+    tmp = Path(tempfile.mkdtemp(prefix=".default_model_", dir=output.parent))
+    try:
+        pipe.save_pretrained(tmp)
+        tc, vc = pipe.transformer.config, pipe.vqvae.config
+        count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"  # noqa: E731
+        import var_clip
+
+        card = render_model_card(
+            REPO / "model_cards" / "default_model.md",
+            ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
+                          tags=["var-clip", "text-to-image", "next-scale-prediction", "shapes-world"]),
+            depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, patch_nums=list(tc.patch_nums),
+            image_size=pipe.vqvae.sample_size, vocab_size=vc.vocab_size, latent_channels=vc.latent_channels,
+            transformer_params=count(pipe.transformer), vqvae_params=count(pipe.vqvae),
+            text_encoder_description=f"CLIP text tower, {CLIP['layers']} layers, width {CLIP['width']}, trained "
+                                     f"contrastively on the shapes world",
+            text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
+            vqvae_training=f"{steps(VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
+            transformer_training=f"{steps(VAR['steps'])} steps × {VAR['batch']} images, lr {VAR['lr']}, "
+                                 f"{int(VAR['cond_drop'] * 100)} % condition dropout",
+            training_hardware="2 CPU cores", training_time=f"{sum(log.values()) / 60:.0f} minutes (all stages)",
+            num_samples_per_prompt=EVAL["samples_per_prompt"],
+            num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
+            num_heldout_prompts=sum(len(shapes_world.evaluation_prompts(True, n)) for n in (1, 2)),
+            guidance_scale=EVAL["guidance_scale"], top_k=EVAL["top_k"], top_p=EVAL["top_p"],
+            accuracy={s: {m: pct(split, m) for m in ("color", "shape", "size", "position", "relation", "caption")}
+                      for s, split in (("seen", "seen"), ("heldout", "held_out"))},
+            var_clip_version=var_clip.__version__,
+        )
+        card.save(tmp / "README.md")
+        size = folder_mb(tmp)
+        if size > MAX_MB:
+            raise SystemExit(f"the pipeline folder is {size:.1f} MB, over the {MAX_MB} MB budget of the package")
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(tmp, output)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log_path.write_text(json.dumps(log, indent=1))
+    print(f"wrote {output} ({folder_mb(output):.1f} MB); timings (s): {log}")
+    print(json.dumps({k: summary[k]["one_object"]["caption"] for k in ("seen", "held_out")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
