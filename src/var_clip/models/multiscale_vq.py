@@ -347,8 +347,8 @@ class MultiScaleVQOutput(BaseOutput):
     """
 
     sample: torch.Tensor
-    vq_loss: torch.Tensor
-    codebook_usage: torch.Tensor
+    vq_loss: torch.Tensor | None = None
+    codebook_usage: torch.Tensor | None = None
 
 
 class MultiScaleVQModel(ModelMixin, ConfigMixin):

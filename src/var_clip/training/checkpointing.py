@@ -100,7 +100,7 @@ def publish_folder(staging: str | os.PathLike, output_dir: str | os.PathLike,
                    index_names: Sequence[str] = ("model_index.json", "config.json")) -> None:
     """Move every entry of a finished ``staging`` folder into ``output_dir`` without a loadable half state.
 
-    The index files (``model_index.json`` of a pipeline, ``config.json`` of a model) of ``output_dir`` are removed
+    The index entries (``model_index.json`` of a pipeline, ``config.json`` of a model) of ``output_dir`` are removed
     first and the new ones moved last, so at every instant ``output_dir`` is either the old model, or not loadable,
     or the new model. Each entry moves with one ``os.replace`` (same file system); other entries of ``output_dir``
     (checkpoints, logs, samples) are left alone.
@@ -109,8 +109,11 @@ def publish_folder(staging: str | os.PathLike, output_dir: str | os.PathLike,
     fsync_tree(staging)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in index_names:
-        if (output_dir / name).exists():
-            (output_dir / name).unlink()
+        index = output_dir / name
+        if index.is_dir() and not index.is_symlink():
+            shutil.rmtree(index)
+        elif index.exists() or index.is_symlink():
+            index.unlink()
     entries = sorted(staging.iterdir(), key=lambda p: (p.name in index_names, p.name))
     for entry in entries:
         target = output_dir / entry.name
@@ -131,7 +134,9 @@ def publish_folder(staging: str | os.PathLike, output_dir: str | os.PathLike,
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def capture_rng_state(
+    generators: dict[str, torch.Generator] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Python's, NumPy's, torch's (CPU and CUDA) global RNG states and the named generators' states."""
     tensors: dict[str, torch.Tensor] = {}
     py_version, py_internal, py_gauss = random.getstate()
@@ -145,7 +150,8 @@ def capture_rng_state(generators: dict[str, torch.Generator] | None = None) -> t
     for name, generator in (generators or {}).items():
         tensors[f"generator.{name}"] = generator.get_state()
     scalars = {"python_version": py_version, "python_gauss_next": py_gauss, "numpy_kind": np_kind,
-               "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss), "numpy_cached_gaussian": float(np_cached),
+               "numpy_pos": int(np_pos), "numpy_has_gauss": int(np_has_gauss),
+               "numpy_cached_gaussian": float(np_cached),
                "generators": sorted((generators or {}).keys())}
     return tensors, scalars
 
@@ -320,8 +326,8 @@ def load_checkpoint(accelerator, path: str | os.PathLike, generators: dict[str, 
     rank = accelerator.process_index
     rng_file = path / f"rng_state_{rank}.safetensors"
     if rng_file.is_file():
-        restore_rng_state(load_file(rng_file), json.loads((path / f"rng_state_{rank}.json").read_text(encoding="utf-8")),
-                          generators)
+        scalars = json.loads((path / f"rng_state_{rank}.json").read_text(encoding="utf-8"))
+        restore_rng_state(load_file(rng_file), scalars, generators)
     elif generators:
         # a different process count: the global RNG states cannot carry over, the named generators restart seeded
         logger.warning("checkpoint %s has no RNG state for process %d; its generators are re-seeded", path, rank)

@@ -35,6 +35,7 @@ __all__ = [
     "ResumableSampler",
     "read_caption_file",
     "load_image_caption_dataset",
+    "num_classes_of",
     "collate_examples",
     "make_dataloader",
     "iterate_batches",
@@ -48,7 +49,9 @@ CROP_MODES = ("center", "random")
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def read_caption_file(caption_file: str | os.PathLike, image_root: str | os.PathLike | None = None) -> list[tuple[str, str]]:
+def read_caption_file(
+    caption_file: str | os.PathLike, image_root: str | os.PathLike | None = None,
+) -> list[tuple[str, str]]:
     """Parse a VAR-CLIP caption file into ``(absolute image path, caption)`` pairs.
 
     Each non-empty line reads ``path: caption``; the path ends at the first colon, so a caption may contain colons
@@ -85,7 +88,7 @@ def load_image_caption_dataset(
     caption_file: str | os.PathLike | None = None,
     image_root: str | os.PathLike | None = None,
     *,
-    condition: str = "text",
+    condition: str | None = "text",
     image_column: str = "image",
     caption_column: str = "text",
     label_column: str = "label",
@@ -99,7 +102,7 @@ def load_image_caption_dataset(
             labels). Exactly one of ``data_dir`` and ``caption_file`` is given.
         caption_file: a VAR-CLIP caption file (see :func:`read_caption_file`); with ``condition="class"`` the label is
             the image's parent folder (an ImageNet synset), numbered in sorted order.
-        condition: ``"text"`` needs captions, ``"class"`` needs labels.
+        condition: ``"text"`` needs captions, ``"class"`` needs labels, None only images (VQ-VAE training).
         image_column / caption_column / label_column: column names in ``data_dir``'s dataset.
         max_samples: keep only the first ``max_samples`` rows (in file order).
         cache_dir: where ``datasets`` keeps its Arrow cache (its default cache when None).
@@ -109,8 +112,8 @@ def load_image_caption_dataset(
     if (data_dir is None) == (caption_file is None):
         raise ValueError("pass exactly one of `data_dir` (an imagefolder dataset) and `caption_file` (VAR-CLIP's "
                          "'path: caption' lines)")
-    if condition not in ("text", "class"):
-        raise ValueError(f"`condition` must be 'text' or 'class', got {condition!r}")
+    if condition not in ("text", "class", None):
+        raise ValueError(f"`condition` must be 'text', 'class' or None, got {condition!r}")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"`max_samples` must be a positive int or None, got {max_samples}")
 
@@ -139,7 +142,7 @@ def load_image_caption_dataset(
             raise ValueError(f"`image_column` {image_column!r} is not a column of {str(data_dir)!r} "
                              f"(columns: {dataset.column_names})")
 
-    needed = "text" if condition == "text" else "label"
+    needed = {"text": "text", "class": "label", None: "image"}[condition]
     if needed not in dataset.column_names:
         what = ("captions: `metadata.jsonl` lines with `file_name` and `text` (or set `caption_column`)"
                 if condition == "text" else "class labels: one subfolder per class (or set `label_column`)")
@@ -185,8 +188,10 @@ class ImageTransform:
         if crop not in CROP_MODES:
             raise ValueError(f"`crop` must be one of {CROP_MODES}, got {crop!r}")
         if not resize_ratio >= 1.0:
-            raise ValueError(f"`resize_ratio` must be >= 1.0 (the crop is taken from the resized image), got {resize_ratio}")
-        self.resolution, self.crop, self.resize_ratio, self.random_flip = int(resolution), crop, float(resize_ratio), random_flip
+            raise ValueError(f"`resize_ratio` must be >= 1.0 (the crop is taken from the resized image), "
+                             f"got {resize_ratio}")
+        self.resolution, self.crop = int(resolution), crop
+        self.resize_ratio, self.random_flip = float(resize_ratio), random_flip
 
     @property
     def is_random(self) -> bool:
@@ -201,14 +206,15 @@ class ImageTransform:
         w, h = image.size
         if min(w, h) != target:
             scale = target / min(w, h)
-            image = image.resize((max(target, round(w * scale)), max(target, round(h * scale))), Image.Resampling.LANCZOS)
+            size = (max(target, round(w * scale)), max(target, round(h * scale)))
+            image = image.resize(size, Image.Resampling.LANCZOS)
         # 2. square crop
         w, h = image.size
         side = self.resolution
         if self.crop == "random":
             left, top = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
         else:
-            left, top = int(round((w - side) / 2.0)), int(round((h - side) / 2.0))
+            left, top = round((w - side) / 2.0), round((h - side) / 2.0)
         image = image.crop((left, top, left + side, top + side))
         # 3. flip
         if self.random_flip and rng.random() < 0.5:
@@ -311,7 +317,8 @@ class ResumableSampler(Sampler):
 
     def set_position(self, position: DataPosition) -> None:
         if not 0 <= position.batch_index < self.batches_per_epoch:
-            raise ValueError(f"batch_index {position.batch_index} is outside the epoch's {self.batches_per_epoch} batches")
+            raise ValueError(f"batch_index {position.batch_index} is outside the epoch's "
+                             f"{self.batches_per_epoch} batches")
         self.position = position
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -340,7 +347,9 @@ def make_dataloader(dataset: Dataset, sampler: ResumableSampler, num_workers: in
                       generator=torch.Generator().manual_seed(sampler.seed))
 
 
-def iterate_batches(loader: DataLoader, sampler: ResumableSampler, start: DataPosition) -> Iterator[tuple[dict, DataPosition]]:
+def iterate_batches(
+    loader: DataLoader, sampler: ResumableSampler, start: DataPosition,
+) -> Iterator[tuple[dict, DataPosition]]:
     """Endless ``(batch, position after it)`` from ``start`` on, epoch after epoch."""
     position = start
     while True:

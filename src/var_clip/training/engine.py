@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from .checkpointing import (
     capture_rng_state,
+    list_checkpoints,
     load_checkpoint,
     publish_folder,
     resolve_resume_checkpoint,
@@ -42,6 +43,7 @@ __all__ = [
     "add_data_arguments",
     "add_training_arguments",
     "check_training_arguments",
+    "configure_logging",
     "create_accelerator",
     "build_optimizer",
     "TrainingTask",
@@ -52,6 +54,14 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def _log_main(message: str, *args: Any, level: int = logging.INFO) -> None:
+    """Log once, from the main process (every process runs the same loop)."""
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        logger.log(level, message, *args)
 
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16")
 REPORT_TO_CHOICES = ("tensorboard", "none")
@@ -183,6 +193,12 @@ def check_training_arguments(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # Accelerator, optimizer
 # ----------------------------------------------------------------------------------------------------------------------
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """Log lines with time and source for a command-line run; accelerate's per-file save messages stay quiet."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(max(level, logging.WARNING))
 
 
 def create_accelerator(args: argparse.Namespace, project_name: str):
@@ -331,7 +347,8 @@ def _signature(args: argparse.Namespace, sampler: ResumableSampler) -> dict[str,
 def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path) -> None:
     for key, value in current.items():
         if key in saved.get("signature", {}) and saved["signature"][key] != value:
-            raise ValueError(f"`--resume_from_checkpoint` {str(path)!r} was saved with {key}={saved['signature'][key]}, "
+            raise ValueError(f"`--resume_from_checkpoint` {str(path)!r} was saved with "
+                             f"{key}={saved['signature'][key]}, "
                              f"this run has {key}={value}: resume with the same seed, data, batch size and "
                              "accumulation (or start a new --output_dir)")
 
@@ -341,11 +358,20 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
 
     Returns the output folder, the final step and the losses logged by this call (one per optimizer step).
     """
+    from accelerate.utils import DistributedType
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     output_dir = Path(args.output_dir)
     P = accelerator.num_processes
+    is_fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if is_fsdp and args.use_ema:
+        raise ValueError("`--use_ema` keeps a full copy of the weights on one process and does not work with FSDP's "
+                         "sharded parameters: train without it, or with data parallelism (DDP)")
+    if is_fsdp and task.validate is not None:
+        # sampling on one process needs the whole model, which FSDP keeps sharded across processes
+        _log_main("validation samples are skipped under FSDP", level=logging.WARNING)
+        task.validate = None
 
     # 1. data order: seeded, sharded over processes, resumable at any batch
     sampler = ResumableSampler(len(task.dataset), args.train_batch_size, seed=args.seed, num_replicas=P,
@@ -384,16 +410,19 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
         state = load_checkpoint(accelerator, checkpoint, task.generators, ema)
         global_step, position = int(state["step"]), DataPosition.from_dict(state["position"])
         log.truncate_after(global_step)
-        logger.info("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, global_step, position.epoch,
-                    position.batch_index)
+        _log_main("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, global_step, position.epoch,
+                  position.batch_index)
     else:
+        if list_checkpoints(output_dir):
+            raise ValueError(f"`--output_dir` {str(output_dir)!r} holds checkpoints of an earlier run: pass "
+                             "`--resume_from_checkpoint latest` to continue it, or choose a new `--output_dir`")
         log.reset()
 
     # 4. train
     total_batch = sampler.global_batch_size * args.gradient_accumulation_steps
-    logger.info("training %s: %d samples, %d steps, %d images per step (%d per process × %d processes × %d "
-                "accumulation)", task.name, sampler.num_samples, max_steps, total_batch, args.train_batch_size, P,
-                args.gradient_accumulation_steps)
+    _log_main("training %s: %d samples, %d steps, %d images per step (%d per process × %d processes × %d "
+              "accumulation)", task.name, sampler.num_samples, max_steps, total_batch, args.train_batch_size, P,
+              args.gradient_accumulation_steps)
     progress = tqdm(total=max_steps, initial=global_step, desc=f"train {task.name}",
                     disable=args.no_progress_bar or not accelerator.is_local_main_process)
     batches = iterate_batches(loader, sampler, position)
@@ -401,6 +430,7 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
     micro_losses: list[float] = []
     micro_metrics: dict[str, list[float]] = {}
     while global_step < max_steps:
+        batch_epoch = position.epoch
         batch, position = next(batches)
         with accelerator.accumulate(model):
             loss, metrics = task.loss_fn(model, batch)
@@ -411,9 +441,12 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        micro_losses.append(accelerator.gather(loss.detach().float().reshape(1)).mean().item())
-        for key, value in metrics.items():
-            micro_metrics.setdefault(key, []).append(float(value))
+        # the loss and metrics averaged over all processes, in one gather
+        local = torch.tensor([loss.item(), *(float(v) for v in metrics.values())], device=accelerator.device)
+        averaged = accelerator.gather(local.reshape(1, -1)).mean(dim=0).tolist()
+        micro_losses.append(averaged[0])
+        for key, value in zip(metrics, averaged[1:]):
+            micro_metrics.setdefault(key, []).append(value)
         if not accelerator.sync_gradients:
             continue
 
@@ -423,7 +456,7 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
             ema.step(unwrapped.parameters())
         if task.after_step is not None:
             task.after_step(unwrapped)
-        record = {"step": global_step, "epoch": position.epoch, "loss": sum(micro_losses) / len(micro_losses),
+        record = {"step": global_step, "epoch": batch_epoch, "loss": sum(micro_losses) / len(micro_losses),
                   "lr": lr_scheduler.get_last_lr()[0]}
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
@@ -437,7 +470,7 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
 
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
             training_state = {"position": position.to_dict(), "signature": signature,
-                              "samples_seen": position.batch_index * sampler.global_batch_size}
+                              "epoch_samples_seen": position.batch_index * sampler.global_batch_size}
             save_checkpoint(accelerator, output_dir, global_step, training_state, task.generators, ema,
                             args.checkpoints_total_limit)
         if task.validate is not None and args.validation_steps and global_step % args.validation_steps == 0 \
@@ -449,16 +482,29 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
     if task.validate is not None:
         _validate(accelerator, task, unwrapped, ema, global_step, output_dir)
     accelerator.wait_for_everyone()
+    final = unwrapped
+    if is_fsdp:  # gather the full weights (every process takes part) into an unsharded copy on the main process
+        full_state = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            final = _fresh_copy(unwrapped)
+            final.load_state_dict(full_state)
     if accelerator.is_main_process:
         staging = output_dir / STAGING_NAME
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
-        with _ema_weights(unwrapped, ema):
-            task.export(unwrapped, staging)
+        with _ema_weights(final, ema):
+            task.export(final, staging)
         publish_folder(staging, output_dir, task.index_names)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainingResult(output_dir=output_dir, global_step=global_step, losses=losses)
+
+
+def _fresh_copy(model: nn.Module) -> nn.Module:
+    """A new, unsharded instance of ``model``'s class and config (diffusers and transformers models)."""
+    if hasattr(type(model), "from_config") and not hasattr(model.config, "to_dict"):
+        return type(model).from_config(model.config)
+    return type(model)(model.config)
 
 
 class _ema_weights:

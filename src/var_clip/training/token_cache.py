@@ -65,7 +65,7 @@ def dataset_fingerprint(dataset) -> str:
     digest = hashlib.sha256()
     raw = dataset.cast_column("image", datasets.Image(decode=False))
     for column in [c for c in ("text", "label") if c in raw.column_names]:
-        digest.update(json.dumps(raw[column]).encode())
+        digest.update(json.dumps(list(raw[column])).encode())
     for item in raw["image"]:
         if item.get("bytes") is not None:
             digest.update(hashlib.sha256(item["bytes"]).digest())

@@ -8,7 +8,8 @@ tokenizes; merges learned from the training captions make their common words sin
 
 from __future__ import annotations
 
-import json
+import heapq
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 from transformers import CLIPTokenizer
@@ -32,22 +33,62 @@ def byte_symbols() -> list[str]:
 
 
 def _learn_merges(corpus: Iterable[str], num_merges: int, min_frequency: int) -> list[tuple[str, str]]:
-    """BPE merges of ``corpus`` under CLIP's normalisation and pre-tokenisation (``tokenizers``' BPE trainer)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    """BPE merges of ``corpus`` under CLIP's normalisation and pre-tokenisation, most frequent pair first.
 
+    Ties go to the lexicographically smallest pair, so the same captions always give the same tokenizer
+    (``tokenizers``' own trainer breaks ties in hash order, which changes from run to run). Pair counts are updated
+    incrementally, touching only the words that contain the merged pair.
+    """
     reference = CLIPTokenizer(vocab={BOS_TOKEN: 0, EOS_TOKEN: 1}, merges=[]).backend_tokenizer
-    learner = Tokenizer(models.BPE(continuing_subword_prefix="", end_of_word_suffix="</w>"))
-    learner.normalizer = reference.normalizer
-    learner.pre_tokenizer = reference.pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        # the trainer counts its alphabet (≤ 512 symbols) in vocab_size: leave room for num_merges merges after it
-        vocab_size=512 + num_merges, min_frequency=min_frequency, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), end_of_word_suffix="</w>", special_tokens=[],
-    )
-    learner.train_from_iterator(corpus, trainer=trainer)
-    merges = json.loads(learner.to_str())["model"]["merges"]
-    # merges are ordered by priority, so any prefix is itself a valid merge list
-    return [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in merges][:num_merges]
+    counts: Counter[str] = Counter()
+    for text in corpus:
+        for word, _ in reference.pre_tokenizer.pre_tokenize_str(reference.normalizer.normalize_str(text)):
+            counts[word] += 1
+    words = [list(w[:-1]) + [w[-1] + "</w>"] for w in sorted(counts)]  # the end-of-word marker, as CLIP
+    freqs = [counts[w] for w in sorted(counts)]
+
+    pair_counts: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)  # words that may contain the pair
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            pair_counts[pair] += freqs[i]
+            where[pair].add(i)
+    heap = [(-count, pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[str, str]] = []
+    while heap and len(merges) < num_merges:
+        negative, pair = heapq.heappop(heap)
+        if pair_counts.get(pair, 0) != -negative:
+            continue  # a stale entry: the pair's count changed since it was pushed
+        if -negative < min_frequency:
+            break
+        merges.append(pair)
+        merged, changed = pair[0] + pair[1], set()
+        for i in sorted(where.pop(pair)):
+            symbols, freq = words[i], freqs[i]
+            for old in zip(symbols, symbols[1:]):
+                pair_counts[old] -= freq
+                changed.add(old)
+            new_symbols, j = [], 0
+            while j < len(symbols):
+                if j + 1 < len(symbols) and (symbols[j], symbols[j + 1]) == pair:
+                    new_symbols.append(merged)
+                    j += 2
+                else:
+                    new_symbols.append(symbols[j])
+                    j += 1
+            words[i] = new_symbols
+            for new in zip(new_symbols, new_symbols[1:]):
+                pair_counts[new] += freq
+                where[new].add(i)
+                changed.add(new)
+        for changed_pair in changed:
+            if pair_counts.get(changed_pair, 0) > 0:
+                heapq.heappush(heap, (-pair_counts[changed_pair], changed_pair))
+            else:
+                pair_counts.pop(changed_pair, None)
+    return merges
 
 
 def build_byte_level_clip_tokenizer(

@@ -34,6 +34,7 @@ from .engine import (
     add_data_arguments,
     add_training_arguments,
     check_training_arguments,
+    configure_logging,
     create_accelerator,
     run_training,
 )
@@ -208,7 +209,7 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
 
     ``model`` is the (possibly wrapped) trainable transformer, ``transformer`` the unwrapped one.
     """
-    B, L = idx_BL.shape
+    B = idx_BL.shape[0]
     V = transformer.config.vocab_size
     with torch.no_grad(), torch.autocast(idx_BL.device.type, enabled=False):
         # the inputs of scales 2..S come from the ground-truth indices of the coarser scales (teacher forcing)
@@ -250,7 +251,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
     if args.resolution is not None and args.resolution != vqvae.sample_size:
         raise ValueError(f"`--resolution` {args.resolution} differs from the VQ-VAE's image size {vqvae.sample_size}")
     if args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images
-        args.learning_rate = 1e-4 * args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps / 256
+        total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+        args.learning_rate = 1e-4 * total_batch / 256
     vqvae.to(device)
     if text_encoder is not None:
         text_encoder.to(device)
@@ -315,14 +317,14 @@ def train(args: argparse.Namespace) -> TrainingResult:
         else:
             return {}
         pipe.set_progress_bar_config(disable=True)
-        generators = [torch.Generator(device=device).manual_seed(args.validation_seed + i) for i in range(len(captions))]
+        generators = [torch.Generator(device=device).manual_seed(args.validation_seed + i)
+                      for i in range(len(captions))]
         images = pipe(**conditions, guidance_scale=args.validation_guidance_scale, top_k=args.validation_top_k,
                       top_p=args.validation_top_p, generator=generators).images
         save_sample_grid(images, captions, output_dir, step)
         return {}
 
     def export(model, folder: Path) -> None:
-        model = model.to(torch.float32)
         if args.condition == "text":
             VARCLIPPipeline(tokenizer, text_encoder, model, vqvae).save_pretrained(folder, safe_serialization=True)
         else:
@@ -342,7 +344,7 @@ def _tokenizer_digest(tokenizer) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     train(args)
     return 0
 

@@ -1,0 +1,224 @@
+"""End to end: VQ-VAE → CLIP → VAR-CLIP training on a small shapes-world dataset, each run loading as a model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from var_clip import MultiScaleVQModel, VARCLIPPipeline, VARPipeline
+from var_clip.shapes_world import generate_dataset
+from var_clip.training import train_clip, train_var, train_vqvae
+from var_clip.training.engine import read_log
+
+NUM_IMAGES = 16
+TINY_VQVAE = ["--ch", "32", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--no_attention", "--vocab_size", "32",
+              "--latent_channels", "8", "--patch_nums", "1", "2", "4"]  # 8×8 images, L = 21 tokens
+TINY_CLIP = ["--resolution", "8", "--patch_size", "4", "--text_width", "32", "--text_layers", "1", "--text_heads", "2",
+             "--vision_width", "32", "--vision_layers", "1", "--vision_heads", "2", "--projection_dim", "16",
+             "--max_text_length", "24", "--tokenizer_merges", "200"]
+TINY_VAR = ["--depth", "2", "--embed_dim", "32", "--num_heads", "2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # tiny models on a shared 2-core machine: one intra-op thread avoids spin-waiting against other processes
+    # (over ten times faster here), and the results do not depend on the thread count
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("training")
+    generate_dataset(root / "shapes", NUM_IMAGES, seed=0, show_progress=False)
+    return root
+
+
+def common(workdir: Path, output: str, steps: int, batch: int, lr: float) -> list[str]:
+    return ["--train_data_dir", str(workdir / "shapes"), "--output_dir", str(workdir / output),
+            "--dataset_cache_dir", str(workdir / "hf-cache"), "--max_train_steps", str(steps),
+            "--train_batch_size", str(batch), "--learning_rate", str(lr), "--lr_warmup_steps", "0",
+            "--lr_scheduler", "constant", "--checkpointing_steps", "0", "--no_progress_bar"]
+
+
+def first_last(losses: list[float], k: int = 3) -> tuple[float, float]:
+    return sum(losses[:k]) / k, sum(losses[-k:]) / k
+
+
+@pytest.fixture(scope="module")
+def vqvae_dir(workdir) -> Path:
+    assert train_vqvae.main(common(workdir, "vqvae", 16, 8, 3e-3) + TINY_VQVAE + ["--num_validation_images", "4"]) == 0
+    return workdir / "vqvae"
+
+
+@pytest.fixture(scope="module")
+def clip_dir(workdir) -> Path:
+    assert train_clip.main(common(workdir, "clip", 16, 8, 2e-3) + TINY_CLIP) == 0
+    return workdir / "clip"
+
+
+@pytest.fixture(scope="module")
+def var_dir(workdir, vqvae_dir, clip_dir) -> Path:
+    args = common(workdir, "var", 16, 8, 3e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"),
+        "--validation_prompts", "a red circle", "a blue square on the left"]
+    assert train_var.main(args) == 0
+    return workdir / "var"
+
+
+def test_vqvae_training_learns_and_saves_a_loadable_model(vqvae_dir):
+    losses = [r["loss"] for r in read_log(vqvae_dir)]
+    assert len(losses) == 16
+    first, last = first_last(losses)
+    assert last < 0.8 * first, losses
+    record = read_log(vqvae_dir)[-1]
+    assert 0 < record["codebook_usage"] <= 100 and 0 < record["codebook_usage_ema"] <= 100
+    model = MultiScaleVQModel.from_pretrained(vqvae_dir)
+    assert model.sample_size == 8 and model.config.vocab_size == 32
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    assert model.decode_indices(model.encode_indices(images)).shape == (2, 3, 8, 8)
+    grid = Image.open(vqvae_dir / "samples" / "reconstructions-step-0000016.png")
+    assert grid.width > 8 * 4
+    # final folder: no staging leftovers, no checkpoints (disabled)
+    assert not (vqvae_dir / ".final.tmp").exists() and not list(vqvae_dir.glob("checkpoint-*"))
+
+
+def test_clip_training_learns_and_writes_text_encoder_tokenizer_and_clip(clip_dir):
+    from transformers import CLIPModel, CLIPProcessor, CLIPTextModelWithProjection, CLIPTokenizer
+
+    losses = [r["loss"] for r in read_log(clip_dir)]
+    first, last = first_last(losses)
+    assert last < first, losses
+    tokenizer = CLIPTokenizer.from_pretrained(clip_dir / "tokenizer")
+    # merges learned from the captions: common caption words are single tokens
+    assert tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
+    encoder = CLIPTextModelWithProjection.from_pretrained(clip_dir / "text_encoder")
+    clip = CLIPModel.from_pretrained(clip_dir / "clip")
+    ids = tokenizer(["a red circle"], padding="max_length", max_length=24, return_tensors="pt").input_ids
+    with torch.no_grad():
+        features = clip.get_text_features(ids)
+        # the exported text tower is exactly the CLIP model's (transformers 5 wraps the features in an output)
+        torch.testing.assert_close(encoder(ids).text_embeds, getattr(features, "pooler_output", features))
+    processor = CLIPProcessor.from_pretrained(clip_dir / "clip")
+    inputs = processor(text=["a red circle"], images=[Image.new("RGB", (8, 8), (220, 40, 40))], return_tensors="pt")
+    assert inputs["pixel_values"].shape == (1, 3, 8, 8)
+
+
+def test_var_training_learns_and_saves_a_pipeline_that_generates(var_dir):
+    losses = [r["loss"] for r in read_log(var_dir)]
+    first, last = first_last(losses)
+    assert last < 0.9 * first, losses
+    pipe = VARCLIPPipeline.from_pretrained(var_dir)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (8, 8)
+    # the conditioning path is the trained CLIP's text tower and tokenizer
+    assert pipe.transformer.config.text_embed_dim == 16 and pipe.transformer.config.depth == 2
+    assert (var_dir / "samples" / "samples-step-0000016.png").is_file()
+    assert json.loads((var_dir / "model_index.json").read_text())["_class_name"] == "VARCLIPPipeline"
+
+
+def test_var_bf16_mixed_precision_runs_on_cpu(workdir, vqvae_dir, clip_dir):
+    args = common(workdir, "var-bf16", 3, 4, 1e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), "--mixed_precision", "bf16"]
+    assert train_var.main(args) == 0
+    losses = [r["loss"] for r in read_log(workdir / "var-bf16")]
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    pipe = VARCLIPPipeline.from_pretrained(workdir / "var-bf16")
+    assert pipe.transformer.dtype == torch.float32  # master weights stay fp32; only the forward ran in bf16
+
+
+def test_class_conditional_var_from_class_folders(workdir, vqvae_dir):
+    classes = workdir / "classes"
+    for index, path in enumerate(sorted((workdir / "shapes").glob("*.png"))[:8]):
+        folder = classes / ("even" if index % 2 == 0 else "odd")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, folder / path.name)
+    args = common(workdir, "var-class", 4, 4, 1e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--condition", "class", "--validation_class_labels", "0", "1"]
+    args[args.index("--train_data_dir") + 1] = str(classes)
+    assert train_var.main(args) == 0
+    pipe = VARPipeline.from_pretrained(workdir / "var-class")
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.transformer.config.condition_type == "class" and pipe.transformer.config.num_classes == 2
+    assert pipe(class_labels=[1], generator=torch.Generator().manual_seed(0)).images[0].size == (8, 8)
+
+
+def quick_start_commands() -> list[list[str]]:
+    """The bash lines of docs/training.md's quick start, split like a shell would."""
+    import re
+    import shlex
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text(encoding="utf-8")
+    block = re.search(r"## Quick start.*?```bash\n(.*?)```", text, re.DOTALL).group(1)
+    return [shlex.split(line) for line in block.strip().splitlines()]
+
+
+def test_docs_quick_start_commands_run(tmp_path, monkeypatch):
+    """Every quick-start command runs as written, shrunk to a few steps on a few images."""
+    import importlib
+
+    import datasets
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")  # not the user's cache
+    shrink = {"--max_train_steps": "2", "--checkpointing_steps": "1", "--validation_steps": "2",
+              "--train_batch_size": "4"}
+    commands = quick_start_commands()
+    assert [c[:2] for c in commands] == [["python", "-c"], ["accelerate", "launch"], ["accelerate", "launch"],
+                                         ["accelerate", "launch"], ["python", "-c"]]
+    for command in commands:
+        if command[0] == "python":
+            exec(command[2].replace("512, seed=0", "8, seed=0"), {})  # noqa: S102 - the documented snippet
+            continue
+        assert command[2] == "-m" and command[3].startswith("var_clip.training.train_")
+        args = command[4:]
+        for i, arg in enumerate(args[:-1]):
+            if arg in shrink:
+                args[i + 1] = shrink[arg]
+        assert importlib.import_module(command[3]).main(args + ["--no_progress_bar"]) == 0
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert Image.open(tmp_path / "red_circle.png").size == (64, 64)
+    assert (tmp_path / "runs" / "var" / "checkpoint-2" / "training_state.json").is_file()
+
+
+def test_tensorboard_logging(workdir, vqvae_dir, clip_dir):
+    pytest.importorskip("tensorboard")
+    args = common(workdir, "var-tb", 2, 4, 1e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), "--report_to", "tensorboard"]
+    assert train_var.main(args) == 0
+    assert list((workdir / "var-tb" / "logs").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_like_eager(workdir, vqvae_dir, clip_dir):
+    runs = {}
+    for name, extra in (("var-eager", []), ("var-compiled", ["--torch_compile"])):
+        args = common(workdir, name, 3, 4, 1e-3) + TINY_VAR + [
+            "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), *extra]
+        assert train_var.main(args) == 0
+        runs[name] = [r["loss"] for r in read_log(workdir / name)]
+        from accelerate.state import AcceleratorState, GradientState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    assert runs["var-compiled"] == pytest.approx(runs["var-eager"], abs=1e-4)
