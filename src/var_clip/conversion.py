@@ -15,6 +15,7 @@ Progress goes through :mod:`logging` (logger ``var_clip.conversion``); the scrip
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -22,6 +23,8 @@ import os
 import re
 import secrets
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -523,3 +526,93 @@ def convert_original_checkpoints(
             shutil.rmtree(staging, ignore_errors=True)
     return ConversionResult(output_dir=output_dir, summary=summary, variant=variant, seconds=seconds,
                             check_image_size=image_size)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line of the conversion scripts
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def conversion_parser(condition_type: str, description: str, var_help: str) -> argparse.ArgumentParser:
+    """The arguments of the conversion scripts (``conversion_scripts/convert_*_to_diffusers.py``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--var_checkpoint", required=True, help=var_help)
+    parser.add_argument("--vae_checkpoint", required=True, help="VAR's VQ-VAE, vae_ch160v4096z32.pth")
+    parser.add_argument("--output_dir", required=True, help="the pipeline folder to create")
+    parser.add_argument("--patch_nums", default=None,
+                        help="comma-separated scale sides (default: the checkpoint's own, else 1,2,3,4,5,6,8,10,13,16)")
+    if condition_type == "text":
+        parser.add_argument("--text_encoder", default=DEFAULT_TEXT_ENCODER,
+                            help=f"Hub id or local folder of a CLIP model (text tower with projection and tokenizer; "
+                                 f"default {DEFAULT_TEXT_ENCODER}); 'none' writes a pipeline without text encoder and "
+                                 f"tokenizer, used with prompt_embeds")
+    parser.add_argument("--dtype", default="fp32", choices=tuple(DTYPES),
+                        help="weight precision; fp16/bf16 are saved as the diffusers variant of that name")
+    parser.add_argument("--num_heads", type=int, default=None,
+                        help="only for checkpoints without L2-normalised attention (default: heads = depth, as VAR)")
+    parser.add_argument("--quant_resi", type=float, default=0.5, help="φ's residual ratio (VAR: 0.5)")
+    parser.add_argument("--push_to_hub", metavar="REPO_ID", default=None, help="upload the folder to this Hub repo")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a non-empty --output_dir (only once the new conversion is complete)")
+    parser.add_argument("--skip_check", action="store_true",
+                        help="do not load the written folder back and generate an image before finishing")
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def conversion_main(argv: list[str] | None, parser: argparse.ArgumentParser, condition_type: str,
+                    model_card_template: str | os.PathLike, upload_message: str) -> int:
+    """Run a conversion script: one-line errors and exit codes (0 done, 1 failed, 130 interrupted), no traceback."""
+    from .hub import push_pipeline_to_hub
+
+    args = parser.parse_args(argv)
+    text_encoder = getattr(args, "text_encoder", None)
+    if text_encoder is not None and text_encoder.strip().lower() == "none":
+        text_encoder = None
+    # Progress from the library goes to stdout; SIGTERM unwinds like Ctrl-C, so the temporary folder is removed.
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("var_clip.conversion")
+    log.addHandler(handler)
+    previous_level = log.level
+    log.setLevel(logging.INFO)
+    previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        start = time.perf_counter()
+        result = convert_original_checkpoints(
+            args.var_checkpoint, args.vae_checkpoint, args.output_dir, condition_type=condition_type,
+            text_encoder=text_encoder, patch_nums=args.patch_nums, num_heads=args.num_heads,
+            quant_resi=args.quant_resi, dtype=args.dtype, overwrite=args.overwrite,
+            model_card_template=model_card_template, repo_id=args.push_to_hub, check=not args.skip_check,
+        )
+        total = time.perf_counter() - start
+    except (ValueError, OSError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; no output folder was written", file=sys.stderr)
+        return 130
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(previous_level)
+        signal.signal(signal.SIGTERM, previous_sigterm)
+
+    s = result.seconds
+    print(f"wrote {result.output_dir}" + (f" (variant {result.variant!r})" if result.variant else "")
+          + f" in {total:.1f} s (load {s['load']:.1f} s, save {s['save']:.1f} s"
+          + (f", check {s['check']:.1f} s: generated a {result.check_image_size[0]}×{result.check_image_size[1]} image"
+             if result.check_image_size else ", check skipped") + ")")
+    if args.push_to_hub:
+        try:
+            url = push_pipeline_to_hub(result.output_dir, args.push_to_hub, private=args.private,
+                                       commit_message=upload_message)
+        except Exception as e:  # noqa: BLE001 - network, permissions, quota: the local folder is complete either way
+            print(f"error: the upload to {args.push_to_hub} failed ({_one_line(e)}); the converted folder "
+                  f"{result.output_dir} is complete", file=sys.stderr)
+            return 1
+        print(f"uploaded to https://huggingface.co/{args.push_to_hub} ({url})")
+    return 0

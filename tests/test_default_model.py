@@ -1,0 +1,54 @@
+"""The embedded default model: loads offline, generates, and draws what seen one-object captions say."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import var_clip
+from var_clip import VARCLIPPipeline, shapes_world
+
+pytestmark = pytest.mark.skipif(not Path(var_clip.DEFAULT_MODEL, "model_index.json").exists(),
+                                reason="the embedded default model is not built in this checkout")
+
+# Measured with `var-clip eval-shapes` on the shipped weights; the floor leaves room for sampling noise on 12 images.
+SEEN_ONE_OBJECT_FLOOR = 0.5
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def test_weights_fit_the_package_budget():
+    size = sum(f.stat().st_size for f in Path(var_clip.DEFAULT_MODEL).rglob("*") if f.is_file())
+    assert size <= 25 * 2**20
+    assert not list(Path(var_clip.DEFAULT_MODEL).rglob("*.bin"))
+    assert (Path(var_clip.DEFAULT_MODEL) / "README.md").exists()
+
+
+def test_loads_offline_and_generates(tmp_path):
+    code = ("import torch, var_clip; from var_clip import VARCLIPPipeline; "
+            "p = VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL); "
+            "im = p('a red circle', generator=torch.Generator().manual_seed(0)).images[0]; "
+            f"im.save({str(tmp_path / 'x.png')!r}); print(im.size)")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "(64, 64)" in out.stdout
+
+
+def test_seen_one_object_accuracy_stays_above_the_floor(pipe):
+    prompts = shapes_world.evaluation_prompts(held_out=False, num_objects=1)[:6]
+    hits = []
+    for i, prompt in enumerate(prompts):
+        images = pipe([prompt] * 2, generator=[torch.Generator().manual_seed(100 * i + j) for j in range(2)]).images
+        hits += [bool(shapes_world.score_image(im, prompt)["caption"]) for im in images]
+    assert sum(hits) / len(hits) >= SEEN_ONE_OBJECT_FLOOR, hits
