@@ -22,12 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 # The recipe. Steps are multiplied by --scale.
-DATA = dict(num_images=30000, seed=1)
-CLIP = dict(steps=1500, batch=128, lr=1e-3, width=128, layers=4, heads=4, projection=64, vision_width=128,
-            vision_layers=4, patch=8)
-VQVAE = dict(steps=1500, batch=32, lr=1e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
+DATA = dict(num_images=20000, seed=1)
+CLIP = dict(steps=500, batch=128, lr=1e-3, width=128, layers=3, heads=4, projection=64, vision_width=128,
+            vision_layers=3, patch=8)
+VQVAE = dict(steps=600, batch=32, lr=1e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
              patch_nums=(1, 2, 3, 4, 5, 6, 8))
-VAR = dict(steps=3000, batch=64, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
+VAR = dict(steps=1800, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
 EVAL = dict(samples_per_prompt=4, guidance_scale=4.0, top_k=900, top_p=0.95)
 MAX_MB = 25.0
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the finished pipeline folder goes (default: the package's default_model)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke build)")
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
-    parser.add_argument("--num_images", type=int, default=DATA["num_images"], help="training images (default 30000)")
+    parser.add_argument("--num_images", type=int, default=DATA["num_images"], help="training images (default 20000)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be > 0")
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         "--train_data_dir", str(data), "--output_dir", str(work / "vqvae"), "--train_batch_size", str(v["batch"]),
         "--learning_rate", str(v["lr"]), "--max_train_steps", steps(v["steps"]), "--ch", str(v["ch"]),
         "--ch_mult", *map(str, v["ch_mult"]), "--num_res_blocks", "1", "--vocab_size", str(v["vocab"]),
-        "--latent_channels", str(v["latent"]), "--patch_nums", *map(str, v["patch_nums"]),
+        "--latent_channels", str(v["latent"]), "--patch_nums", *map(str, v["patch_nums"]), "--using_znorm",
         "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common], log)
 
     # 4. VAR-CLIP transformer on the frozen VQ-VAE and text tower, with cached tokens and embeddings
@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "--num_heads", str(r["heads"]), "--train_batch_size", str(r["batch"]), "--learning_rate", str(r["lr"]),
         "--max_train_steps", steps(r["steps"]), "--cond_drop_rate", str(r["cond_drop"]),
         "--label_smoothing", str(r["label_smoothing"]), "--checkpointing_steps", "500",
-        "--checkpoints_total_limit", "1", *common], log)
+        "--checkpoints_total_limit", "1", *common[:2], "--mixed_precision", "bf16", "--seed", "0"], log)
     log_path.write_text(json.dumps(log, indent=1))
 
     # 5. export, evaluate, write the card; the folder replaces --output only when complete
