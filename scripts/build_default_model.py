@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +33,8 @@ EVAL = dict(samples_per_prompt=4, guidance_scale=4.0, top_k=900, top_p=0.95)
 MAX_MB = 25.0
 
 
-def run_stage(name: str, out: Path, entry, argv: list[str], log: dict) -> None:
+def run_stage(name: str, out: Path, module: str, argv: list[str], log: dict) -> None:
+    """Run one trainer in its own process (each gets a fresh accelerate state, e.g. its own mixed precision)."""
     marker = out / "stage_complete.json"
     if marker.exists():
         print(f"[{name}] done already ({out})", flush=True)
@@ -41,7 +43,7 @@ def run_stage(name: str, out: Path, entry, argv: list[str], log: dict) -> None:
         argv = argv + ["--resume_from_checkpoint", "latest"]
     print(f"[{name}] {' '.join(argv)}", flush=True)
     t = time.time()
-    code = entry(argv)
+    code = subprocess.run([sys.executable, "-m", module, *argv]).returncode
     if code:
         raise SystemExit(f"[{name}] failed with exit code {code}")
     log[name] = round(time.time() - t)
@@ -66,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from var_clip import VARCLIPPipeline, shapes_world
     from var_clip.evaluation import evaluate_shapes
-    from var_clip.training import train_clip, train_var, train_vqvae
 
     work = Path(args.workdir)
     if args.fresh and work.exists():
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 2. CLIP: its text tower and tokenizer become the pipeline's text encoder
     c = CLIP
-    run_stage("clip", work / "clip", train_clip.main, [
+    run_stage("clip", work / "clip", "var_clip.training.train_clip", [
         "--train_data_dir", str(data), "--output_dir", str(work / "clip"), "--resolution", "64",
         "--train_batch_size", str(c["batch"]), "--learning_rate", str(c["lr"]), "--max_train_steps", steps(c["steps"]),
         "--text_width", str(c["width"]), "--text_layers", str(c["layers"]), "--text_heads", str(c["heads"]),
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. VQ-VAE: 64 × 64 images, 8× downsampling, scales up to 8 × 8
     v = VQVAE
-    run_stage("vqvae", work / "vqvae", train_vqvae.main, [
+    run_stage("vqvae", work / "vqvae", "var_clip.training.train_vqvae", [
         "--train_data_dir", str(data), "--output_dir", str(work / "vqvae"), "--train_batch_size", str(v["batch"]),
         "--learning_rate", str(v["lr"]), "--max_train_steps", steps(v["steps"]), "--ch", str(v["ch"]),
         "--ch_mult", *map(str, v["ch_mult"]), "--num_res_blocks", "1", "--vocab_size", str(v["vocab"]),
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. VAR-CLIP transformer on the frozen VQ-VAE and text tower, with cached tokens and embeddings
     r = VAR
-    run_stage("var", work / "var", train_var.main, [
+    run_stage("var", work / "var", "var_clip.training.train_var", [
         "--train_data_dir", str(data), "--output_dir", str(work / "var"), "--vqvae", str(work / "vqvae"),
         "--text_encoder", str(work / "clip" / "text_encoder"), "--tokenizer", str(work / "clip" / "tokenizer"),
         "--cache_dir", str(work / "cache"), "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
