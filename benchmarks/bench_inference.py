@@ -7,9 +7,13 @@ so that its peak resident memory is its own. Figures are medians over `--runs` c
 
     python benchmarks/bench_inference.py                       # d16 + default model, fp32 and bf16, batch 1 and 8
     python benchmarks/bench_inference.py --configs d16 --batch-sizes 1 --dtypes fp32 --runs 5
+    python benchmarks/bench_inference.py --configs d16 --compile       # also torch.compile (inductor), opt-in
+    python benchmarks/bench_inference.py --device cuda --dtypes fp32,bf16,fp16 --batch-sizes 1,8,32
 
 The split: "transformer" is the time inside the transformer's per-scale forward passes, "decoder" the VQ-VAE decoder,
 "sampling" everything else in the call (guidance, top-k/top-p, the codebook lookup and the residual accumulation).
+With `--compile` each setting also runs after `pipe.compile_repeated_blocks()` (regional torch.compile, dynamic
+shapes); its compile time (first call minus a steady call) is reported separately from the per-call figures.
 GFLOP/s counts the matmul and convolution work of one call (analytically for the transformer, with forward hooks for
 the decoder) and is compared with a large matmul timed in the same process.
 """
@@ -30,7 +34,7 @@ import torch
 CONFIGS = {  # VAR's family: heads = depth, width = 64·depth; VQ-VAE ch 160, 4096 codes, 16× downsampling
     "d16": dict(depth=16), "d20": dict(depth=20), "d24": dict(depth=24), "d30": dict(depth=30),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_pipeline(name: str, dtype: torch.dtype):
@@ -88,14 +92,22 @@ def decoder_flops(vqvae, batch: int) -> float:
     return total[0] * batch
 
 
-def matmul_gflops(dtype: torch.dtype) -> float:
-    a, b = torch.randn(2048, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(dtype: torch.dtype, device: torch.device) -> float:
+    a = torch.randn(2048, 4096, dtype=dtype, device=device)
+    b = torch.randn(4096, 4096, dtype=dtype, device=device)
     for _ in range(2):
         a @ b
     times = []
     for _ in range(5):
+        synchronize(device)
         t = time.perf_counter()
         a @ b
+        synchronize(device)
         times.append(time.perf_counter() - t)
     return 2 * 2048 * 4096 * 4096 / min(times) / 1e9
 
@@ -123,24 +135,33 @@ def timed_methods(targets):
             setattr(obj, name, fn)
 
 
-def run_single(name: str, dtype_name: str, batch: int, runs: int) -> dict:
+def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = "cpu", compile: bool = False) -> dict:
     torch.manual_seed(0)
-    dtype = DTYPES[dtype_name]
+    dtype, device = DTYPES[dtype_name], torch.device(device)
     t0 = time.perf_counter()
-    pipe = build_pipeline(name, dtype)
+    pipe = build_pipeline(name, dtype).to(device)
     build_s = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
+    if compile:
+        pipe.compile_repeated_blocks()
     E = pipe.transformer.config.text_embed_dim
     embeds = torch.nn.functional.normalize(torch.randn(batch, E, generator=torch.Generator().manual_seed(0)), dim=-1)
-    kwargs = dict(prompt_embeds=embeds, guidance_scale=4.0, top_k=900, top_p=0.95, output_type="pt")
+    kwargs = dict(prompt_embeds=embeds.to(device), guidance_scale=4.0, top_k=900, top_p=0.95, output_type="pt")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
     totals, splits = [], []
-    for i in range(runs + 1):  # the first call is the warm-up
+    first_call_s = None
+    for i in range(runs + 1):  # the first call is the warm-up (and, with --compile, the compilation)
         with timed_methods({"transformer": (pipe.transformer, "forward_scale"),
                             "decoder": (pipe.vqvae, "decode_latent")}) as spent:
+            synchronize(device)
             t = time.perf_counter()
-            pipe(generator=torch.Generator().manual_seed(i), **kwargs)
+            pipe(generator=torch.Generator(device).manual_seed(i), **kwargs)
+            synchronize(device)
             total = time.perf_counter() - t
+        if not i:
+            first_call_s = total
         if i:
             totals.append(total)
             splits.append(dict(spent, sampling=total - spent["transformer"] - spent["decoder"]))
@@ -148,13 +169,15 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int) -> dict:
     median = statistics.median(totals)
     split = {k: statistics.median(s[k] for s in splits) for k in ("transformer", "sampling", "decoder")}
     flops = transformer_flops(pipe.transformer, 2 * batch) + decoder_flops(pipe.vqvae, batch)
-    peak_gflops = matmul_gflops(dtype)
+    peak_gflops = matmul_gflops(dtype, device)
     return dict(
-        config=name, dtype=dtype_name, batch=batch, s_per_call=median, s_per_call_min=min(totals),
+        config=name, dtype=dtype_name, batch=batch, device=str(device), compiled=compile,
+        compile_s=first_call_s - median if compile else None, s_per_call=median, s_per_call_min=min(totals),
         s_per_call_max=max(totals), images_per_s=batch / median, split_s=split, build_s=build_s,
         gflop_per_call=flops / 1e9, achieved_gflops=flops / 1e9 / median, matmul_gflops=peak_gflops,
         fraction_of_matmul=flops / 1e9 / median / peak_gflops,
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_cuda_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         weights_mib=sum(p.numel() * p.element_size() for m in (pipe.transformer, pipe.vqvae) for p in m.parameters()) / 2**20,
     )
 
@@ -162,25 +185,27 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="d16,default", help="comma-separated: d16, d20, d24, d30, default")
-    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, fp16 (fp16: GPU only)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--compile", action="store_true", help="also run each setting with regional torch.compile")
     parser.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--runs", type=int, default=3, help="timed calls per setting, after one warm-up call")
     parser.add_argument("--json", help="also write all results to this JSON file")
-    parser.add_argument("--single", nargs=3, metavar=("CONFIG", "DTYPE", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--single", nargs=4, metavar=("CONFIG", "DTYPE", "BATCH", "COMPILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.single:
-        name, dtype_name, batch = args.single
-        print(json.dumps(run_single(name, dtype_name, int(batch), args.runs)))
+        name, dtype_name, batch, compiled = args.single
+        print(json.dumps(run_single(name, dtype_name, int(batch), args.runs, args.device, compiled == "1")))
         return
 
     configs = [c for c in args.configs.split(",") if c]
     if "default" in configs:
-        try:
-            import var_clip
+        import os
 
-            var_clip.DEFAULT_MODEL  # noqa: B018
-        except AttributeError:
+        import var_clip
+
+        if not os.path.isfile(os.path.join(var_clip.DEFAULT_MODEL, "model_index.json")):
             print("(no embedded default model installed: skipping 'default')", file=sys.stderr)
             configs.remove("default")
     unknown = [c for c in configs if c not in CONFIGS and c != "default"]
@@ -188,24 +213,30 @@ def main() -> None:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS) + ['default']}")
 
     results = []
-    header = (f"{'config':8} {'dtype':5} {'batch':>5} {'s/call':>8} {'img/s':>7} {'transf.':>8} {'sampl.':>7} "
-              f"{'decoder':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'of mm':>6} {'peak MiB':>9} {'weights':>8}")
+    memory = "peak CUDA MiB" if args.device.startswith("cuda") else "peak MiB"
+    header = (f"{'config':8} {'dtype':5} {'compile':>7} {'batch':>5} {'s/call':>8} {'img/s':>7} {'transf.':>8} "
+              f"{'sampl.':>7} {'decoder':>8} {'GFLOP':>7} {'GFLOP/s':>8} {'of mm':>6} {memory:>9} {'weights':>8} "
+              f"{'compile s':>9}")
     print(header)
     for name in configs:
         for dtype_name in args.dtypes.split(","):
-            for batch in (int(b) for b in args.batch_sizes.split(",")):
-                out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--single", name, dtype_name, str(batch)],
-                                     capture_output=True, text=True)
-                if out.returncode:
-                    print(f"{name} {dtype_name} {batch}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
-                    continue
-                r = json.loads(out.stdout.strip().splitlines()[-1])
-                results.append(r)
-                s = r["split_s"]
-                print(f"{name:8} {dtype_name:5} {batch:>5} {r['s_per_call']:>8.2f} {r['images_per_s']:>7.2f} "
-                      f"{s['transformer']:>8.2f} {s['sampling']:>7.2f} {s['decoder']:>8.2f} {r['gflop_per_call']:>7.0f} "
-                      f"{r['achieved_gflops']:>8.0f} {r['fraction_of_matmul']:>6.0%} {r['peak_rss_mib']:>9.0f} "
-                      f"{r['weights_mib']:>8.0f}", flush=True)
+            for compiled in ((False, True) if args.compile else (False,)):
+                for batch in (int(b) for b in args.batch_sizes.split(",")):
+                    out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--device", args.device,
+                                          "--single", name, dtype_name, str(batch), str(int(compiled))],
+                                         capture_output=True, text=True)
+                    if out.returncode:
+                        print(f"{name} {dtype_name} {batch}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                        continue
+                    r = json.loads(out.stdout.strip().splitlines()[-1])
+                    results.append(r)
+                    s = r["split_s"]
+                    peak = r["peak_cuda_mib"] if r["peak_cuda_mib"] is not None else r["peak_rss_mib"]
+                    compile_s = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+                    print(f"{name:8} {dtype_name:5} {'yes' if compiled else 'no':>7} {batch:>5} {r['s_per_call']:>8.2f} "
+                          f"{r['images_per_s']:>7.2f} {s['transformer']:>8.2f} {s['sampling']:>7.2f} {s['decoder']:>8.2f} "
+                          f"{r['gflop_per_call']:>7.0f} {r['achieved_gflops']:>8.0f} {r['fraction_of_matmul']:>6.0%} "
+                          f"{peak:>9.0f} {r['weights_mib']:>8.0f} {compile_s:>9}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

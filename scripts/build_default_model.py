@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 # The recipe. Steps are multiplied by --scale.
 DATA = dict(num_images=20000, seed=1)
-CLIP = dict(steps=500, batch=128, lr=1e-3, width=128, layers=3, heads=4, projection=64, vision_width=128,
-            vision_layers=3, patch=8)
-VQVAE = dict(steps=600, batch=32, lr=1e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
+CLIP = dict(steps=1500, batch=128, lr=1e-3, width=128, layers=3, heads=4, projection=64, vision_width=128,
+            vision_layers=3, patch=8, hard_negatives=3)
+VQVAE = dict(steps=2400, batch=32, lr=1.5e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
              patch_nums=(1, 2, 3, 4, 5, 6, 8))
 VAR = dict(steps=1800, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
 EVAL = dict(samples_per_prompt=4, guidance_scale=4.0, top_k=900, top_p=0.95)
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     log_path = work / "timings.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     steps = lambda n: str(max(1, round(n * args.scale)))  # noqa: E731
-    common = ["--report_to", "none", "--mixed_precision", "no", "--seed", "0"]
+    # bf16 autocast: about 1.7× faster on CPUs with AVX512-BF16 (the quantizer and the losses stay in float32)
+    common = ["--report_to", "none", "--mixed_precision", "bf16", "--seed", "0"]
 
     # 1. data
     data = work / "data"
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "--text_width", str(c["width"]), "--text_layers", str(c["layers"]), "--text_heads", str(c["heads"]),
         "--projection_dim", str(c["projection"]), "--vision_width", str(c["vision_width"]),
         "--vision_layers", str(c["vision_layers"]), "--patch_size", str(c["patch"]),
-        "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common], log)
+        "--hard_negatives", str(c["hard_negatives"]), "--validation_steps", "500", "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common], log)
 
     # 3. VQ-VAE: 64 × 64 images, 8× downsampling, scales up to 8 × 8
     v = VQVAE
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         "--num_heads", str(r["heads"]), "--train_batch_size", str(r["batch"]), "--learning_rate", str(r["lr"]),
         "--max_train_steps", steps(r["steps"]), "--cond_drop_rate", str(r["cond_drop"]),
         "--label_smoothing", str(r["label_smoothing"]), "--checkpointing_steps", "500",
-        "--checkpoints_total_limit", "1", *common[:2], "--mixed_precision", "bf16", "--seed", "0"], log)
+        "--checkpoints_total_limit", "1", *common], log)
     log_path.write_text(json.dumps(log, indent=1))
 
     # 5. export, evaluate, write the card; the folder replaces --output only when complete
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             image_size=pipe.vqvae.sample_size, vocab_size=vc.vocab_size, latent_channels=vc.latent_channels,
             transformer_params=count(pipe.transformer), vqvae_params=count(pipe.vqvae),
             text_encoder_description=f"CLIP text tower, {CLIP['layers']} layers, width {CLIP['width']}, trained "
-                                     f"contrastively on the shapes world",
+                                     f"contrastively on the shapes world with {CLIP['hard_negatives']} hard negative captions per image",
             text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
             vqvae_training=f"{steps(VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
             transformer_training=f"{steps(VAR['steps'])} steps × {VAR['batch']} images, lr {VAR['lr']}, "

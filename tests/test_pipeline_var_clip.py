@@ -245,3 +245,20 @@ def test_bfloat16_pipeline_keeps_codebook_and_logits_in_float32(tiny_pipe, tmp_p
     bf16 = pipe("a red circle", top_k=1, output_type="tokens").images
     agree = torch.cat([(a == b).float().flatten() for a, b in zip(fp32, bf16)]).mean()
     assert agree > 0.5
+
+
+def test_regional_compilation_gives_the_same_images(tiny_pipe):
+    # the "aot_eager" backend traces and partitions exactly as inductor does (dynamic shapes, the KV-cache writes
+    # between graphs) without needing a C++ toolchain; the benchmark times the inductor backend
+    torch._dynamo.reset()
+    expected = run(tiny_pipe, guidance_scale=3.0, top_k=5)
+    tiny_pipe.compile_repeated_blocks(backend="aot_eager")
+    try:
+        assert all(hasattr(block, "_compiled_call_impl") and block._compiled_call_impl is not None
+                   for block in tiny_pipe.transformer.blocks)
+        for batch in (1, 2):  # one dynamic graph serves every scale and batch size
+            got = tiny_pipe(["a red circle"] * batch, generator=[gen(0) for _ in range(batch)], guidance_scale=3.0, top_k=5,
+                            output_type="pt").images
+            torch.testing.assert_close(got[:1], expected, atol=1e-5, rtol=0)
+    finally:
+        torch._dynamo.reset()

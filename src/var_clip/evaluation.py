@@ -7,6 +7,7 @@ the main guidance scale and, optionally, at several others.
 
     var-clip eval-shapes --output-dir report/                 # the embedded default model
     var-clip eval-shapes --model path/to/pipeline --samples-per-prompt 8 --guidance-scales 0,2,4,6
+    var-clip eval-shapes --inpainting 12     # also: inpaint a red circle into the right half of 12 images
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
 from . import shapes_world as sw
 
-__all__ = ["evaluate_shapes", "build_parser", "main"]
+__all__ = ["evaluate_shapes", "evaluate_inpainting", "build_parser", "main"]
 
 SPLITS = {  # name -> (held_out, num_objects)
     "seen_one": (False, 1), "seen_two": (False, 2), "held_out_one": (True, 1), "held_out_two": (True, 2),
@@ -64,6 +66,67 @@ def evaluate_shapes(pipe, samples_per_prompt: int = 4, guidance_scale: float | N
     return summary, records
 
 
+def inpainting_scenes(num_images: int, seed: int = 0) -> list[sw.Scene]:
+    """One seen object in the left half of the canvas (never red, never a held-out pair), for the inpainting test."""
+    rng = np.random.default_rng(seed)
+    pairs = [(c, s) for c in sw.COLORS for s in sw.SHAPES if c != "red" and (c, s) not in sw.HELD_OUT_PAIRS]
+    scenes = []
+    for i in range(num_images):
+        color, shape = pairs[i % len(pairs)]
+        size = int(rng.integers(12, 27))
+        cx = float(rng.integers(size // 2 + 2, 30 - size // 2))  # the bounding box stays left of x = 30
+        cy = float(rng.integers(size // 2 + 2, 62 - size // 2))
+        caption = f"{sw._noun_phrase(color, shape)} on the left"
+        scenes.append(sw.Scene((sw.ShapeObject(color, shape, size, cx, cy),), caption, position="left"))
+    return scenes
+
+
+def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0,
+                        show_progress: bool = True, **sampling_kwargs) -> tuple[dict, list]:
+    """Inpaint a red circle into the right half of shapes-world images and score the results.
+
+    Each source image holds one object in its left half; the mask is the right half (x >= 32). Two prompts are
+    tried: ``"a red circle"`` (the result must show a red circle whose centre lies in the masked half) and the
+    caption of the whole intended result, ``"a red circle to the right of <the object>"`` (scored as a two-object
+    caption by the spec's evaluator). ``max_unmasked_change`` is the largest change of any pixel outside the mask
+    (0: untouched). Returns the summary and ``(prompt, source, result, correct)`` records.
+    """
+    from .pipelines import VARCLIPInpaintPipeline
+
+    inpaint = VARCLIPInpaintPipeline(**pipe.components)
+    inpaint.set_progress_bar_config(disable=True)
+    size = sw.IMAGE_SIZE
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[:, size // 2 :] = 255
+    mask_image = PIL.Image.fromarray(mask, mode="L")
+    results = {"a red circle": [], "relation caption": []}
+    records, max_change = [], 0
+    bar = tqdm(total=2 * num_images * samples_per_image, desc="inpainting", disable=not show_progress)
+    for i, scene in enumerate(inpainting_scenes(num_images, seed)):
+        source = sw.render_scene(scene)
+        (obj,) = scene.objects
+        relation_prompt = f"a red circle to the right of {sw._noun_phrase(obj.color, obj.shape)}"
+        for key, prompt in (("a red circle", "a red circle"), ("relation caption", relation_prompt)):
+            generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(samples_per_image)]
+            images = inpaint([prompt] * samples_per_image, image=[source] * samples_per_image,
+                             mask_image=mask_image, generator=generators, **sampling_kwargs).images
+            for image in images:
+                pixels, original = np.asarray(image).astype(int), np.asarray(source).astype(int)
+                max_change = max(max_change, int(np.abs(pixels - original)[:, : size // 2].max()))
+                if key == "a red circle":
+                    correct = any(o.color == "red" and o.shape == "circle" and o.cx >= size / 2
+                                  for o in sw.detect_objects(image))
+                else:
+                    correct = bool(sw.score_image(image, prompt)["caption"])
+                results[key].append(correct)
+                records.append((prompt, source, image, correct))
+            bar.update(samples_per_image)
+    bar.close()
+    summary = {key: sum(v) / len(v) for key, v in results.items()}
+    summary.update(num_images=num_images, samples_per_image=samples_per_image, max_unmasked_change=max_change)
+    return summary, records
+
+
 def headline(summary: dict) -> dict:
     """Whole-caption accuracy of the four report groups."""
     return {
@@ -87,6 +150,18 @@ def sample_grid(records: list, per_group: int = 8):
     return make_image_grid(images, captions=captions, cols=per_group)
 
 
+def inpainting_grid(records: list, per_row: int = 8):
+    """Source images and their inpainted results, alternating, with the prompt and a ✓/✗ under each result."""
+    from .utils.image_grid import make_image_grid
+
+    chosen = records[:: max(1, len(records) // per_row)][:per_row]
+    images, captions = [], []
+    for prompt, source, result, correct in chosen:
+        images += [source.resize((128, 128), resample=0), result.resize((128, 128), resample=0)]
+        captions += ["input (right half masked)", ("✓ " if correct else "✗ ") + prompt]
+    return make_image_grid(images, captions=captions, cols=min(per_row, len(images)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="var-clip eval-shapes", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     p.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each group (quick runs)")
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call (default 16)")
+    p.add_argument("--inpainting", type=int, default=0, metavar="N",
+                   help="also inpaint a red circle into the right half of N shapes-world images and score it")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return p
 
@@ -114,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("samples_per_prompt", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.inpainting < 0:
+        parser.error("--inpainting must be >= 0")
     sweep = []
     if args.guidance_scales:
         try:
@@ -136,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         for g in sweep:
             report["guidance_sweep"][str(g)] = headline(evaluate_shapes(pipe, guidance_scale=g, **common)[0])
+        inpainting_records = []
+        if args.inpainting:
+            report["inpainting"], inpainting_records = evaluate_inpainting(
+                pipe, num_images=args.inpainting, samples_per_image=args.samples_per_prompt, seed=args.seed,
+                guidance_scale=args.guidance_scale if args.guidance_scale is not None else 4.0, **kwargs)
         # write into a temporary folder, then move the finished files into place
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -143,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             (tmp / "report.json").write_text(json.dumps(report, indent=1))
             sample_grid(records).save(tmp / "samples.png")
-            for name in ("report.json", "samples.png"):
+            names = ["report.json", "samples.png"]
+            if inpainting_records:
+                inpainting_grid(inpainting_records).save(tmp / "inpainting.png")
+                names.append("inpainting.png")
+            for name in names:
                 os.replace(tmp / name, out / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -154,6 +242,10 @@ def main(argv: list[str] | None = None) -> int:
     print("whole-caption accuracy: " + ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in acc.items()))
     for g, a in report["guidance_sweep"].items():
         print(f"  guidance {g}: " + ", ".join(f"{k} {v:.0%}" for k, v in a.items() if v is not None))
+    if "inpainting" in report:
+        r = report["inpainting"]
+        print(f"inpainting: 'a red circle' {r['a red circle']:.0%}, relation caption {r['relation caption']:.0%}, "
+              f"largest change outside the mask {r['max_unmasked_change']}")
     print(f"wrote {out / 'report.json'} and {out / 'samples.png'}")
     return 0
 

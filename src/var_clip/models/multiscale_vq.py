@@ -303,8 +303,15 @@ class MultiScaleQuantizer(nn.Module):
     # -- training ------------------------------------------------------------------------------------------------------
 
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Quantize for training. Returns the straight-through ``f_hat``, the VQ loss and the hits per scale (S, V)."""
-        f = f_BChw.float()
+        """Quantize for training. Returns the straight-through ``f_hat``, the VQ loss and the hits per scale (S, V).
+
+        Runs in float32 even under mixed-precision autocast: the codebook search and the residual accumulation are
+        where low precision changes which code wins.
+        """
+        with torch.autocast(f_BChw.device.type, enabled=False):
+            return self._quantize_fp32(f_BChw.float())
+
+    def _quantize_fp32(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, C, H, W = f.shape
         f_no_grad = f.detach()
         f_rest, f_hat = f_no_grad.clone(), torch.zeros_like(f_no_grad)
@@ -379,6 +386,7 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
     # The codebook search and the residual accumulation stay in float32 under `torch_dtype=torch.bfloat16`:
     # nearest-neighbour indices are exact only at full precision.
     _keep_in_fp32_modules = ["quantize"]
+    _repeated_blocks = ["ResnetBlock", "AttnBlock"]
 
     @register_to_config
     def __init__(

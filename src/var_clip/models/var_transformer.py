@@ -20,9 +20,26 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-__all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache"]
+__all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache", "LayerKVCache"]
 
 CONDITION_TYPES = ("text", "class")
+
+
+class LayerKVCache:
+    """One layer's keys and values for one generation, allocated once for all L tokens."""
+
+    def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device):
+        self.k = torch.empty(shape, dtype=dtype, device=device)
+        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    def append(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the l new keys/values after those already there; returns the whole prefix (B, H, length, c)."""
+        start, end = self.length, self.length + k_BHlc.shape[2]
+        self.k[:, :, start:end] = k_BHlc
+        self.v[:, :, start:end] = v_BHlc
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 class KVCache:
@@ -30,26 +47,22 @@ class KVCache:
 
     Each scale writes its l new keys/values after the ones already there and attends to the whole prefix, which
     is exactly block-causal attention without a mask. Create one per generation; it is never stored on a model.
+    Block ``i`` gets ``layers[i]``, so the blocks themselves hold no layer index (one compiled graph serves all).
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
         shape = (batch_size, num_heads, max_len, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.lengths = [0] * num_layers
+        self.layers = [LayerKVCache(shape, dtype, device) for _ in range(num_layers)]
 
-    def append(self, layer: int, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        start, end = self.lengths[layer], self.lengths[layer] + k_BHlc.shape[2]
-        self.k[layer][:, :, start:end] = k_BHlc
-        self.v[layer][:, :, start:end] = v_BHlc
-        self.lengths[layer] = end
-        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+    @property
+    def batch_size(self) -> int:
+        return self.layers[0].k.shape[0]
 
     def keep_rows(self, rows: int) -> None:
         """Keep only the first ``rows`` batch rows (the conditional half, once guidance is over)."""
-        self.k = [k[:rows] for k in self.k]
-        self.v = [v[:rows] for v in self.v]
+        for layer in self.layers:
+            layer.k, layer.v = layer.k[:rows], layer.v[:rows]
 
 
 class SelfAttention(nn.Module):
@@ -59,9 +72,9 @@ class SelfAttention(nn.Module):
     (clamped at log 100); otherwise plain dot products scaled by ``0.25 / sqrt(hd)``, both as in VAR.
     """
 
-    def __init__(self, layer_idx: int, dim: int, num_heads: int, attn_drop: float, proj_drop: float, l2_norm: bool):
+    def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float, l2_norm: bool):
         super().__init__()
-        self.layer_idx, self.num_heads, self.head_dim = layer_idx, num_heads, dim // num_heads
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.l2_norm = l2_norm
         if l2_norm:
             self.scale = 1.0
@@ -77,7 +90,8 @@ class SelfAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
 
-    def forward(self, x_BLD: torch.Tensor, attn_bias: torch.Tensor | None, kv_cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x_BLD: torch.Tensor, attn_bias: torch.Tensor | None,
+                kv_cache: LayerKVCache | None) -> torch.Tensor:
         B, L, D = x_BLD.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         # (B, L, 3D) -> (3, B, Hd, L, hd)
@@ -88,7 +102,7 @@ class SelfAttention(nn.Module):
             q = F.normalize(q, dim=-1).mul(scale_mul)
             k = F.normalize(k, dim=-1)
         if kv_cache is not None:
-            k, v = kv_cache.append(self.layer_idx, k, v)
+            k, v = kv_cache.append(k, v)
         if attn_bias is not None:
             attn_bias = attn_bias.to(q.dtype)
         out = F.scaled_dot_product_attention(
@@ -119,11 +133,11 @@ def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 class AdaLNSelfAttnBlock(nn.Module):
     """Pre-norm transformer block whose LayerNorms take scale, shift and a residual gate from the condition."""
 
-    def __init__(self, layer_idx: int, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, shared_aln: bool,
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, shared_aln: bool,
                  l2_norm: bool, drop: float, attn_drop: float, drop_path: float):
         super().__init__()
         self.dim, self.shared_aln, self.drop_path = dim, shared_aln, drop_path
-        self.attn = SelfAttention(layer_idx, dim, num_heads, attn_drop, drop, l2_norm)
+        self.attn = SelfAttention(dim, num_heads, attn_drop, drop, l2_norm)
         self.ffn = FeedForward(dim, round(dim * mlp_ratio), drop)
         self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
         if shared_aln:  # a per-block offset on the modulation that the model computes once for all blocks
@@ -138,7 +152,7 @@ class AdaLNSelfAttnBlock(nn.Module):
         return self.ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.dim)
 
     def forward(self, x_BLD: torch.Tensor, ada_B16D: torch.Tensor, attn_bias: torch.Tensor | None,
-                kv_cache: KVCache | None = None) -> torch.Tensor:
+                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16D.unbind(2)  # each (B, 1, D)
         h = self.attn(self.ln_wo_grad(x_BLD).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)
         x_BLD = x_BLD + _drop_path(h.mul(gamma1), self.drop_path, self.training)
@@ -199,6 +213,8 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
     # Logits stay in float32 under `torch_dtype=torch.bfloat16`: guidance extrapolates them, and top-k/top-p
     # thresholds compare them, so their precision shapes the sampling distribution.
     _keep_in_fp32_modules = ["head"]
+    # regional compilation (`compile_repeated_blocks(dynamic=True)`): the blocks compile once for every scale's length
+    _repeated_blocks = ["AdaLNSelfAttnBlock"]
 
     @register_to_config
     def __init__(
@@ -257,7 +273,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         self.shared_ada_lin = nn.Linear(D, 6 * D) if shared_aln else None
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            AdaLNSelfAttnBlock(i, D, num_heads, mlp_ratio, norm_eps, shared_aln, attn_l2_norm, drop_rate,
+            AdaLNSelfAttnBlock(D, num_heads, mlp_ratio, norm_eps, shared_aln, attn_l2_norm, drop_rate,
                                attn_drop_rate, dpr[i])
             for i in range(depth)
         )
@@ -389,8 +405,8 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         if keep_idx_Bk is not None:
             gather_idx = keep_idx_Bk.unsqueeze(-1).expand(-1, -1, x_BlD.shape[-1])
             x_BlD = x_BlD.gather(1, gather_idx)
-        for block, ada in zip(self.blocks, mods.blocks):
-            x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=kv_cache)
+        for block, ada, layer_cache in zip(self.blocks, mods.blocks, kv_cache.layers):
+            x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=layer_cache)
         if keep_idx_Bk is not None:
             x_BlD = fill_BlD.to(x_BlD.dtype).scatter(1, gather_idx, x_BlD)
         return self.logits(x_BlD, mods.head), x_BlD

@@ -6,6 +6,11 @@ times ``exp(logit_scale)`` (clamped at 100, as CLIP), are cross-entropy targets 
 directions. With several processes, each process contrasts its rows against the embeddings of the whole global
 batch (gathered with gradients), as in OpenCLIP.
 
+With ``--hard_negatives K``, each image also meets K captions edited to contradict its own (antonyms of spatial
+and size words, swapped relation arguments, swapped or replaced colours and shapes; see
+:mod:`var_clip.training.hard_negatives`) as extra candidates of its image→text loss, as NegCLIP (Yuksekgonul et
+al. 2023): without them a small CLIP learns a bag of words that cannot tell "above" from "below".
+
 Without ``--tokenizer``, a byte-level CLIP tokenizer is built whose BPE merges are learned from the training
 captions. The output folder holds ``text_encoder/`` (``CLIPTextModelWithProjection``: the conditioning tower of
 ``VARCLIPPipeline``), ``tokenizer/`` and ``clip/`` (the full ``CLIPModel`` with its tokenizer and image processor,
@@ -24,6 +29,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +44,7 @@ from .engine import (
     create_accelerator,
     run_training,
 )
+from .hard_negatives import COLOR_WORDS, SHAPE_WORDS, attribute_pairs, caption_hard_negatives
 from .tokenizer import build_byte_level_clip_tokenizer
 
 __all__ = ["build_parser", "main", "train", "build_clip_model", "clip_contrastive_loss", "text_encoder_from_clip",
@@ -76,6 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--vision_layers", type=int, default=4)
     group.add_argument("--vision_heads", type=int, default=4)
     group.add_argument("--patch_size", type=int, default=8)
+
+    group = parser.add_argument_group("hard negatives")
+    group.add_argument("--hard_negatives", type=int, default=0,
+                       help="edited captions per image added to its image→text loss (0: plain CLIP)")
+    group.add_argument("--negative_colors", type=str, nargs="+", default=list(COLOR_WORDS),
+                       help="colour words the edits may swap or substitute")
+    group.add_argument("--negative_shapes", type=str, nargs="+", default=list(SHAPE_WORDS),
+                       help="object words the edits may swap or substitute")
 
     group = parser.add_argument_group("validation")
     group.add_argument("--num_validation_samples", type=int, default=64,
@@ -130,11 +145,13 @@ def _image_processor(resolution: int):
 
 
 def clip_contrastive_loss(text_embeds_BE: torch.Tensor, image_embeds_BE: torch.Tensor, logit_scale: torch.Tensor,
-                          accelerator=None) -> tuple[torch.Tensor, torch.Tensor]:
+                          accelerator=None, negative_text_embeds_NE: torch.Tensor | None = None,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE of normalised embeddings; returns the loss and this process's text→image logits.
 
     With several processes, every local row is contrasted with the whole global batch: embeddings are gathered with
-    gradients (``torch.distributed.nn.all_gather``) and the targets offset by this process's rank.
+    gradients (``torch.distributed.nn.all_gather``) and the targets offset by this process's rank. Hard negative
+    captions (``negative_text_embeds_NE``, this process's) are extra candidates of the image→text direction only.
     """
     B = text_embeds_BE.shape[0]
     offset, all_text, all_image = 0, text_embeds_BE, image_embeds_BE
@@ -146,7 +163,8 @@ def clip_contrastive_loss(text_embeds_BE: torch.Tensor, image_embeds_BE: torch.T
         offset = accelerator.process_index * B
     scale = logit_scale.exp()
     logits_text = scale * text_embeds_BE @ all_image.T  # (B, B·P)
-    logits_image = scale * image_embeds_BE @ all_text.T
+    candidates = all_text if negative_text_embeds_NE is None else torch.cat([all_text, negative_text_embeds_NE])
+    logits_image = scale * image_embeds_BE @ candidates.T
     targets_B = torch.arange(B, device=text_embeds_BE.device) + offset
     loss = (F.cross_entropy(logits_text.float(), targets_B) + F.cross_entropy(logits_image.float(), targets_B)) / 2
     return loss, logits_text
@@ -168,6 +186,8 @@ def _check_arguments(args) -> None:
         raise ValueError(f"`--tokenizer_merges` must be >= 0, got {args.tokenizer_merges}")
     if args.num_validation_samples < 0:
         raise ValueError(f"`--num_validation_samples` must be >= 0, got {args.num_validation_samples}")
+    if args.hard_negatives < 0:
+        raise ValueError(f"`--hard_negatives` must be >= 0, got {args.hard_negatives}")
 
 
 def train(args: argparse.Namespace) -> TrainingResult:
@@ -201,20 +221,37 @@ def train(args: argparse.Namespace) -> TrainingResult:
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
 
-    def model_inputs(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    # edits may only pair colours and shapes the way the captions do: held-out compositions stay unseen
+    allowed_pairs = attribute_pairs(dataset["text"], args.negative_colors, args.negative_shapes)
+
+    def negatives_of(batch: dict[str, Any]) -> list[str]:
+        """K edited captions per sample (fewer where fewer edits apply), a function of (seed, sample index)."""
+        negatives = []
+        for index, text in zip(batch["index"].tolist(), batch["text"]):
+            rng = np.random.default_rng([args.seed, index])
+            negatives += caption_hard_negatives(text, args.hard_negatives, rng, args.negative_colors,
+                                                args.negative_shapes, allowed_pairs)
+        return negatives
+
+    def model_inputs(batch: dict[str, Any], extra_texts: list[str] = ()) -> dict[str, torch.Tensor]:
         # [-1, 1] → [0, 1] → CLIP's per-channel normalisation (what the saved image processor does)
         pixel_values = ((batch["pixel_values"].to(device) + 1) / 2 - mean) / std
-        tokens = tokenizer(list(batch["text"]), padding="max_length", max_length=max_length, truncation=True,
-                           return_tensors="pt")
+        # padded to the longest caption: the text tower is causal and pools at the end token, so padding further
+        # (as the pipeline does) gives the same embedding
+        tokens = tokenizer(list(batch["text"]) + list(extra_texts), padding="longest", max_length=max_length,
+                           truncation=True, return_tensors="pt")
         return {"input_ids": tokens.input_ids.to(device), "attention_mask": tokens.attention_mask.to(device),
                 "pixel_values": pixel_values}
 
     # 2. loss
     def loss_fn(model, batch: dict[str, Any]):
-        out = model(**model_inputs(batch))
+        negatives = negatives_of(batch) if args.hard_negatives else []
+        out = model(**model_inputs(batch, negatives))
+        B = out.image_embeds.shape[0]
         logit_scale = accelerator.unwrap_model(model).logit_scale
-        loss, logits_text = clip_contrastive_loss(out.text_embeds, out.image_embeds, logit_scale,
-                                                  accelerator if accelerator.num_processes > 1 else None)
+        loss, logits_text = clip_contrastive_loss(out.text_embeds[:B], out.image_embeds, logit_scale,
+                                                  accelerator if accelerator.num_processes > 1 else None,
+                                                  out.text_embeds[B:] if negatives else None)
         with torch.no_grad():
             offset = accelerator.process_index * logits_text.shape[0] if accelerator.num_processes > 1 else 0
             targets = torch.arange(logits_text.shape[0], device=device) + offset
@@ -240,7 +277,21 @@ def train(args: argparse.Namespace) -> TrainingResult:
         same_caption = torch.tensor([[a == b for b in batch["text"]] for a in batch["text"]], device=device)
         text_to_image = same_caption[torch.arange(n), similarity.argmax(dim=1)].float().mean().item() * 100
         image_to_text = same_caption[similarity.argmax(dim=0), torch.arange(n)].float().mean().item() * 100
-        return {"text_to_image_top1": text_to_image, "image_to_text_top1": image_to_text}
+        metrics = {"text_to_image_top1": text_to_image, "image_to_text_top1": image_to_text}
+        if args.hard_negatives:  # how often an image prefers its caption to every edited one
+            wins = []
+            for i, row in enumerate(rows):
+                negatives = negatives_of({"index": torch.tensor([i]), "text": [row["text"]]})
+                if negatives:
+                    with torch.autocast(device.type, enabled=False):
+                        texts = unwrapped.get_text_features(**{k: v for k, v in model_inputs(
+                            {"pixel_values": batch["pixel_values"][:1], "text": negatives}).items()
+                            if k != "pixel_values"})
+                    texts = F.normalize(texts if isinstance(texts, torch.Tensor) else texts.pooler_output, dim=-1)
+                    wins.append(bool((texts @ out.image_embeds[i] < similarity[i, i]).all()))
+            if wins:
+                metrics["hard_negative_accuracy"] = 100 * sum(wins) / len(wins)
+        return metrics
 
     # 4. export: text_encoder/, tokenizer/, clip/
     def export(unwrapped, folder: Path) -> None:
