@@ -28,7 +28,7 @@ CLIP = dict(steps=1500, batch=128, lr=1e-3, width=128, layers=3, heads=4, projec
             vision_layers=3, patch=8, hard_negatives=3)
 VQVAE = dict(steps=2400, batch=32, lr=1.5e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
              patch_nums=(1, 2, 3, 4, 5, 6, 8))
-VAR = dict(steps=1800, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
+VAR = dict(steps=3000, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
 EVAL = dict(samples_per_prompt=4, guidance_scale=4.0, top_k=900, top_p=0.95)
 MAX_MB = 25.0
 

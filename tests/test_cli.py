@@ -90,13 +90,17 @@ def test_failures_exit_1_with_one_line(model_dir, tmp_path, capsys):
 def test_eval_shapes_report(model_dir, tmp_path):
     out = tmp_path / "report"
     assert main(["eval-shapes", "--model", model_dir, "--output-dir", str(out), "--samples-per-prompt", "1",
-                 "--max-prompts", "2", "--guidance-scales", "0,2"]) == 0
+                 "--max-prompts", "2", "--guidance-scales", "0,2", "--inpainting", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["whole_caption_accuracy"]) == {"seen_one_object", "seen_two_objects", "held_out_one_object",
                                                      "held_out_two_objects"}
     assert report["accuracy"]["all"]["all"]["num_samples"] == 8
     assert set(report["guidance_sweep"]) == {"0.0", "2.0"}
     assert PIL.Image.open(out / "samples.png").width > 0
+    inpainting = report["inpainting"]
+    assert inpainting["num_images"] == 2 and 0 <= inpainting["a red circle"] <= 1
+    assert inpainting["max_unmasked_change"] == 0  # the left half is never touched
+    assert PIL.Image.open(out / "inpainting.png").width > 0
 
 
 def test_console_script_help_lists_every_command():

@@ -111,8 +111,15 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
             images = inpaint([prompt] * samples_per_image, image=[source] * samples_per_image,
                              mask_image=mask_image, generator=generators, **sampling_kwargs).images
             for image in images:
-                pixels, original = np.asarray(image).astype(int), np.asarray(source).astype(int)
-                max_change = max(max_change, int(np.abs(pixels - original)[:, : size // 2].max()))
+                # unmasked pixels are compared at the model's resolution (what the pipeline blends at), the
+                # objects scored on the spec's 64 × 64 canvas
+                model_size = image.size[0]
+                # resized as the pipeline resizes its input (VaeImageProcessor: Lanczos)
+                original = source.resize(image.size, resample=PIL.Image.Resampling.LANCZOS) if model_size != size else source
+                change = np.abs(np.asarray(image).astype(int) - np.asarray(original).astype(int))[:, : model_size // 2]
+                max_change = max(max_change, int(change.max()))
+                if model_size != size:
+                    image = image.resize((size, size), resample=PIL.Image.Resampling.BOX)
                 if key == "a red circle":
                     correct = any(o.color == "red" and o.shape == "circle" and o.cx >= size / 2
                                   for o in sw.detect_objects(image))
@@ -146,19 +153,19 @@ def sample_grid(records: list, per_group: int = 8):
         step = max(1, len(group) // per_group)
         chosen += group[::step][:per_group]
     images = [r[4].resize((128, 128), resample=0) for r in chosen]
-    captions = [("✓ " if r[1]["caption"] else "✗ ") + r[0] + (" [held out]" if r[2] else "") for r in chosen]
+    captions = [("[right] " if r[1]["caption"] else "[wrong] ") + r[0] + (" [held out]" if r[2] else "") for r in chosen]
     return make_image_grid(images, captions=captions, cols=per_group)
 
 
 def inpainting_grid(records: list, per_row: int = 8):
-    """Source images and their inpainted results, alternating, with the prompt and a ✓/✗ under each result."""
+    """Source images and their inpainted results, alternating, with the prompt and the verdict under each result."""
     from .utils.image_grid import make_image_grid
 
     chosen = records[:: max(1, len(records) // per_row)][:per_row]
     images, captions = [], []
     for prompt, source, result, correct in chosen:
         images += [source.resize((128, 128), resample=0), result.resize((128, 128), resample=0)]
-        captions += ["input (right half masked)", ("✓ " if correct else "✗ ") + prompt]
+        captions += ["input (right half masked)", ("[right] " if correct else "[wrong] ") + prompt]
     return make_image_grid(images, captions=captions, cols=min(per_row, len(images)))
 
 
