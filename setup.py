@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
     name="var-clip",
@@ -11,9 +11,12 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     package_dir={"": "src"},
-    packages=find_packages("src"),
+    # the embedded default model's folders (no Python files) are namespace packages holding its weights and configs
+    packages=find_namespace_packages("src", include=["var_clip", "var_clip.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"var_clip": ["default_model/**/*"]},
+    package_data={"var_clip.default_model": ["*.json", "*.md"], "var_clip.default_model.text_encoder": ["*"],
+                  "var_clip.default_model.tokenizer": ["*"], "var_clip.default_model.transformer": ["*"],
+                  "var_clip.default_model.vqvae": ["*"]},
     install_requires=[
         "torch>=2.3",
         # tested with diffusers 0.42.1 and transformers 5.23.0 (the Hub loading and custom-pipeline recipes
