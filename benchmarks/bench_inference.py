@@ -142,6 +142,8 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = 
     pipe = build_pipeline(name, dtype).to(device)
     build_s = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
+    # counted before compiling: forward hooks do not fire inside compiled regions
+    flops = transformer_flops(pipe.transformer, 2 * batch) + decoder_flops(pipe.vqvae, batch)
     if compile:
         pipe.compile_repeated_blocks()
     E = pipe.transformer.config.text_embed_dim
@@ -168,7 +170,6 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = 
 
     median = statistics.median(totals)
     split = {k: statistics.median(s[k] for s in splits) for k in ("transformer", "sampling", "decoder")}
-    flops = transformer_flops(pipe.transformer, 2 * batch) + decoder_flops(pipe.vqvae, batch)
     peak_gflops = matmul_gflops(dtype, device)
     return dict(
         config=name, dtype=dtype_name, batch=batch, device=str(device), compiled=compile,
