@@ -97,3 +97,13 @@ def parity_dir() -> Path:
             pytest.fail(f"parity reference vectors missing at {PARITY_DIR}")
         pytest.skip(f"parity reference vectors not found at {PARITY_DIR} (set VAR_CLIP_PARITY_DIR)")
     return PARITY_DIR
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Reset accelerate's process-wide state after a test (trainers create their own Accelerator)."""
+    yield
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()

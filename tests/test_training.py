@@ -24,23 +24,8 @@ TINY_CLIP = ["--resolution", "8", "--patch_size", "4", "--text_width", "32", "--
 TINY_VAR = ["--depth", "2", "--embed_dim", "32", "--num_heads", "2"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models on a shared 2-core machine: one intra-op thread avoids spin-waiting against other processes
-    # (over ten times faster here), and the results do not depend on the thread count
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_accelerate_state():
-    yield
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+# every trainer builds an Accelerator; each test starts from a fresh accelerate state
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")
 
 
 @pytest.fixture(scope="module")
