@@ -155,7 +155,7 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = 
     totals, splits = [], []
     first_call_s = None
     for i in range(runs + 1):  # the first call is the warm-up (and, with --compile, the compilation)
-        with timed_methods({"transformer": (pipe.transformer, "forward_scale"),
+        with timed_methods({"transformer": (pipe.transformer, "forward"),
                             "decoder": (pipe.vqvae, "decode_latent")}) as spent:
             synchronize(device)
             t = time.perf_counter()

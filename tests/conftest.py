@@ -84,6 +84,17 @@ def tiny_pipe() -> VARCLIPPipeline:
 
 
 @pytest.fixture
+def tiny_token_pipe() -> VARCLIPPipeline:
+    """A pipeline whose transformer also cross-attends to the text's token states (token-level conditioning)."""
+    tokenizer = make_tiny_tokenizer()
+    text_encoder = make_tiny_text_encoder(tokenizer)
+    pipe = VARCLIPPipeline(tokenizer=tokenizer, text_encoder=text_encoder, vqvae=make_tiny_vqvae(),
+                           transformer=make_tiny_transformer(cross_attention_dim=text_encoder.config.hidden_size))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
 def tiny_class_pipe() -> VARPipeline:
     pipe = VARPipeline(transformer=make_tiny_transformer("class"), vqvae=make_tiny_vqvae())
     pipe.set_progress_bar_config(disable=True)

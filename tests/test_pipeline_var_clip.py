@@ -114,7 +114,7 @@ def test_prompt_and_guidance_change_the_output(tiny_pipe):
 
 
 def test_prompt_embeds_equal_prompt(tiny_pipe):
-    embeds, _ = tiny_pipe.encode_prompt("a red circle", do_classifier_free_guidance=False)
+    embeds = tiny_pipe.encode_prompt("a red circle", do_classifier_free_guidance=False).prompt_embeds
     torch.testing.assert_close(embeds.norm(dim=-1), torch.ones(1))
     a = run(tiny_pipe, "a red circle", seed=6)
     b = tiny_pipe(prompt_embeds=embeds, generator=gen(6), output_type="pt").images
@@ -132,7 +132,7 @@ def test_guidance_formula_and_ramp(tiny_pipe):
     # Re-run teacher-forced: with top-1 sampling the tokens are determined, so cond/uncond logits can be recomputed.
     tokens = tiny_pipe("a red circle", generator=gen(0), guidance_scale=2.0, top_k=1, output_type="tokens").images
     x = tiny_pipe.vqvae.indices_to_teacher_input(tokens)
-    cond, uncond = tiny_pipe.encode_prompt("a red circle")
+    cond, uncond = tiny_pipe.encode_prompt("a red circle")[:2]
     tr = tiny_pipe.transformer
     with torch.no_grad():
         lc = tr(x, text_embeds=cond).logits
@@ -211,7 +211,7 @@ BAD_INPUTS = [
     (dict(num_images_per_prompt=0), "`num_images_per_prompt` must be an int >= 1"),
     (dict(generator=[torch.Generator(), torch.Generator()]), "list of 2 generators but 1 images"),
     (dict(generator=42), "`generator` must be a torch.Generator"),
-    (dict(output_type="latent"), "`output_type` must be one of"),
+    (dict(output_type="latents"), "`output_type` must be one of"),
     (dict(callback_on_step_end_tensor_inputs=["x"]), "`callback_on_step_end_tensor_inputs` may only name"),
 ]
 

@@ -52,7 +52,7 @@ def test_bad_schedules(kwargs, message, tiny_pipe):
 
 
 def test_constant_schedule_and_interval_apply_the_named_weights(tiny_pipe):
-    embeds, null = tiny_pipe.encode_prompt("a red circle")
+    embeds, null = tiny_pipe.encode_prompt("a red circle")[:2]
     for kwargs, weights in [(dict(guidance_schedule="constant"), [2.0] * 4), (dict(guidance_interval=(1, 3)), [0, 2 / 3, 4 / 3, 0])]:
         seen = []
         tokens = tiny_pipe("a red circle", guidance_scale=2.0, top_k=1, output_type="tokens", **kwargs,

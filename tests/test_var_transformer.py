@@ -29,16 +29,12 @@ def test_kv_cached_steps_equal_teacher_forcing(variant):
         cond_kwargs = dict(class_labels=torch.tensor([0, 3, 9]))
     with torch.no_grad():
         full = tr(x, **cond_kwargs).logits
-        cond = tr.embed_condition(**cond_kwargs)
-        mods, cache = tr.modulations(cond), tr.new_kv_cache(B)
-        step_in = tr.start_tokens(cond)
-        f_hat = torch.zeros(B, 8, 4, 4)
+        cache = tr.new_kv_cache(B)
+        f_hat, step_in = torch.zeros(B, 8, 4, 4), None
         for si, pn in enumerate(tr.config.patch_nums):
-            logits, _ = tr.forward_scale(step_in, mods, cache)
+            logits = tr(step_in, **(cond_kwargs if si == 0 else {}), kv_cache=cache).logits
             torch.testing.assert_close(logits, full[:, tr.scale_slice(si)], atol=1e-5, rtol=1e-5)
-            f_hat, nxt = vq.next_scale_input(si, f_hat, vq.quantize.indices_to_embedding(idx[si]))
-            if nxt is not None:
-                step_in = tr.scale_input(nxt, si + 1)
+            f_hat, step_in = vq.next_scale_input(si, f_hat, vq.quantize.indices_to_embedding(idx[si]))
 
 
 def test_block_causal_mask_future_scales_do_not_change_the_past():
@@ -121,7 +117,7 @@ def test_bad_config(kwargs, message):
 
 def test_wrong_teacher_input_and_condition():
     tr = make_tiny_transformer()
-    with pytest.raises(ValueError, match="x_BLC_wo_first_l"):
+    with pytest.raises(ValueError, match="hidden_states"):
         tr(torch.zeros(1, 5, 8), text_embeds=torch.zeros(1, TEXT_DIM))
     with pytest.raises(ValueError, match="text-conditioned"):
         tr(torch.zeros(1, 29, 8))

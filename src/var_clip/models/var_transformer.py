@@ -5,7 +5,11 @@ projected to the width, is the start token and drives every block's adaptive Lay
 VAR-CLIP, Zhang et al. 2024, §3.2, where the class embedding is replaced by a projected CLIP text embedding).
 
 Legend: B batch · S scales · pn side of one scale · l = pn² · L = Σ pn² · D width · C latent channels ·
-V codebook size · E text-embedding width · Hd heads · hd head width.
+V codebook size · E text-embedding width · T text tokens · H text hidden width · Hd heads · hd head width.
+
+Token-level text conditioning (``cross_attention_dim``, off by default so VAR and VAR-CLIP checkpoints are unchanged):
+every block also cross-attends to the text encoder's last hidden states (B, T, H), as VAR-CLIP's successors Switti
+and Infinity do; the pooled embedding still is the start token and the AdaLN condition.
 """
 
 from __future__ import annotations
@@ -20,18 +24,24 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from ..sampling import pivotal_tokens
+
 __all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache", "LayerKVCache"]
 
 CONDITION_TYPES = ("text", "class")
 
 
 class LayerKVCache:
-    """One layer's keys and values for one generation, allocated once for all L tokens."""
+    """One layer's keys and values for one generation, allocated once for all L tokens.
+
+    With cross-attention it also holds the text's keys and values (B, Hd, T, hd), computed once per generation.
+    """
 
     def __init__(self, shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device):
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
         self.length = 0
+        self.context_kv: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def append(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the l new keys/values after those already there; returns the whole prefix (B, H, length, c)."""
@@ -41,19 +51,30 @@ class LayerKVCache:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def keep_rows(self, rows: int) -> None:
+        self.k, self.v = self.k[:rows], self.v[:rows]
+        if self.context_kv is not None:
+            self.context_kv = (self.context_kv[0][:rows], self.context_kv[1][:rows])
+
 
 class KVCache:
-    """Keys and values of every layer for one generation, allocated once for all L tokens.
+    """Everything one generation keeps between scales: each layer's keys and values, allocated once for all L
+    tokens, and what the condition determines once (AdaLN modulations, the text's cross-attention keys and values).
 
     Each scale writes its l new keys/values after the ones already there and attends to the whole prefix, which
-    is exactly block-causal attention without a mask. Create one per generation; it is never stored on a model.
-    Block ``i`` gets ``layers[i]``, so the blocks themselves hold no layer index (one compiled graph serves all).
+    is exactly block-causal attention without a mask. Create one per generation with
+    :meth:`VARTransformer2DModel.new_kv_cache`; it is never stored on a model. Block ``i`` gets ``layers[i]``, so
+    the blocks themselves hold no layer index (one compiled graph serves all).
     """
 
     def __init__(self, num_layers: int, batch_size: int, num_heads: int, max_len: int, head_dim: int,
                  dtype: torch.dtype, device: torch.device):
         shape = (batch_size, num_heads, max_len, head_dim)
         self.layers = [LayerKVCache(shape, dtype, device) for _ in range(num_layers)]
+        self.scale_index = 0  # the scale the next call predicts
+        self.modulations: Modulations | None = None
+        self.context_mask_B11T: torch.Tensor | None = None
+        self.hidden_BlD: torch.Tensor | None = None  # the last scale's final hidden states (FastVAR's fill)
 
     @property
     def batch_size(self) -> int:
@@ -62,7 +83,13 @@ class KVCache:
     def keep_rows(self, rows: int) -> None:
         """Keep only the first ``rows`` batch rows (the conditional half, once guidance is over)."""
         for layer in self.layers:
-            layer.k, layer.v = layer.k[:rows], layer.v[:rows]
+            layer.keep_rows(rows)
+        if self.modulations is not None:
+            self.modulations = self.modulations.keep_rows(rows)
+        if self.context_mask_B11T is not None:
+            self.context_mask_B11T = self.context_mask_B11T[:rows]
+        if self.hidden_BlD is not None:
+            self.hidden_BlD = self.hidden_BlD[:rows]
 
 
 class SelfAttention(nn.Module):
@@ -94,8 +121,8 @@ class SelfAttention(nn.Module):
                 kv_cache: LayerKVCache | None) -> torch.Tensor:
         B, L, D = x_BLD.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        # (B, L, 3D) -> (3, B, Hd, L, hd)
-        qkv = F.linear(x_BLD, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # through the module, not its weight, so hooks (offloading, casting) and adapters apply; (B, L, 3D) -> (3, B, Hd, L, hd)
+        qkv = (self.mat_qkv(x_BLD) + bias.to(x_BLD.dtype)).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         if self.l2_norm:
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_log_scale).exp()
@@ -109,6 +136,39 @@ class SelfAttention(nn.Module):
             q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
         )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))  # (B, Hd, L, hd) -> (B, L, D)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head attention from the image tokens (B, l, D) to the text's hidden states (B, T, H).
+
+    Plain scaled dot products; the keys and values depend only on the text, so sampling computes them once per
+    generation (:meth:`context_kv`) and every scale reuses them.
+    """
+
+    def __init__(self, dim: int, context_dim: int, num_heads: int, proj_drop: float):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_k = nn.Linear(context_dim, dim)
+        self.to_v = nn.Linear(context_dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def context_kv(self, context_BTH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The text's keys and values, each (B, Hd, T, hd)."""
+        B, T, _ = context_BTH.shape
+        context_BTH = context_BTH.to(self.to_k.weight.dtype)
+        k = self.to_k(context_BTH).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.to_v(context_BTH).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
+        return k, v
+
+    def forward(self, x_BLD: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor],
+                mask_B11T: torch.Tensor) -> torch.Tensor:
+        B, L, D = x_BLD.shape
+        q = self.to_q(x_BLD).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, Hd, L, hd)
+        k, v = context_kv
+        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask_B11T)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))
 
 
 class FeedForward(nn.Module):
@@ -134,10 +194,15 @@ class AdaLNSelfAttnBlock(nn.Module):
     """Pre-norm transformer block whose LayerNorms take scale, shift and a residual gate from the condition."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, shared_aln: bool,
-                 l2_norm: bool, drop: float, attn_drop: float, drop_path: float):
+                 l2_norm: bool, drop: float, attn_drop: float, drop_path: float, cross_attention_dim: int | None = None):
         super().__init__()
         self.dim, self.shared_aln, self.drop_path = dim, shared_aln, drop_path
         self.attn = SelfAttention(dim, num_heads, attn_drop, drop, l2_norm)
+        if cross_attention_dim:  # token-level text conditioning, after self-attention (as Switti and Infinity)
+            self.norm_cross = nn.LayerNorm(dim, eps=norm_eps)
+            self.cross_attn = CrossAttention(dim, cross_attention_dim, num_heads, drop)
+        else:
+            self.norm_cross = self.cross_attn = None
         self.ffn = FeedForward(dim, round(dim * mlp_ratio), drop)
         self.ln_wo_grad = nn.LayerNorm(dim, eps=norm_eps, elementwise_affine=False)
         if shared_aln:  # a per-block offset on the modulation that the model computes once for all blocks
@@ -152,10 +217,17 @@ class AdaLNSelfAttnBlock(nn.Module):
         return self.ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.dim)
 
     def forward(self, x_BLD: torch.Tensor, ada_B16D: torch.Tensor, attn_bias: torch.Tensor | None,
-                kv_cache: LayerKVCache | None = None) -> torch.Tensor:
+                kv_cache: LayerKVCache | None = None,
+                context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                context_mask_B11T: torch.Tensor | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16D.unbind(2)  # each (B, 1, D)
         h = self.attn(self.ln_wo_grad(x_BLD).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)
         x_BLD = x_BLD + _drop_path(h.mul(gamma1), self.drop_path, self.training)
+        if self.cross_attn is not None:
+            if context_kv is None:
+                context_kv = kv_cache.context_kv
+            h = self.cross_attn(self.norm_cross(x_BLD), context_kv, context_mask_B11T)
+            x_BLD = x_BLD + _drop_path(h, self.drop_path, self.training)
         h = self.ffn(self.ln_wo_grad(x_BLD).mul(scale2 + 1).add(shift2))
         return x_BLD + _drop_path(h.mul(gamma2), self.drop_path, self.training)
 
@@ -165,7 +237,7 @@ class VARTransformerOutput(BaseOutput):
     """Output of :meth:`VARTransformer2DModel.forward`.
 
     Args:
-        logits (`torch.Tensor` of shape `(B, L, V)`): next-scale logits for every token of every scale.
+        logits (`torch.Tensor` of shape `(B, L, V)`, or `(B, l, V)` for one sampling step): next-scale logits.
     """
 
     logits: torch.Tensor
@@ -201,6 +273,10 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
             `text_embed_dim`, projected to D, with a learned null embedding for guidance) or `"class"` (VAR: a
             class embedding with `num_classes` classes plus a null class).
         text_embed_dim (`int`, defaults to 768): width E of the text embedding (CLIP ViT-L/14's projection).
+        cross_attention_dim (`int`, optional): width H of the text encoder's hidden states. When set, every block
+            cross-attends to the caption's token states after its self-attention (token-level conditioning); the
+            unconditional branch attends to one learned null token. None (the default) is VAR-CLIP as published:
+            the pooled embedding only.
         num_classes (`int`, defaults to 1000): number of classes for `condition_type="class"`.
         cond_drop_rate (`float`, defaults to 0.1): share of the batch trained without condition, for guidance.
         drop_rate (`float`, defaults to 0.0): dropout after the attention projection and the feed-forward.
@@ -231,6 +307,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         attn_l2_norm: bool = True,
         condition_type: str = "text",
         text_embed_dim: int = 768,
+        cross_attention_dim: int | None = None,
         num_classes: int = 1000,
         cond_drop_rate: float = 0.1,
         drop_rate: float = 0.0,
@@ -247,13 +324,17 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"`patch_nums` must be strictly increasing positive ints, got {patch_nums}")
         if not 0.0 <= cond_drop_rate <= 1.0:
             raise ValueError(f"`cond_drop_rate` must be in [0, 1], got {cond_drop_rate}")
+        if cross_attention_dim is not None and (condition_type != "text" or int(cross_attention_dim) < 1):
+            raise ValueError("`cross_attention_dim` must be a positive int, and only with `condition_type='text'`; "
+                             f"got {cross_attention_dim!r} with {condition_type!r}")
         D = embed_dim
         init_std = math.sqrt(1 / D / 3)
 
         # 1. token embedding: a scale's input is its C-dim latent map (the coarser scales' sum, area-downsampled)
         self.word_embed = nn.Linear(latent_channels, D)
 
-        # 2. condition: projected text embedding (+ learned null) or class embedding (+ null class)
+        # 2. condition: projected text embedding (+ learned null) or class embedding (+ null class); with token-level
+        #    conditioning also one learned null token, the unconditional branch's whole text
         if condition_type == "text":
             self.null_text_embed = nn.Parameter(torch.empty(1, text_embed_dim))
             nn.init.trunc_normal_(self.null_text_embed, std=init_std)
@@ -261,6 +342,9 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         else:
             self.class_embed = nn.Embedding(num_classes + 1, D)
             nn.init.trunc_normal_(self.class_embed.weight, std=init_std)
+        if cross_attention_dim:
+            self.null_text_tokens = nn.Parameter(torch.empty(1, 1, cross_attention_dim))
+            nn.init.trunc_normal_(self.null_text_tokens, std=init_std)
 
         # 3. positions: start-token position, absolute position of every token, and a level (scale) embedding
         self.pos_start = nn.Parameter(torch.empty(1, patch_nums[0] ** 2, D))
@@ -274,7 +358,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
             AdaLNSelfAttnBlock(D, num_heads, mlp_ratio, norm_eps, shared_aln, attn_l2_norm, drop_rate,
-                               attn_drop_rate, dpr[i])
+                               attn_drop_rate, dpr[i], cross_attention_dim)
             for i in range(depth)
         )
 
@@ -302,6 +386,11 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
     def first_l(self) -> int:
         return self.config.patch_nums[0] ** 2
 
+    @property
+    def uses_text_tokens(self) -> bool:
+        """Whether the model cross-attends to the caption's token states (token-level conditioning)."""
+        return bool(self.config.cross_attention_dim)
+
     def scale_slice(self, si: int) -> slice:
         begin = sum(pn * pn for pn in self.config.patch_nums[:si])
         return slice(begin, begin + self.config.patch_nums[si] ** 2)
@@ -324,6 +413,8 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         for block in self.blocks:
             block.attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
             block.ffn.fc2.weight.div_(math.sqrt(2 * len(self.blocks)))
+            if block.cross_attn is not None:
+                block.cross_attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
             if block.shared_aln:
                 block.ada_gss[:, :, 2:].mul_(init_adaln)
                 block.ada_gss[:, :, :2].mul_(init_adaln_gamma)
@@ -349,6 +440,13 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
             return self.null_text_embed.expand(batch_size, -1)
         return torch.full((batch_size,), self.config.num_classes, dtype=torch.long, device=self.level_L.device)
 
+    def null_text_states(self, batch_size: int) -> tuple[torch.Tensor, torch.BoolTensor]:
+        """The unconditional token sequence for guidance: one learned null token (B, 1, H) and its mask (B, 1)."""
+        if not self.uses_text_tokens:
+            raise ValueError("this transformer has no token-level conditioning (`cross_attention_dim` is None)")
+        states = self.null_text_tokens.expand(batch_size, -1, -1)
+        return states, torch.ones(batch_size, 1, dtype=torch.bool, device=states.device)
+
     def condition_dropout_mask(self, batch_size: int, generator: torch.Generator | None = None,
                                device: torch.device | str | None = None) -> torch.BoolTensor:
         """Which samples of a training batch lose their condition (classifier-free guidance training).
@@ -365,6 +463,46 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
             return mask
         rand = torch.rand(batch_size, generator=generator, device=generator.device if generator else "cpu")
         return (rand < rate).to(device)
+
+    def _text_context(self, encoder_hidden_states: torch.Tensor | None, encoder_attention_mask: torch.Tensor | None,
+                      batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked token states (B, T, H) and their attention mask as an SDPA mask (B, 1, 1, T), True = attend."""
+        H = self.config.cross_attention_dim
+        if encoder_hidden_states is None:
+            raise ValueError("this transformer cross-attends to the text: pass `encoder_hidden_states` (B, T, "
+                             f"{H}) and `encoder_attention_mask` (B, T)")
+        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch_size or encoder_hidden_states.shape[2] != H:
+            raise ValueError(f"`encoder_hidden_states` must be ({batch_size}, T, {H}), got {tuple(encoder_hidden_states.shape)}")
+        if encoder_attention_mask is None:
+            encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool,
+                                                device=encoder_hidden_states.device)
+        if encoder_attention_mask.shape != encoder_hidden_states.shape[:2]:
+            raise ValueError(f"`encoder_attention_mask` must be {tuple(encoder_hidden_states.shape[:2])}, "
+                             f"got {tuple(encoder_attention_mask.shape)}")
+        mask_BT = encoder_attention_mask.bool()
+        if not mask_BT.any(dim=1).all():
+            raise ValueError("every row of `encoder_attention_mask` must keep at least one token")
+        return encoder_hidden_states, mask_BT[:, None, None, :]
+
+    def _drop_condition(self, cond_drop_mask, text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask):
+        """Replace the dropped samples' condition by the null one (the text's tokens by the null token)."""
+        B = cond_drop_mask.shape[0]
+        if self.config.condition_type == "class":
+            return text_embeds, torch.where(cond_drop_mask, self.null_condition(B), class_labels), None, None
+        text_embeds = torch.where(cond_drop_mask.view(B, 1), self.null_condition(B).to(text_embeds.dtype), text_embeds)
+        if self.uses_text_tokens and encoder_hidden_states is not None:
+            if encoder_attention_mask is None:
+                encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool,
+                                                    device=encoder_hidden_states.device)
+            # the null token sits in the first slot; the rest of a dropped row is masked out
+            null = self.null_text_tokens[:, 0].to(encoder_hidden_states.dtype)  # (1, H)
+            states = encoder_hidden_states.clone()
+            states[cond_drop_mask, 0] = null
+            mask = encoder_attention_mask.bool().clone()
+            mask[cond_drop_mask] = False
+            mask[cond_drop_mask, 0] = True
+            encoder_hidden_states, encoder_attention_mask = states, mask
+        return text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask
 
     # -- building blocks shared by training and sampling ---------------------------------------------------------------
 
@@ -393,66 +531,112 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         h = self.head_ln(h_BLD).mul(scale + 1).add(shift)
         return self.head(h.to(self.head.weight.dtype)).float()
 
-    @torch.no_grad()
-    def forward_scale(self, x_BlD: torch.Tensor, mods: Modulations, kv_cache: KVCache,
-                      keep_idx_Bk: torch.LongTensor | None = None,
-                      fill_BlD: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """One sampling step: the l tokens of the current scale attend to the cache → logits (B, l, V), hidden (B, l, D).
-
-        With ``keep_idx_Bk`` only those token positions run through the blocks (and enter the KV cache); the others
-        take their final hidden state from ``fill_BlD`` (FastVAR's cached token pruning, an opt-in approximation).
-        """
-        if keep_idx_Bk is not None:
-            gather_idx = keep_idx_Bk.unsqueeze(-1).expand(-1, -1, x_BlD.shape[-1])
-            x_BlD = x_BlD.gather(1, gather_idx)
-        for block, ada, layer_cache in zip(self.blocks, mods.blocks, kv_cache.layers):
-            x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=layer_cache)
-        if keep_idx_Bk is not None:
-            x_BlD = fill_BlD.to(x_BlD.dtype).scatter(1, gather_idx, x_BlD)
-        return self.logits(x_BlD, mods.head), x_BlD
-
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
+        """An empty cache for one generation of ``batch_size`` rows (conditional and unconditional together)."""
         c = self.config
         return KVCache(c.depth, batch_size, c.num_heads, self.num_tokens, c.embed_dim // c.num_heads,
                        dtype or self.dtype, device or self.device)
 
-    # -- training forward ----------------------------------------------------------------------------------------------
+    # -- forward: teacher forcing (training) or one cached sampling step -----------------------------------------------
 
     def forward(
         self,
-        x_BLC_wo_first_l: torch.Tensor,
+        hidden_states: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
         class_labels: torch.LongTensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
         cond_drop_mask: torch.BoolTensor | None = None,
+        kv_cache: KVCache | None = None,
+        prune_ratio: float = 0.0,
         return_dict: bool = True,
     ):
-        """Teacher-forced logits of all L tokens, with block-causal attention.
+        """Next-scale logits: teacher-forced for all L tokens, or, with ``kv_cache``, one scale of a generation.
 
         Args:
-            x_BLC_wo_first_l: inputs of scales 2..S, (B, L - pn_1², C), from
-                :meth:`MultiScaleVQModel.indices_to_teacher_input`.
-            text_embeds / class_labels: the condition (B, E) or (B,), as the config's `condition_type` says.
+            hidden_states: teacher forcing: the inputs of scales 2..S, (B, L - pn_1², C), from
+                :meth:`MultiScaleVQModel.indices_to_teacher_input`. Sampling: the current scale's latent input
+                (B, C, pn, pn) from :meth:`MultiScaleVQModel.next_scale_input`, None at the first scale.
+            text_embeds / class_labels: the condition (B, E) or (B,), as the config's `condition_type` says. When
+                sampling, given at the first scale only (the cache keeps what they determine).
+            encoder_hidden_states / encoder_attention_mask: with `cross_attention_dim`, the caption's token states
+                (B, T, H) and which of them are real (B, T); likewise given at the first scale only when sampling.
             cond_drop_mask: optional (B,) bool; samples where it is True get the null condition. Build it with
                 :meth:`condition_dropout_mask` for classifier-free guidance training.
+            kv_cache: from :meth:`new_kv_cache`; each call predicts the scale after those already in it.
+            prune_ratio: sampling only, FastVAR's cached token pruning (an approximation): this share of the scale's
+                tokens skips the blocks and takes the previous scale's upsampled hidden states.
+
+        All of the model's work runs inside this call, so accelerate's hooks (offloading, casting) see it.
         """
-        B = x_BLC_wo_first_l.shape[0]
+        if kv_cache is not None:
+            logits = self._sampling_step(hidden_states, text_embeds, class_labels, encoder_hidden_states,
+                                         encoder_attention_mask, kv_cache, prune_ratio)
+        else:
+            logits = self._teacher_forced(hidden_states, text_embeds, class_labels, encoder_hidden_states,
+                                          encoder_attention_mask, cond_drop_mask)
+        if not return_dict:
+            return (logits,)
+        return VARTransformerOutput(logits=logits)
+
+    def _teacher_forced(self, x_BLC_wo_first_l, text_embeds, class_labels, encoder_hidden_states,
+                        encoder_attention_mask, cond_drop_mask) -> torch.Tensor:
         L = self.num_tokens
-        if x_BLC_wo_first_l.shape[1:] != (L - self.first_l, self.config.latent_channels):
-            raise ValueError(f"`x_BLC_wo_first_l` must be (B, {L - self.first_l}, {self.config.latent_channels}), "
-                             f"got {tuple(x_BLC_wo_first_l.shape)}")
+        if x_BLC_wo_first_l is None or x_BLC_wo_first_l.shape[1:] != (L - self.first_l, self.config.latent_channels):
+            shape = None if x_BLC_wo_first_l is None else tuple(x_BLC_wo_first_l.shape)
+            raise ValueError(f"`hidden_states` must be (B, {L - self.first_l}, {self.config.latent_channels}), got {shape}")
+        B = x_BLC_wo_first_l.shape[0]
         if cond_drop_mask is not None:
-            null = self.null_condition(B)
-            if self.config.condition_type == "text":
-                text_embeds = torch.where(cond_drop_mask.view(B, 1), null.to(text_embeds.dtype), text_embeds)
-            else:
-                class_labels = torch.where(cond_drop_mask, null, class_labels)
+            text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask = self._drop_condition(
+                cond_drop_mask, text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask)
         cond_BD = self.embed_condition(text_embeds, class_labels)
+        context, mask_B11T = None, None
+        if self.uses_text_tokens:
+            context, mask_B11T = self._text_context(encoder_hidden_states, encoder_attention_mask, B)
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
         x_BLD = torch.cat((sos, self.word_embed(x_BLC_wo_first_l.to(cond_BD.dtype))), dim=1) + self._level_pos(slice(0, L))
         mods = self.modulations(cond_BD)
         for block, ada in zip(self.blocks, mods.blocks):
-            x_BLD = block(x_BLD, ada, attn_bias=self.attn_bias_LL)
-        logits_BLV = self.logits(x_BLD, mods.head)
-        if not return_dict:
-            return (logits_BLV,)
-        return VARTransformerOutput(logits=logits_BLV)
+            context_kv = block.cross_attn.context_kv(context) if context is not None else None
+            x_BLD = block(x_BLD, ada, attn_bias=self.attn_bias_LL, context_kv=context_kv, context_mask_B11T=mask_B11T)
+        return self.logits(x_BLD, mods.head)
+
+    @torch.no_grad()
+    def _sampling_step(self, next_BChw, text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask,
+                       cache: KVCache, prune_ratio: float) -> torch.Tensor:
+        si = cache.scale_index
+        if si >= len(self.config.patch_nums):
+            raise ValueError(f"this cache has already generated all {si} scales")
+        if si == 0:  # per generation: AdaLN modulations, the text's keys and values, and the start tokens
+            cond_BD = self.embed_condition(text_embeds, class_labels)
+            cache.modulations = self.modulations(cond_BD)
+            if self.uses_text_tokens:
+                context, cache.context_mask_B11T = self._text_context(encoder_hidden_states, encoder_attention_mask,
+                                                                      cond_BD.shape[0])
+                for block, layer in zip(self.blocks, cache.layers):
+                    layer.context_kv = block.cross_attn.context_kv(context)
+            x_BlD = self.start_tokens(cond_BD)
+        else:
+            if next_BChw is None:
+                raise ValueError(f"scale {si} needs `hidden_states`: the latent input (B, C, pn, pn) of this scale")
+            x_BlD = self.scale_input(next_BChw, si)
+            if x_BlD.shape[0] < cache.batch_size:  # the guided rows see the same latent as the conditional ones
+                x_BlD = x_BlD.repeat(cache.batch_size // x_BlD.shape[0], 1, 1)
+
+        keep_idx_Bk = gather_idx = None
+        if prune_ratio > 0:  # FastVAR: only the pivotal tokens run; the rest reuse the previous scale's states
+            keep_idx_Bk = pivotal_tokens(x_BlD, prune_ratio)
+            gather_idx = keep_idx_Bk.unsqueeze(-1).expand(-1, -1, x_BlD.shape[-1])
+            h_prev = cache.hidden_BlD
+            side, pn = round(h_prev.shape[1] ** 0.5), self.config.patch_nums[si]
+            grid = h_prev.transpose(1, 2).reshape(h_prev.shape[0], -1, side, side).float()
+            fill_BlD = F.interpolate(grid, size=(pn, pn), mode="bicubic").flatten(2).transpose(1, 2)
+            x_BlD = x_BlD.gather(1, gather_idx)
+        for block, ada, layer in zip(self.blocks, cache.modulations.blocks, cache.layers):
+            x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=layer, context_mask_B11T=cache.context_mask_B11T)
+        if keep_idx_Bk is not None:
+            x_BlD = fill_BlD.to(x_BlD.dtype).scatter(1, gather_idx, x_BlD)
+        cache.hidden_BlD = x_BlD
+        cache.scale_index = si + 1
+        return self.logits(x_BlD, cache.modulations.head)
+

@@ -16,9 +16,9 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from ..sampling import SamplingSchedule, gumbel_smooth_probs, pivotal_tokens, resolve_schedule, sample_tokens
+from ..sampling import SamplingSchedule, gumbel_smooth_probs, resolve_schedule, sample_tokens
 
-OUTPUT_TYPES = ("pil", "np", "pt", "tokens")
+OUTPUT_TYPES = ("pil", "np", "pt", "latent", "tokens")
 
 
 @dataclass
@@ -42,12 +42,32 @@ class KnownTokens:
     mask: list[torch.BoolTensor]
 
 
+@dataclass
+class GenerationRequest:
+    """Everything one call asks of the sampler besides its condition, validated once by :meth:`prepare_request`.
+
+    Every pipeline's ``__call__`` builds one and hands it down, so the loop and the output steps read one object.
+    """
+
+    num_images: int
+    schedule: SamplingSchedule
+    guidance_scale: float
+    more_smooth: bool = False
+    generator: torch.Generator | list[torch.Generator] | None = None
+    output_type: str = "pil"
+    return_dict: bool = True
+    callback_on_step_end: Callable | None = None
+    callback_on_step_end_tensor_inputs: tuple[str, ...] = ()
+    edit: EditRequest | None = None
+
+
 class NextScalePipelineMixin:
     """Sampling, validation and output handling common to :class:`VARCLIPPipeline` and :class:`VARPipeline`."""
 
     transformer: VARTransformer2DModel
     vqvae: MultiScaleVQModel
-    _callback_tensor_inputs = ["f_hat", "idx_Bl", "logits_BlV", "tokens"]
+    # `latents` is diffusers' name for the accumulated latent `f_hat`; `prompt_embeds` the condition rows
+    _callback_tensor_inputs = ["f_hat", "latents", "idx_Bl", "logits_BlV", "tokens", "prompt_embeds"]
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
@@ -77,15 +97,32 @@ class NextScalePipelineMixin:
     def image_processor(self) -> VaeImageProcessor:
         return VaeImageProcessor(do_resize=False, do_normalize=True)
 
+    # -- diffusers' callback contract: what a `callback_on_step_end` may read and change ---------------------------
+
+    @property
+    def guidance_scale(self) -> float:
+        """The guidance scale of the running (or last) call; a callback may set ``pipe._guidance_scale``."""
+        return getattr(self, "_guidance_scale", 0.0)
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.guidance_scale > 0
+
+    @property
+    def num_timesteps(self) -> int:
+        """The number of sampling steps: one per scale."""
+        return len(self.transformer.config.patch_nums)
+
     # -- validation of the sampling arguments -------------------------------------------------------------------------
 
-    def check_sampling_inputs(self, batch_size: int, generator, output_type, callback_on_step_end_tensor_inputs,
-                              **schedule_kwargs) -> SamplingSchedule:
-        """Validate the sampling arguments; returns them resolved to one value per scale."""
+    def prepare_request(self, num_images: int, generator=None, output_type: str = "pil", return_dict: bool = True,
+                        callback_on_step_end=None, callback_on_step_end_tensor_inputs=None, more_smooth: bool = False,
+                        edit: EditRequest | None = None, **schedule_kwargs) -> GenerationRequest:
+        """Validate the sampling arguments once; returns them as one request, the schedule resolved per scale."""
         schedule = resolve_schedule(self.transformer.config.patch_nums, **schedule_kwargs)
         if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(f"`generator` is a list of {len(generator)} generators but {batch_size} images are "
+            if len(generator) != num_images:
+                raise ValueError(f"`generator` is a list of {len(generator)} generators but {num_images} images are "
                                  f"generated (prompts × num_images_per_prompt): pass one per image, or a single one")
             if not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError("`generator` must be a torch.Generator or a list of them")
@@ -93,11 +130,21 @@ class NextScalePipelineMixin:
             raise ValueError(f"`generator` must be a torch.Generator, a list of them, or None; got {type(generator).__name__}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
-        return schedule
+        if not isinstance(more_smooth, bool):
+            raise ValueError(f"`more_smooth` must be a bool, got {more_smooth!r}")
+        if callback_on_step_end is not None and not callable(callback_on_step_end):
+            raise ValueError(f"`callback_on_step_end` must be callable, got {type(callback_on_step_end).__name__}")
+        if callback_on_step_end_tensor_inputs is None and hasattr(callback_on_step_end, "tensor_inputs"):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs  # diffusers' PipelineCallback
+        inputs = tuple(callback_on_step_end_tensor_inputs or ())
+        unknown = [k for k in inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
+        return GenerationRequest(num_images=num_images, schedule=schedule,
+                                 guidance_scale=float(schedule_kwargs.get("guidance_scale", 0.0)), more_smooth=more_smooth,
+                                 generator=generator, output_type=output_type, return_dict=return_dict,
+                                 callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=inputs,
+                                 edit=edit)
 
     @staticmethod
     def check_num_images(num_images_per_prompt) -> None:
@@ -106,55 +153,47 @@ class NextScalePipelineMixin:
 
     # -- the loop ------------------------------------------------------------------------------------------------------
 
+    def _guidance_at(self, request: GenerationRequest, si: int) -> float:
+        """The guidance weight t at scale ``si``, following ``_guidance_scale`` if a callback changed it."""
+        t = request.schedule.guidance[si]
+        if request.guidance_scale > 0 and self._guidance_scale != request.guidance_scale:
+            t *= self._guidance_scale / request.guidance_scale
+        return t
+
     @torch.no_grad()
-    def sample_next_scale(
-        self,
-        cond_BD: torch.Tensor,
-        uncond_BD: torch.Tensor | None,
-        schedule: SamplingSchedule,
-        more_smooth: bool,
-        generator,
-        callback_on_step_end: Callable | None = None,
-        callback_on_step_end_tensor_inputs: list[str] | None = None,
-        known: KnownTokens | None = None,
-    ) -> tuple[torch.Tensor, list[torch.LongTensor]]:
+    def sample_next_scale(self, condition: dict, request: GenerationRequest,
+                          known: KnownTokens | None = None) -> tuple[torch.Tensor, list[torch.LongTensor]]:
         """Generate all scales. Returns the accumulated latent ``f_hat`` (B, C, pn_S, pn_S) and the tokens per scale.
+
+        ``condition`` holds the transformer's condition arguments (``text_embeds`` or ``class_labels``, and with
+        token-level conditioning ``encoder_hidden_states`` / ``encoder_attention_mask``); with guidance its rows are
+        the B conditional ones followed by the B unconditional ones, and ``logits = (1 + t)·cond − t·uncond`` with
+        ``t`` from the schedule (by default ramping linearly over the scales, as in VAR).
 
         With ``known``, the tokens it marks are imposed at every scale instead of the sampled ones (inpainting keeps
         the unmasked region, image-to-image the first scales); the transformer still sees them as its context.
-
-        ``cond_BD`` / ``uncond_BD`` are the embedded conditions; with ``uncond_BD`` the batch is doubled for
-        classifier-free guidance, ``logits = (1 + t)·cond − t·uncond`` with ``t`` from the schedule (by default
-        ramping linearly over the scales, as in VAR).
         """
-        transformer, vqvae = self.transformer, self.vqvae
+        transformer, vqvae, schedule = self.transformer, self.vqvae, request.schedule
         patch_nums = transformer.config.patch_nums
-        S, B, C = len(patch_nums), cond_BD.shape[0], vqvae.config.latent_channels
-        # The unconditional rows run only while a later scale still needs their logits or their keys and values.
-        last_guided = schedule.last_guided_scale if uncond_BD is not None else -1
-        cond_2BD = torch.cat((cond_BD, uncond_BD)) if last_guided >= 0 else cond_BD
+        S, B, C = len(patch_nums), request.num_images, vqvae.config.latent_channels
+        first = next(v for v in condition.values() if v is not None)
+        rows, device = first.shape[0], first.device
+        self._guidance_scale = request.guidance_scale
 
-        # 1. per generation: AdaLN modulations, the KV cache, and the start tokens
-        mods = transformer.modulations(cond_2BD)
-        kv_cache = transformer.new_kv_cache(cond_2BD.shape[0], dtype=cond_2BD.dtype, device=cond_2BD.device)
-        x_BlD = transformer.start_tokens(cond_2BD)
-        f_hat = cond_BD.new_zeros(B, C, patch_nums[-1], patch_nums[-1], dtype=torch.float32)
-        codebook = vqvae.quantize.embedding.weight
+        # 1. per generation: the KV cache (the transformer fills it with everything the condition determines)
+        kv_cache = transformer.new_kv_cache(rows, dtype=transformer.dtype, device=device)
+        f_hat = torch.zeros(B, C, patch_nums[-1], patch_nums[-1], dtype=torch.float32, device=device)
+        codebook = vqvae.quantize.embedding
         tokens: list[torch.LongTensor] = []
-        h_prev = None
+        next_BChw = None
 
         with self.progress_bar(total=S) as progress_bar:
             for si, pn in enumerate(patch_nums):
                 # 2. logits of every token of this scale (optionally only FastVAR's pivotal tokens run), guided
-                keep = fill = None
-                if schedule.prune_ratio[si] > 0:
-                    keep = pivotal_tokens(x_BlD, schedule.prune_ratio[si])
-                    side = round(h_prev.shape[1] ** 0.5)
-                    grid = h_prev.transpose(1, 2).reshape(h_prev.shape[0], -1, side, side).float()
-                    fill = F.interpolate(grid, size=(pn, pn), mode="bicubic").flatten(2).transpose(1, 2)
-                logits_BlV, h_prev = transformer.forward_scale(x_BlD, mods, kv_cache, keep, fill)
+                logits_BlV = transformer(next_BChw, **(condition if si == 0 else {}), kv_cache=kv_cache,
+                                         prune_ratio=schedule.prune_ratio[si]).logits
                 if logits_BlV.shape[0] > B:
-                    t = schedule.guidance[si]
+                    t = self._guidance_at(request, si)
                     logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
                 if not torch.isfinite(logits_BlV).all():
                     raise FloatingPointError(
@@ -165,38 +204,46 @@ class NextScalePipelineMixin:
                     logits_BlV = logits_BlV / schedule.temperature[si]
 
                 # 3. sample; the scale's latent is the codebook vector (or a Gumbel-soft mix of them)
-                idx_Bl, filtered = sample_tokens(logits_BlV, schedule.top_k[si], schedule.top_p[si], generator)
-                if more_smooth:
-                    h_BlC = gumbel_smooth_probs(filtered, si / max(S - 1, 1), generator) @ codebook.float()
+                idx_Bl, filtered = sample_tokens(logits_BlV, schedule.top_k[si], schedule.top_p[si], request.generator)
+                if request.more_smooth:
+                    h_BlC = gumbel_smooth_probs(filtered, si / max(S - 1, 1), request.generator) @ codebook.weight.float()
                 else:
-                    h_BlC = codebook[idx_Bl].float()
+                    h_BlC = codebook(idx_Bl).float()
                 if known is not None:
                     keep_Bl = known.mask[si]
                     idx_Bl = torch.where(keep_Bl, known.tokens[si], idx_Bl)
-                    h_BlC = torch.where(keep_Bl.unsqueeze(-1), codebook[known.tokens[si]].float(), h_BlC)
+                    h_BlC = torch.where(keep_Bl.unsqueeze(-1), codebook(known.tokens[si]).float(), h_BlC)
                 h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
                 tokens.append(idx_Bl)
 
-                # 4. accumulate into f_hat, and embed the next scale's input (area-downsampled f_hat)
+                # 4. accumulate into f_hat, and the next scale's input (area-downsampled f_hat)
                 f_hat, next_BChw = vqvae.next_scale_input(si, f_hat, h_BChw)
-                if callback_on_step_end is not None:
-                    local = {"f_hat": f_hat, "idx_Bl": idx_Bl, "logits_BlV": logits_BlV, "tokens": list(tokens)}
-                    kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs or []}
-                    # diffusers' convention (pipe, step, timestep, tensors); the "timestep" is the scale's side
-                    returned = callback_on_step_end(self, si, pn, kwargs) or {}
-                    if "f_hat" in returned:  # a callback may edit the latent; the next input follows it
-                        f_hat = returned["f_hat"]
-                        if next_BChw is not None:
-                            next_BChw = F.interpolate(f_hat, size=next_BChw.shape[-2:], mode="area")
-                if si == last_guided and kv_cache.batch_size > B:  # guidance is over: drop the unconditional rows
+                if request.callback_on_step_end is not None:
+                    f_hat, next_BChw = self._run_callback(request, si, pn, f_hat, next_BChw, idx_Bl, logits_BlV,
+                                                          tokens, condition)
+                # guidance is over (or a callback switched it off): drop the unconditional rows
+                guided_later = self._guidance_scale > 0 and si < schedule.last_guided_scale
+                if kv_cache.batch_size > B and not guided_later:
                     kv_cache.keep_rows(B)
-                    mods, h_prev = mods.keep_rows(B), h_prev[:B]
-                if next_BChw is not None:
-                    x_BlD = transformer.scale_input(next_BChw, si + 1)
-                    if kv_cache.batch_size > B:
-                        x_BlD = torch.cat((x_BlD, x_BlD))
                 progress_bar.update()
         return f_hat, tokens
+
+    def _run_callback(self, request, si, pn, f_hat, next_BChw, idx_Bl, logits_BlV, tokens, condition):
+        """diffusers' convention ``callback(pipe, step, timestep, tensors)``; the "timestep" is the scale's side."""
+        local = {"f_hat": f_hat, "latents": f_hat, "idx_Bl": idx_Bl, "logits_BlV": logits_BlV, "tokens": list(tokens),
+                 "prompt_embeds": condition.get("text_embeds")}
+        kwargs = {k: local[k] for k in request.callback_on_step_end_tensor_inputs}
+        returned = request.callback_on_step_end(self, si, pn, kwargs) or {}
+        if not isinstance(returned, dict):
+            raise ValueError(f"`callback_on_step_end` must return a dict or None, got {type(returned).__name__}")
+        edited = {k: v for k, v in returned.items() if k in ("f_hat", "latents") and v is not local[k]}
+        if len(edited) > 1:
+            raise ValueError("`callback_on_step_end` returned both `f_hat` and `latents` edited: they name one tensor")
+        if edited:  # a callback may edit the latent; the next input follows it
+            f_hat = next(iter(edited.values()))
+            if next_BChw is not None:
+                next_BChw = F.interpolate(f_hat, size=next_BChw.shape[-2:], mode="area")
+        return f_hat, next_BChw
 
     # -- editing: images and masks in, known tokens out ----------------------------------------------------------------
 
@@ -268,10 +315,13 @@ class NextScalePipelineMixin:
 
     # -- output --------------------------------------------------------------------------------------------------------
 
-    def decode_output(self, f_hat: torch.Tensor, tokens: list[torch.LongTensor], output_type: str, return_dict: bool,
-                      edit: EditRequest | None = None):
+    def decode_output(self, f_hat: torch.Tensor, tokens: list[torch.LongTensor], request: GenerationRequest):
+        """Decode (and, when inpainting, paste back the unmasked pixels); ``"latent"`` returns ``f_hat`` as is."""
+        edit, output_type = request.edit, request.output_type
         if output_type == "tokens":
             images = tokens
+        elif output_type == "latent":
+            images = f_hat
         else:
             images = self.vqvae.decode_latent(f_hat).float()
             if edit is not None and edit.mask_B1HW is not None:
@@ -281,10 +331,18 @@ class NextScalePipelineMixin:
                 images = mask * images + (1 - mask) * _repeat_to(edit.image_B3HW, B, "image").to(images.dtype)
             images = self.image_processor.postprocess(images, output_type=output_type)
         self.maybe_free_model_hooks()
-        if not return_dict:
+        if not request.return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
 
+
+def check_components_agree(transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel) -> None:
+    """A transformer and a VQ-VAE work together only on the same scales and codebook."""
+    if tuple(transformer.config.patch_nums) != tuple(vqvae.config.patch_nums):
+        raise ValueError(f"`transformer` and `vqvae` disagree on patch_nums: {transformer.config.patch_nums} vs "
+                         f"{vqvae.config.patch_nums}")
+    if (transformer.config.vocab_size, transformer.config.latent_channels) != (vqvae.config.vocab_size, vqvae.config.latent_channels):
+        raise ValueError("`transformer` and `vqvae` disagree on the codebook (vocab_size, latent_channels)")
 
 
 def _repeat_to(x: torch.Tensor, batch_size: int, name: str) -> torch.Tensor:

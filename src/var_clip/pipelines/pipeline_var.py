@@ -9,7 +9,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from .next_scale import EditRequest, NextScalePipelineMixin
+from .next_scale import EditRequest, NextScalePipelineMixin, check_components_agree
 
 
 class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
@@ -24,13 +24,11 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
 
     def __init__(self, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel):
         super().__init__()
-        if transformer.config.condition_type != "class":
-            raise ValueError("`transformer` is text-conditional; use `VARCLIPPipeline` for it")
-        if tuple(transformer.config.patch_nums) != tuple(vqvae.config.patch_nums):
-            raise ValueError(f"`transformer` and `vqvae` disagree on patch_nums: {transformer.config.patch_nums} vs "
-                             f"{vqvae.config.patch_nums}")
-        if (transformer.config.vocab_size, transformer.config.latent_channels) != (vqvae.config.vocab_size, vqvae.config.latent_channels):
-            raise ValueError("`transformer` and `vqvae` disagree on the codebook (vocab_size, latent_channels)")
+        if transformer is not None:
+            if transformer.config.condition_type != "class":
+                raise ValueError("`transformer` is text-conditional; use `VARCLIPPipeline` for it")
+            if vqvae is not None:
+                check_components_agree(transformer, vqvae)
         self.register_modules(transformer=transformer, vqvae=vqvae)
 
     def check_inputs(self, class_labels) -> list[int]:
@@ -80,39 +78,34 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
             >>> image = pipe(class_labels=[207], generator=torch.Generator().manual_seed(0)).images[0]  # golden retriever
             ```
         """
-        return self._generate(
-            class_labels, num_images_per_prompt, generator, output_type, return_dict, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, more_smooth, edit=None, guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
-            temperature=temperature, prune_ratios=prune_ratios,
-        )
-
-    def _generate(self, class_labels, num_images_per_prompt, generator, output_type, return_dict, callback_on_step_end,
-                  callback_on_step_end_tensor_inputs, more_smooth, edit: EditRequest | None, **schedule_kwargs):
-        # 1. check inputs
         labels = self.check_inputs(class_labels)
         self.check_num_images(num_images_per_prompt)
-        batch_size = len(labels) * num_images_per_prompt
-        schedule = self.check_sampling_inputs(batch_size, generator, output_type, callback_on_step_end_tensor_inputs,
-                                              **schedule_kwargs)
+        request = self.prepare_request(
+            len(labels) * num_images_per_prompt, generator=generator, output_type=output_type, return_dict=return_dict,
+            callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            more_smooth=more_smooth, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+            guidance_interval=guidance_interval, top_k=top_k, top_p=top_p, temperature=temperature,
+            prune_ratios=prune_ratios,
+        )
+        return self._generate(labels, num_images_per_prompt, request)
+
+    def _generate(self, labels: list[int], num_images_per_prompt: int, request):
+        """The steps shared by generation and inpainting (inputs already checked)."""
         device = self._execution_device
 
-        # 2. class embeddings of the labels and, for guidance, of the null class
+        # 1. the labels and, for guidance, the null class
         labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
-        cond_BD = self.transformer.embed_condition(class_labels=labels_B)
-        uncond_BD = None
-        if schedule.last_guided_scale >= 0:
-            uncond_BD = self.transformer.embed_condition(class_labels=self.transformer.null_condition(batch_size).to(device))
+        if request.schedule.last_guided_scale >= 0:
+            labels_B = torch.cat((labels_B, self.transformer.null_condition(labels_B.shape[0]).to(device)))
 
-        # 3. when editing, the input image's tokens that are kept at each scale
-        known = self.known_tokens(edit, batch_size) if edit is not None else None
+        # 2. when editing, the input image's tokens that are kept at each scale
+        known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
 
-        # 4. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
-                                               callback_on_step_end, callback_on_step_end_tensor_inputs, known)
+        # 3. sample the token maps scale by scale
+        f_hat, tokens = self.sample_next_scale({"class_labels": labels_B}, request, known)
 
-        # 5. decode (and, when inpainting, paste back the unmasked pixels)
-        return self.decode_output(f_hat, tokens, output_type, return_dict, edit)
+        # 4. decode (and, when inpainting, paste back the unmasked pixels)
+        return self.decode_output(f_hat, tokens, request)
 
 
 class VARInpaintPipeline(VARPipeline):
@@ -132,6 +125,7 @@ class VARInpaintPipeline(VARPipeline):
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,
         temperature: float | list[float] = 1.0,
+        prune_ratios: dict[int, float] | list[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -141,10 +135,14 @@ class VARInpaintPipeline(VARPipeline):
         r"""As [`VARCLIPInpaintPipeline.__call__`], with `class_labels` in place of prompts."""
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
+        labels = self.check_inputs(class_labels)
+        self.check_num_images(num_images_per_prompt)
         edit = EditRequest(image_B3HW=self.preprocess_image(image), mask_B1HW=self.preprocess_mask(mask_image, image))
-        return self._generate(
-            class_labels, num_images_per_prompt, generator, output_type, return_dict, callback_on_step_end,
-            callback_on_step_end_tensor_inputs, more_smooth, edit=edit, guidance_scale=guidance_scale,
-            guidance_schedule=guidance_schedule, guidance_interval=guidance_interval, top_k=top_k, top_p=top_p,
-            temperature=temperature,
+        request = self.prepare_request(
+            len(labels) * num_images_per_prompt, generator=generator, output_type=output_type, return_dict=return_dict,
+            callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            more_smooth=more_smooth, edit=edit, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
+            guidance_interval=guidance_interval, top_k=top_k, top_p=top_p, temperature=temperature,
+            prune_ratios=prune_ratios,
         )
+        return self._generate(labels, num_images_per_prompt, request)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from .next_scale import EditRequest, NextScalePipelineMixin
+from .next_scale import NextScalePipelineMixin, check_components_agree
 
 logger = logging.get_logger(__name__)
 
@@ -31,7 +34,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->transformer->vqvae"
-    _optional_components = ["tokenizer", "text_encoder"]
+    _optional_components = ["tokenizer", "text_encoder", "transformer", "vqvae"]
 
     def __init__(
         self,
@@ -41,16 +44,19 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         vqvae: MultiScaleVQModel,
     ):
         super().__init__()
-        if transformer.config.condition_type != "text":
-            raise ValueError("`transformer` is class-conditional; use `VARPipeline` for it")
-        if tuple(transformer.config.patch_nums) != tuple(vqvae.config.patch_nums):
-            raise ValueError(f"`transformer` and `vqvae` disagree on patch_nums: {transformer.config.patch_nums} vs "
-                             f"{vqvae.config.patch_nums}")
-        if (transformer.config.vocab_size, transformer.config.latent_channels) != (vqvae.config.vocab_size, vqvae.config.latent_channels):
-            raise ValueError("`transformer` and `vqvae` disagree on the codebook (vocab_size, latent_channels)")
-        if text_encoder is not None and text_encoder.config.projection_dim != transformer.config.text_embed_dim:
-            raise ValueError(f"`text_encoder` projects to {text_encoder.config.projection_dim} dims but `transformer` "
-                             f"expects text embeddings of {transformer.config.text_embed_dim}")
+        # any component may be None (e.g. only the text components, to call `encode_prompt`); those given must agree
+        if transformer is not None:
+            if transformer.config.condition_type != "text":
+                raise ValueError("`transformer` is class-conditional; use `VARPipeline` for it")
+            if vqvae is not None:
+                check_components_agree(transformer, vqvae)
+            if text_encoder is not None and text_encoder.config.projection_dim != transformer.config.text_embed_dim:
+                raise ValueError(f"`text_encoder` projects to {text_encoder.config.projection_dim} dims but `transformer` "
+                                 f"expects text embeddings of {transformer.config.text_embed_dim}")
+            H = transformer.config.cross_attention_dim
+            if text_encoder is not None and H and text_encoder.config.hidden_size != H:
+                raise ValueError(f"`text_encoder`'s hidden states have {text_encoder.config.hidden_size} dims but "
+                                 f"`transformer` cross-attends to {H}")
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vqvae=vqvae)
 
     @property
@@ -62,8 +68,10 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
 
     # -- prompts -------------------------------------------------------------------------------------------------------
 
-    def _encode_text(self, prompts: list[str], device: torch.device) -> torch.Tensor:
-        """CLIP's projected text embedding of each prompt, L2-normalised (B, E), as VAR-CLIP conditions on."""
+    def _encode_text(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.BoolTensor]:
+        """CLIP's projected text embedding of each prompt, L2-normalised (B, E), as VAR-CLIP conditions on; and the
+        last hidden states (B, T, H) with their mask (B, T), cut to the longest prompt, for token-level conditioning.
+        """
         max_len = self.tokenizer_max_length
         for prompt in prompts:
             full_ids = self.tokenizer(prompt).input_ids  # with BOS and EOS, untruncated
@@ -71,9 +79,15 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
                 # truncation keeps BOS + (max_len - 2) tokens + EOS: name the words that fall off
                 dropped = self.tokenizer.decode(full_ids[max_len - 1 : -1])
                 logger.warning(f"CLIP reads at most {max_len} tokens; this part of the prompt was dropped: {dropped!r}")
-        ids = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-        embeds = self.text_encoder(ids.to(self.text_encoder.device)).text_embeds
-        return (embeds / embeds.norm(dim=-1, keepdim=True)).to(device)
+        text = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+        out = self.text_encoder(text.input_ids.to(self.text_encoder.device))
+        embeds = out.text_embeds
+        # CLIP's text tower is causal: a token's state never depends on the padding after it, so cutting the padding
+        # changes nothing but the length
+        mask_BT = text.attention_mask.bool()
+        T = int(mask_BT.sum(dim=1).max())
+        states_BTH = out.last_hidden_state[:, :T]
+        return (embeds / embeds.norm(dim=-1, keepdim=True)).to(device), states_BTH.to(device), mask_BT[:, :T].to(device)
 
     def encode_prompt(
         self,
@@ -84,28 +98,73 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Text embeddings (B·n, E) and, with guidance, the negative ones (B·n, E).
+        prompt_token_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_token_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
+    ) -> PromptEmbeddings:
+        """Everything the transformer reads of the prompts, repeated ``num_images_per_prompt`` times.
 
-        Without a negative prompt the negative embedding is the transformer's learned null embedding, as in VAR-CLIP.
+        Returns a :class:`PromptEmbeddings`: the pooled, normalised embeddings (B·n, E) and, with guidance, the
+        negative ones; and, when the transformer cross-attends to the text (or has no transformer to ask), the
+        token states (B·n, T, H) with their masks. Without a negative prompt the negative condition is the
+        transformer's learned null embedding (and null token), as in VAR-CLIP.
         """
         device = device or self._execution_device
+        tokens = self.transformer is None or self.transformer.uses_text_tokens
         if prompt_embeds is None:
-            prompt_embeds = self._encode_text([prompt] if isinstance(prompt, str) else list(prompt), device)
+            prompt_embeds, states, mask = self._encode_text([prompt] if isinstance(prompt, str) else list(prompt), device)
+            if prompt_token_embeds is None:
+                prompt_token_embeds, prompt_attention_mask = states, mask
         batch_size = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             if negative_prompt is not None:
                 negatives = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
-                negative_prompt_embeds = self._encode_text(negatives, device)
+                negative_prompt_embeds, states, mask = self._encode_text(negatives, device)
+                if negative_prompt_token_embeds is None:
+                    negative_prompt_token_embeds, negative_prompt_attention_mask = states, mask
             else:
                 negative_prompt_embeds = self.transformer.null_condition(batch_size)
-        dtype = self.transformer.dtype
-        prompt_embeds = prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        if do_classifier_free_guidance:
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=dtype).repeat_interleave(num_images_per_prompt, dim=0)
-        else:
-            negative_prompt_embeds = None
-        return prompt_embeds, negative_prompt_embeds
+        if do_classifier_free_guidance and tokens and negative_prompt_token_embeds is None and self.transformer is not None:
+            negative_prompt_token_embeds, negative_prompt_attention_mask = self.transformer.null_text_states(batch_size)
+
+        dtype = self.transformer.dtype if self.transformer is not None else prompt_embeds.dtype
+
+        def expand(x: torch.Tensor | None, cast: bool = True) -> torch.Tensor | None:
+            if x is None:
+                return None
+            x = x.to(device=device, dtype=dtype) if cast else x.to(device=device)
+            return x.repeat_interleave(num_images_per_prompt, dim=0)
+
+        if not do_classifier_free_guidance:
+            negative_prompt_embeds = negative_prompt_token_embeds = negative_prompt_attention_mask = None
+        if not tokens:
+            prompt_token_embeds = prompt_attention_mask = None
+            negative_prompt_token_embeds = negative_prompt_attention_mask = None
+        elif prompt_token_embeds is not None and prompt_attention_mask is None:
+            prompt_attention_mask = torch.ones(prompt_token_embeds.shape[:2], dtype=torch.bool)
+        if negative_prompt_token_embeds is not None and negative_prompt_attention_mask is None:
+            negative_prompt_attention_mask = torch.ones(negative_prompt_token_embeds.shape[:2], dtype=torch.bool)
+        return PromptEmbeddings(
+            expand(prompt_embeds), expand(negative_prompt_embeds), expand(prompt_token_embeds),
+            expand(prompt_attention_mask, cast=False), expand(negative_prompt_token_embeds),
+            expand(negative_prompt_attention_mask, cast=False),
+        )
+
+    def text_condition(self, embeddings: PromptEmbeddings) -> dict[str, torch.Tensor]:
+        """The transformer's condition arguments: the conditional rows, then (with guidance) the unconditional ones."""
+        e = embeddings
+        guided = e.negative_prompt_embeds is not None
+        condition = {"text_embeds": torch.cat((e.prompt_embeds, e.negative_prompt_embeds)) if guided else e.prompt_embeds}
+        if self.transformer.uses_text_tokens:
+            if e.prompt_token_embeds is None:
+                raise ValueError("this transformer cross-attends to the text: pass `prompt_token_embeds` and "
+                                 "`prompt_attention_mask` with `prompt_embeds` (see `encode_prompt`)")
+            states, mask = e.prompt_token_embeds, e.prompt_attention_mask.bool()
+            if guided:
+                states, mask = _pad_cat(states, mask, e.negative_prompt_token_embeds, e.negative_prompt_attention_mask.bool())
+            condition.update(encoder_hidden_states=states, encoder_attention_mask=mask)
+        return condition
 
     def check_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds) -> int:
         """Validate the condition arguments; returns the number of prompts."""
@@ -138,6 +197,35 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
                 raise ValueError(f"`negative_prompt_embeds` has {negative_prompt_embeds.shape[0]} rows for {batch_size} prompts")
         return batch_size
 
+    def check_token_inputs(self, batch_size: int, prompt, negative_prompt, prompt_embeds, **token_inputs) -> None:
+        """Validate ``prompt_token_embeds`` / ``prompt_attention_mask`` and their negatives."""
+        H = self.transformer.config.cross_attention_dim
+        given = {k: v for k, v in token_inputs.items() if v is not None}
+        if not given:
+            if prompt_embeds is not None and self.transformer.uses_text_tokens:
+                raise ValueError("this transformer cross-attends to the text: with `prompt_embeds` also pass "
+                                 f"`prompt_token_embeds` (B, T, {H}) and `prompt_attention_mask` (B, T)")
+            return
+        if not self.transformer.uses_text_tokens:
+            raise ValueError(f"{sorted(given)} are for transformers with token-level conditioning; this one reads the "
+                             "pooled `prompt_embeds` only")
+        for side, text in (("", prompt), ("negative_", negative_prompt)):
+            states, mask = token_inputs.get(f"{side}prompt_token_embeds"), token_inputs.get(f"{side}prompt_attention_mask")
+            if states is None:
+                if mask is not None:
+                    raise ValueError(f"`{side}prompt_attention_mask` needs `{side}prompt_token_embeds`")
+                continue
+            if text is not None:
+                raise ValueError(f"pass `{side}prompt_token_embeds` with `{side}prompt_embeds`, not with `{side}prompt`")
+            if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[0] != batch_size or states.shape[2] != H:
+                shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
+                raise ValueError(f"`{side}prompt_token_embeds` must be a tensor ({batch_size}, T, {H}), got {shape}")
+            if not states.is_floating_point() or not torch.isfinite(states).all():
+                raise ValueError(f"`{side}prompt_token_embeds` must be finite floating-point values")
+            if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(states.shape[:2])):
+                raise ValueError(f"`{side}prompt_attention_mask` must be a tensor {tuple(states.shape[:2])}, got "
+                                 f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
+
     # -- generation ----------------------------------------------------------------------------------------------------
 
     @torch.no_grad()
@@ -157,6 +245,10 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_token_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_token_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -186,15 +278,23 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
                 high-frequency tokens run through the transformer, the rest reuse the previous scale's hidden states.
             generator (`torch.Generator` or list of them, optional): the only source of randomness; a list gives
                 each image its own generator.
-            prompt_embeds (`torch.Tensor` (B, E), optional): precomputed (normalised) CLIP text embeddings instead of
-                `prompt`.
+            prompt_embeds (`torch.Tensor` (B, E), optional): precomputed pooled, normalised CLIP text embeddings
+                instead of `prompt`.
             negative_prompt_embeds (`torch.Tensor` (B, E), optional): precomputed negative embeddings.
+            prompt_token_embeds (`torch.Tensor` (B, T, H), optional): with `prompt_embeds`, for a transformer with
+                token-level conditioning: the text encoder's last hidden states.
+            prompt_attention_mask (`torch.Tensor` (B, T), optional): which of `prompt_token_embeds` are real tokens.
+            negative_prompt_token_embeds / negative_prompt_attention_mask (optional): the same for the negative
+                condition (default: the transformer's learned null token).
             output_type (`str`, defaults to `"pil"`): `"pil"`, `"np"` (B, H, W, 3) in [0, 1], `"pt"` (B, 3, H, W) in
-                [0, 1], or `"tokens"` (the list of per-scale token indices, not decoded).
+                [0, 1], `"latent"` (the accumulated latent `f_hat`, not decoded) or `"tokens"` (the list of
+                per-scale token indices).
             return_dict (`bool`, defaults to True): return an [`~diffusers.ImagePipelineOutput`] or a tuple.
-            callback_on_step_end (`Callable`, optional): called after every scale as
-                `callback(pipe, scale_index, scale_side, tensors)`; it may return `{"f_hat": ...}` to edit the latent.
-            callback_on_step_end_tensor_inputs (`list[str]`, optional): which of `f_hat`, `idx_Bl`, `logits_BlV` to pass.
+            callback_on_step_end (`Callable` or diffusers `PipelineCallback`, optional): called after every scale as
+                `callback(pipe, scale_index, scale_side, tensors)`; it may return `{"latents": ...}` to edit the
+                latent, and may set `pipe._guidance_scale` (the remaining scales follow it).
+            callback_on_step_end_tensor_inputs (`list[str]`, optional): which of `latents` (= `f_hat`), `idx_Bl`,
+                `logits_BlV`, `tokens`, `prompt_embeds` to pass.
 
         Examples:
             ```py
@@ -205,44 +305,80 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
             >>> image = pipe("a red fox", generator=torch.Generator().manual_seed(0)).images[0]
             ```
         """
-        return self._generate(
-            prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator, output_type,
-            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth, edit=None,
+        prompts = PromptInputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_token_embeds,
+                               prompt_attention_mask, negative_prompt_token_embeds, negative_prompt_attention_mask)
+        request = self.prepare_request(
+            prompts.num_images(self, num_images_per_prompt), generator=generator, output_type=output_type,
+            return_dict=return_dict, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth,
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
             top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
         )
+        return self._generate(prompts, num_images_per_prompt, request)
 
-    def _generate(self, prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator,
-                  output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth,
-                  edit: EditRequest | None, **schedule_kwargs):
-        """The steps shared by text-to-image, inpainting and image-to-image."""
-        # 1. check inputs
-        batch_size = self.check_inputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds)
-        self.check_num_images(num_images_per_prompt)
-        num_images = batch_size * num_images_per_prompt
-        schedule = self.check_sampling_inputs(num_images, generator, output_type, callback_on_step_end_tensor_inputs,
-                                              **schedule_kwargs)
+    def _generate(self, prompts: PromptInputs, num_images_per_prompt: int, request):
+        """The steps shared by text-to-image, inpainting and image-to-image (inputs already checked)."""
         device = self._execution_device
 
-        # 2. encode the prompt (and the negative prompt, or the learned null embedding)
-        do_cfg = schedule.last_guided_scale >= 0
-        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
-            prompt, device, num_images_per_prompt, do_cfg, negative_prompt, prompt_embeds, negative_prompt_embeds
+        # 1. encode the prompt (and the negative prompt, or the learned null embedding and token)
+        do_cfg = request.schedule.last_guided_scale >= 0
+        embeddings = self.encode_prompt(
+            prompts.prompt, device, num_images_per_prompt, do_cfg, prompts.negative_prompt, prompts.prompt_embeds,
+            prompts.negative_prompt_embeds, prompts.prompt_token_embeds, prompts.prompt_attention_mask,
+            prompts.negative_prompt_token_embeds, prompts.negative_prompt_attention_mask,
         )
 
-        # 3. project to the transformer's width: the start token and the AdaLN condition
-        cond_BD = self.transformer.embed_condition(text_embeds=prompt_embeds)
-        uncond_BD = self.transformer.embed_condition(text_embeds=negative_prompt_embeds) if do_cfg else None
+        # 2. when editing, the input image's tokens that are kept at each scale
+        known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
 
-        # 4. when editing, the input image's tokens that are kept at each scale
-        known = self.known_tokens(edit, num_images) if edit is not None else None
+        # 3. sample the token maps scale by scale
+        f_hat, tokens = self.sample_next_scale(self.text_condition(embeddings), request, known)
 
-        # 5. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(cond_BD, uncond_BD, schedule, more_smooth, generator,
-                                               callback_on_step_end, callback_on_step_end_tensor_inputs, known)
+        # 4. decode (and, when inpainting, paste back the unmasked pixels)
+        return self.decode_output(f_hat, tokens, request)
 
-        # 6. decode (and, when inpainting, paste back the unmasked pixels)
-        return self.decode_output(f_hat, tokens, output_type, return_dict, edit)
+
+class PromptEmbeddings(NamedTuple):
+    """What :meth:`VARCLIPPipeline.encode_prompt` returns; the token fields are None for pooled-only models."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor | None = None
+    prompt_token_embeds: torch.Tensor | None = None
+    prompt_attention_mask: torch.Tensor | None = None
+    negative_prompt_token_embeds: torch.Tensor | None = None
+    negative_prompt_attention_mask: torch.Tensor | None = None
+
+
+@dataclass
+class PromptInputs:
+    """The prompt arguments of one text-conditioned call, as given."""
+
+    prompt: str | list[str] | None = None
+    negative_prompt: str | list[str] | None = None
+    prompt_embeds: torch.Tensor | None = None
+    negative_prompt_embeds: torch.Tensor | None = None
+    prompt_token_embeds: torch.Tensor | None = None
+    prompt_attention_mask: torch.Tensor | None = None
+    negative_prompt_token_embeds: torch.Tensor | None = None
+    negative_prompt_attention_mask: torch.Tensor | None = None
+
+    def num_images(self, pipe: VARCLIPPipeline, num_images_per_prompt) -> int:
+        """Validate against ``pipe``; returns prompts × images per prompt."""
+        batch_size = pipe.check_inputs(self.prompt, self.negative_prompt, self.prompt_embeds, self.negative_prompt_embeds)
+        pipe.check_token_inputs(batch_size, self.prompt, self.negative_prompt, self.prompt_embeds,
+                                prompt_token_embeds=self.prompt_token_embeds, prompt_attention_mask=self.prompt_attention_mask,
+                                negative_prompt_token_embeds=self.negative_prompt_token_embeds,
+                                negative_prompt_attention_mask=self.negative_prompt_attention_mask)
+        pipe.check_num_images(num_images_per_prompt)
+        return batch_size * num_images_per_prompt
+
+
+def _pad_cat(a_BTH: torch.Tensor, a_mask: torch.BoolTensor, b_BTH: torch.Tensor, b_mask: torch.BoolTensor):
+    """Stack two token-state batches along the batch, padding the shorter one (masked out)."""
+    T = max(a_BTH.shape[1], b_BTH.shape[1])
+    pad = lambda x, m: (F.pad(x, (0, 0, 0, T - x.shape[1])), F.pad(m, (0, T - m.shape[1]), value=False))  # noqa: E731
+    (a_BTH, a_mask), (b_BTH, b_mask) = pad(a_BTH, a_mask), pad(b_BTH, b_mask)
+    return torch.cat((a_BTH, b_BTH.to(a_BTH.dtype))), torch.cat((a_mask, b_mask))
 
 
 def _check_embeds(name: str, embeds, width: int) -> None:

@@ -13,7 +13,7 @@ import PIL.Image
 import torch
 
 from .next_scale import EditRequest
-from .pipeline_var_clip import VARCLIPPipeline
+from .pipeline_var_clip import PromptInputs, VARCLIPPipeline
 
 __all__ = ["VARCLIPInpaintPipeline", "VARCLIPImg2ImgPipeline", "prepare_outpainting"]
 
@@ -41,9 +41,14 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,
         temperature: float | list[float] = 1.0,
+        prune_ratios: dict[int, float] | list[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_token_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_token_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -61,12 +66,16 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
         edit = EditRequest(image_B3HW=self.preprocess_image(image), mask_B1HW=self.preprocess_mask(mask_image, image))
-        return self._generate(
-            prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator, output_type,
-            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth, edit=edit,
+        prompts = PromptInputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_token_embeds,
+                               prompt_attention_mask, negative_prompt_token_embeds, negative_prompt_attention_mask)
+        request = self.prepare_request(
+            prompts.num_images(self, num_images_per_prompt), generator=generator, output_type=output_type,
+            return_dict=return_dict, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth, edit=edit,
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
-            top_k=top_k, top_p=top_p, temperature=temperature,
+            top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
         )
+        return self._generate(prompts, num_images_per_prompt, request)
 
 
 class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
@@ -91,9 +100,14 @@ class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,
         temperature: float | list[float] = 1.0,
+        prune_ratios: dict[int, float] | list[float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
+        prompt_token_embeds: torch.Tensor | None = None,
+        prompt_attention_mask: torch.Tensor | None = None,
+        negative_prompt_token_embeds: torch.Tensor | None = None,
+        negative_prompt_attention_mask: torch.Tensor | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
@@ -113,12 +127,16 @@ class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
             raise ValueError(f"`strength` must be a number in [0, 1], got {strength!r}")
         S = len(self.transformer.config.patch_nums)
         edit = EditRequest(image_B3HW=self.preprocess_image(image), keep_scales=S - round(strength * S))
-        return self._generate(
-            prompt, negative_prompt, num_images_per_prompt, prompt_embeds, negative_prompt_embeds, generator, output_type,
-            return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, more_smooth, edit=edit,
+        prompts = PromptInputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_token_embeds,
+                               prompt_attention_mask, negative_prompt_token_embeds, negative_prompt_attention_mask)
+        request = self.prepare_request(
+            prompts.num_images(self, num_images_per_prompt), generator=generator, output_type=output_type,
+            return_dict=return_dict, callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth, edit=edit,
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
-            top_k=top_k, top_p=top_p, temperature=temperature,
+            top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
         )
+        return self._generate(prompts, num_images_per_prompt, request)
 
 
 def prepare_outpainting(image: PIL.Image.Image, left: int = 0, top: int = 0, right: int = 0, bottom: int = 0,
