@@ -5,7 +5,11 @@
 Every stage uses the package's own entry points (`var-clip train-clip`, `train-vqvae`, `train-var`, `eval-shapes`)
 and is skipped when its output already exists, so an interrupted build resumes where it stopped (`--fresh` starts
 over). The finished pipeline folder, with its model card, replaces `--output` only once it is complete. The
-default settings fit in about 90 minutes on two CPU cores; `--scale 0.1` makes a quick smoke build.
+default settings fit in about two hours on two CPU cores; `--scale 0.1` makes a quick smoke build.
+
+`--conditioning pooled` trains VAR-CLIP as published (the pooled CLIP embedding only) instead of the default
+token-level conditioning; `--components FOLDER` takes the text encoder, tokenizer and VQ-VAE of an existing pipeline
+folder instead of training them, so two builds can differ only in the transformer (the conditioning ablation).
 """
 
 from __future__ import annotations
@@ -50,42 +54,15 @@ def run_stage(name: str, out: Path, module: str, argv: list[str], log: dict) -> 
     marker.write_text(json.dumps({"seconds": log[name]}))
 
 
+def steps_of(args, n: int) -> str:
+    return str(max(1, round(n * args.scale)))
+
+
 def folder_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--workdir", default="runs/default_model", help="data, runs and checkpoints (default runs/default_model)")
-    parser.add_argument("--output", default=str(REPO / "src" / "var_clip" / "default_model"),
-                        help="where the finished pipeline folder goes (default: the package's default_model)")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke build)")
-    parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
-    parser.add_argument("--num_images", type=int, default=DATA["num_images"], help="training images (default 20000)")
-    args = parser.parse_args(argv)
-    if args.scale <= 0:
-        parser.error("--scale must be > 0")
-
-    from var_clip import VARCLIPPipeline, shapes_world
-    from var_clip.evaluation import evaluate_shapes
-
-    work = Path(args.workdir)
-    if args.fresh and work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    log_path = work / "timings.json"
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
-    steps = lambda n: str(max(1, round(n * args.scale)))  # noqa: E731
-    # bf16 autocast: about 1.7× faster on CPUs with AVX512-BF16 (the quantizer and the losses stay in float32)
-    common = ["--report_to", "none", "--mixed_precision", "bf16", "--seed", "0"]
-
-    # 1. data
-    data = work / "data"
-    if not (data / "metadata.jsonl").exists():
-        t = time.time()
-        shapes_world.generate_dataset(data, num_images=args.num_images, seed=DATA["seed"])
-        log["data"] = round(time.time() - t)
-
+def train_clip_and_vqvae(work: Path, data: Path, steps, common: list[str], log: dict) -> None:
     # 2. CLIP: its text tower and tokenizer become the pipeline's text encoder
     c = CLIP
     run_stage("clip", work / "clip", "var_clip.training.train_clip", [
@@ -105,11 +82,59 @@ def main(argv: list[str] | None = None) -> int:
         "--latent_channels", str(v["latent"]), "--patch_nums", *map(str, v["patch_nums"]), "--using_znorm",
         "--checkpointing_steps", "500", "--checkpoints_total_limit", "1", *common], log)
 
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", default="runs/default_model", help="data, runs and checkpoints (default runs/default_model)")
+    parser.add_argument("--output", default=str(REPO / "src" / "var_clip" / "default_model"),
+                        help="where the finished pipeline folder goes (default: the package's default_model)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke build)")
+    parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
+    parser.add_argument("--num_images", type=int, default=DATA["num_images"], help="training images (default 20000)")
+    parser.add_argument("--conditioning", choices=("tokens", "pooled"), default="tokens",
+                        help="tokens (default): cross-attention to the caption's token states; pooled: VAR-CLIP as published")
+    parser.add_argument("--components", default=None,
+                        help="reuse this pipeline folder's text encoder, tokenizer and VQ-VAE (skips their stages)")
+    args = parser.parse_args(argv)
+    if args.scale <= 0:
+        parser.error("--scale must be > 0")
+
+    from var_clip import VARCLIPPipeline, shapes_world
+    from var_clip.evaluation import evaluate_shapes
+
+    work = Path(args.workdir)
+    if args.fresh and work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True, exist_ok=True)
+    log_path = work / "timings.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    steps = lambda n: steps_of(args, n)  # noqa: E731
+    # bf16 autocast: about 1.7× faster on CPUs with AVX512-BF16 (the quantizer and the losses stay in float32)
+    common = ["--report_to", "none", "--mixed_precision", "bf16", "--seed", "0"]
+
+    # 1. data
+    data = work / "data"
+    if not (data / "metadata.jsonl").exists():
+        t = time.time()
+        shapes_world.generate_dataset(data, num_images=args.num_images, seed=DATA["seed"])
+        log["data"] = round(time.time() - t)
+
+    if args.components:
+        components = Path(args.components)
+        missing = [c for c in ("text_encoder", "tokenizer", "vqvae") if not (components / c).is_dir()]
+        if missing:
+            raise SystemExit(f"--components {components} lacks {missing}: give a VARCLIPPipeline folder")
+        text_encoder, tokenizer, vqvae = components / "text_encoder", components / "tokenizer", components / "vqvae"
+    else:
+        text_encoder, tokenizer, vqvae = work / "clip" / "text_encoder", work / "clip" / "tokenizer", work / "vqvae"
+        train_clip_and_vqvae(work, data, steps, common, log)
+
     # 4. VAR-CLIP transformer on the frozen VQ-VAE and text tower, with cached tokens and embeddings
     r = VAR
     run_stage("var", work / "var", "var_clip.training.train_var", [
-        "--train_data_dir", str(data), "--output_dir", str(work / "var"), "--vqvae", str(work / "vqvae"),
-        "--text_encoder", str(work / "clip" / "text_encoder"), "--tokenizer", str(work / "clip" / "tokenizer"),
+        "--train_data_dir", str(data), "--output_dir", str(work / "var"), "--vqvae", str(vqvae),
+        "--text_encoder", str(text_encoder), "--tokenizer", str(tokenizer), "--conditioning", args.conditioning,
         "--cache_dir", str(work / "cache"), "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
         "--num_heads", str(r["heads"]), "--train_batch_size", str(r["batch"]), "--learning_rate", str(r["lr"]),
         "--max_train_steps", steps(r["steps"]), "--cond_drop_rate", str(r["cond_drop"]),
@@ -117,67 +142,89 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoints_total_limit", "1", *common], log)
     log_path.write_text(json.dumps(log, indent=1))
 
-    # 5. export, evaluate, write the card; the folder replaces --output only when complete
+    # 5. export, evaluate what ships, write the card; the folder replaces --output only when complete
     import torch
-    from huggingface_hub import ModelCardData
-
-    from var_clip.conversion import render_model_card
-
-    pipe = VARCLIPPipeline.from_pretrained(work / "var", torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
-    t = time.time()
-    summary, _ = evaluate_shapes(pipe, samples_per_prompt=EVAL["samples_per_prompt"], guidance_scale=EVAL["guidance_scale"],
-                                 top_k=EVAL["top_k"], top_p=EVAL["top_p"])
-    log["eval"] = round(time.time() - t)
-    (work / "eval_summary.json").write_text(json.dumps(summary, indent=1))
-
-    def pct(split: str, metric: str) -> str:
-        value = summary[split]["all"][metric]
-        return "n/a" if value is None else f"{100 * value:.1f} %"
 
     output = Path(args.output)
     tmp = Path(tempfile.mkdtemp(prefix=".default_model_", dir=output.parent))
     try:
-        pipe.save_pretrained(tmp)
-        tc, vc = pipe.transformer.config, pipe.vqvae.config
-        count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"  # noqa: E731
-        import var_clip
-
-        card = render_model_card(
-            REPO / "model_cards" / "default_model.md",
-            ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
-                          tags=["var-clip", "text-to-image", "next-scale-prediction", "shapes-world"]),
-            depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, patch_nums=list(tc.patch_nums),
-            image_size=pipe.vqvae.sample_size, vocab_size=vc.vocab_size, latent_channels=vc.latent_channels,
-            transformer_params=count(pipe.transformer), vqvae_params=count(pipe.vqvae),
-            text_encoder_description=f"CLIP text tower, {CLIP['layers']} layers, width {CLIP['width']}, trained "
-                                     f"contrastively on the shapes world with {CLIP['hard_negatives']} hard negative captions per image",
-            text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
-            vqvae_training=f"{steps(VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
-            transformer_training=f"{steps(VAR['steps'])} steps × {VAR['batch']} images, lr {VAR['lr']}, "
-                                 f"{int(VAR['cond_drop'] * 100)} % condition dropout",
-            training_hardware="2 CPU cores", training_time=f"{sum(log.values()) / 60:.0f} minutes (all stages)",
-            num_samples_per_prompt=EVAL["samples_per_prompt"],
-            num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
-            num_heldout_prompts=sum(len(shapes_world.evaluation_prompts(True, n)) for n in (1, 2)),
-            guidance_scale=EVAL["guidance_scale"], top_k=EVAL["top_k"], top_p=EVAL["top_p"],
-            accuracy={s: {m: pct(split, m) for m in ("color", "shape", "size", "position", "relation", "caption")}
-                      for s, split in (("seen", "seen"), ("heldout", "held_out"))},
-            var_clip_version=var_clip.__version__,
-        )
-        card.save(tmp / "README.md")
-        size = folder_mb(tmp)
-        if size > MAX_MB:
-            raise SystemExit(f"the pipeline folder is {size:.1f} MB, over the {MAX_MB} MB budget of the package")
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
+        VARCLIPPipeline.from_pretrained(work / "var", torch_dtype=torch.float32).save_pretrained(tmp)
+        ship_folder(tmp)
+        # what is evaluated is exactly what ships: the half-precision transformer, loaded back into float32
+        pipe = VARCLIPPipeline.from_pretrained(tmp, torch_dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        t = time.time()
+        summary, _ = evaluate_shapes(pipe, samples_per_prompt=EVAL["samples_per_prompt"],
+                                     guidance_scale=EVAL["guidance_scale"], top_k=EVAL["top_k"], top_p=EVAL["top_p"])
+        log["eval"] = round(time.time() - t)
+        (work / "eval_summary.json").write_text(json.dumps(summary, indent=1))
+        write_card_and_publish(args, pipe, summary, log, tmp, output)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log_path.write_text(json.dumps(log, indent=1))
     print(f"wrote {output} ({folder_mb(output):.1f} MB); timings (s): {log}")
     print(json.dumps({k: summary[k]["one_object"]["caption"] for k in ("seen", "held_out")}))
     return 0
+
+
+def ship_folder(folder: Path) -> None:
+    """Make a saved pipeline folder fit to ship: the transformer's weights in float16 (half the bytes; loading casts
+    them back to the requested dtype), and no trace of the folder it was built in (``_name_or_path``)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
+    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
+    save_file(state, weights, metadata={"format": "pt"})
+    for config in folder.glob("*/config.json"):
+        data = json.loads(config.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, output: Path) -> None:
+    from huggingface_hub import ModelCardData
+
+    from var_clip import shapes_world
+    from var_clip.conversion import render_model_card
+
+    def pct(split: str, metric: str) -> str:
+        value = summary[split]["all"][metric]
+        return "n/a" if value is None else f"{100 * value:.1f} %"
+
+    tc, vc = pipe.transformer.config, pipe.vqvae.config
+    count = lambda m: f"{sum(p.numel() for p in m.parameters()) / 1e6:.2f} M"  # noqa: E731
+    import var_clip
+
+    card = render_model_card(
+        REPO / "model_cards" / "default_model.md",
+        ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
+                      tags=["var-clip", "text-to-image", "next-scale-prediction", "shapes-world"]),
+        depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, patch_nums=list(tc.patch_nums),
+        image_size=pipe.vqvae.sample_size, vocab_size=vc.vocab_size, latent_channels=vc.latent_channels,
+        transformer_params=count(pipe.transformer), vqvae_params=count(pipe.vqvae),
+        text_encoder_description=f"CLIP text tower, {CLIP['layers']} layers, width {CLIP['width']}, trained "
+                                 f"contrastively on the shapes world with {CLIP['hard_negatives']} hard negative captions per image",
+        text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
+        vqvae_training=f"{steps_of(args, VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
+        transformer_training=f"{steps_of(args, VAR['steps'])} steps × {VAR['batch']} images, lr {VAR['lr']}, "
+                             f"{int(VAR['cond_drop'] * 100)} % condition dropout",
+        training_hardware="2 CPU cores", training_time=f"{sum(log.values()) / 60:.0f} minutes (all stages)",
+        num_samples_per_prompt=EVAL["samples_per_prompt"],
+        num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
+        num_heldout_prompts=sum(len(shapes_world.evaluation_prompts(True, n)) for n in (1, 2)),
+        guidance_scale=EVAL["guidance_scale"], top_k=EVAL["top_k"], top_p=EVAL["top_p"],
+        accuracy={s: {m: pct(split, m) for m in ("color", "shape", "size", "position", "relation", "caption")}
+                  for s, split in (("seen", "seen"), ("heldout", "held_out"))},
+        var_clip_version=var_clip.__version__,
+    )
+    card.save(tmp / "README.md")
+    size = folder_mb(tmp)
+    if size > MAX_MB:
+        raise SystemExit(f"the pipeline folder is {size:.1f} MB, over the {MAX_MB} MB budget of the package")
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(tmp, output)
 
 
 if __name__ == "__main__":

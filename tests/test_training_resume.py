@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from var_clip.shapes_world import generate_dataset
+from var_clip import VARCLIPPipeline
 from var_clip.training import engine, train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log
@@ -156,27 +157,33 @@ def test_resume_refuses_a_different_batch_size(workdir, uninterrupted):
         train_var.main(args)
 
 
-def test_token_cache_is_built_once_and_trains_like_encoding_on_the_fly(workdir):
-    common = dict(cond_drop_rate=0.0, drop_path_rate=0.0, crop="center", resize_ratio=1.0,
-                  gradient_accumulation_steps=1, validation_steps=0)
-    plain = [a for a in var_args(workdir, "no-cache", 0, **common) if a not in ("--random_flip", "--use_ema")]
+@pytest.mark.parametrize("conditioning", ["pooled", "tokens"])
+def test_token_cache_is_built_once_and_trains_like_encoding_on_the_fly(workdir, conditioning):
+    """The cache holds exactly what on-the-fly encoding gives: the pooled embeddings and, for token-level
+    conditioning, the token states (padded and masked) — so the losses agree, with condition dropout on."""
+    common = dict(cond_drop_rate=0.25 if conditioning == "tokens" else 0.0, drop_path_rate=0.0, crop="center",
+                  resize_ratio=1.0, gradient_accumulation_steps=1, validation_steps=0, conditioning=conditioning)
+    plain = [a for a in var_args(workdir, f"no-cache-{conditioning}", 0, **common) if a not in ("--random_flip", "--use_ema")]
     assert train_var.main(plain) == 0
     from accelerate.state import AcceleratorState, GradientState
 
     for attempt in range(2):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
-        cached = [a for a in var_args(workdir, f"cache-{attempt}", 0, cache_dir=workdir / "tokens", **common)
+        cached = [a for a in var_args(workdir, f"cache-{conditioning}-{attempt}", 0, cache_dir=workdir / f"tokens-{conditioning}", **common)
                   if a not in ("--random_flip", "--use_ema")]
         assert train_var.main(cached) == 0
-        files = list((workdir / "tokens").glob("var-tokens-*.safetensors"))
+        files = list((workdir / f"tokens-{conditioning}").glob("var-tokens-*.safetensors"))
+        if conditioning == "tokens":
+            pipe = VARCLIPPipeline.from_pretrained(workdir / f"cache-{conditioning}-{attempt}")
+            assert pipe.transformer.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
         assert len(files) == 1
         if attempt == 0:
             mtime = files[0].stat().st_mtime_ns
         else:
             assert files[0].stat().st_mtime_ns == mtime  # reused, not rebuilt
-        torch.testing.assert_close(torch.tensor(losses_of(workdir / f"cache-{attempt}")),
-                                   torch.tensor(losses_of(workdir / "no-cache")), rtol=0, atol=1e-5)
+        torch.testing.assert_close(torch.tensor(losses_of(workdir / f"cache-{conditioning}-{attempt}")),
+                                   torch.tensor(losses_of(workdir / f"no-cache-{conditioning}")), rtol=0, atol=1e-5)
 
 
 def test_cache_with_random_augmentation_is_rejected(workdir):

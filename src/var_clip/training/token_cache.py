@@ -1,4 +1,5 @@
-"""Precomputed VAR training inputs: every image's per-scale token indices and every caption's CLIP embedding.
+"""Precomputed VAR training inputs: every image's per-scale token indices and every caption's CLIP embedding (and,
+for token-level conditioning, its token states).
 
 The VQ-VAE encoder and the CLIP text tower are frozen during VAR training, so their outputs for a fixed (center
 cropped, unflipped) dataset never change: computing them once and reading them back skips most of a CPU training
@@ -6,7 +7,7 @@ step. The cache is one safetensors file named by a fingerprint of everything its
 files and captions, both models' weights and configs, the tokenizer, the transform), so a changed input can never
 reuse a stale cache. It is written to a temporary file, fsynced and renamed.
 
-Legend: N dataset size · L = Σ pn² · E text-embedding width.
+Legend: N dataset size · L = Σ pn² · E text-embedding width · T longest caption in tokens · H text hidden width.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch.utils.data import Dataset
@@ -76,12 +78,15 @@ def dataset_fingerprint(dataset) -> str:
 
 
 class TokenCacheDataset(Dataset):
-    """Rows of a token cache: ``{"index", "indices" (L,), "text_embeds" (E,) or "label"}``, keyed like
+    """Rows of a token cache: ``{"index", "indices" (L,), "text_embeds" (E,) or "label"}``, plus ``"text_states"``
+    (T, H) and ``"text_mask"`` (T,) when the cache holds token states; keyed like
     :class:`~var_clip.training.data.ImageCaptionDataset` (``(index, epoch)`` or an int)."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         self.indices_NL = tensors["indices"]
         self.text_embeds_NE = tensors.get("text_embeds")
+        self.text_states_NTH = tensors.get("text_states")
+        self.text_mask_NT = tensors.get("text_mask")
         self.labels_N = tensors.get("labels")
         if (self.text_embeds_NE is None) == (self.labels_N is None):
             raise ValueError("a token cache holds exactly one of `text_embeds` and `labels`")
@@ -94,6 +99,8 @@ class TokenCacheDataset(Dataset):
         row: dict[str, Any] = {"index": int(index), "indices": self.indices_NL[index].long()}
         if self.text_embeds_NE is not None:
             row["text_embeds"] = self.text_embeds_NE[index]
+            if self.text_states_NTH is not None:
+                row["text_states"], row["text_mask"] = self.text_states_NTH[index], self.text_mask_NT[index].bool()
         else:
             row["label"] = int(self.labels_N[index])
         return row
@@ -116,7 +123,7 @@ def build_token_cache(
     examples: Dataset,
     fingerprint_parts: dict[str, str],
     encode_images: Callable[[torch.Tensor], torch.Tensor],
-    encode_texts: Callable[[list[str]], torch.Tensor] | None,
+    encode_texts: Callable[[list[str]], dict[str, torch.Tensor]] | None,
     batch_size: int = 64,
     show_progress: bool = True,
 ) -> Path:
@@ -126,7 +133,8 @@ def build_token_cache(
         examples: deterministic examples (``pixel_values`` and ``text`` or ``label``), in dataset order.
         fingerprint_parts: named hashes of everything the content depends on.
         encode_images: (B, 3, H, W) → (B, L) token indices.
-        encode_texts: captions → (B, E) normalised embeddings; None for class labels.
+        encode_texts: captions → ``{"text_embeds": (B, E) normalised embeddings}``, plus ``"text_states"`` (B, T, H)
+            and ``"text_mask"`` (B, T) for token-level conditioning; None for class labels.
     """
     path = token_cache_path(cache_dir, fingerprint_parts)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,18 +142,24 @@ def build_token_cache(
         logger.info("reusing token cache %s", path)
         return path
 
-    indices, embeds, labels = [], [], []
+    indices, texts, labels = [], [], []
     starts = range(0, len(examples), batch_size)
     for start in tqdm(starts, desc="encoding token cache", disable=not show_progress):
         rows = [examples[i] for i in range(start, min(start + batch_size, len(examples)))]
         indices.append(encode_images(torch.stack([r["pixel_values"] for r in rows])).to(torch.int32).cpu())
         if encode_texts is not None:
-            embeds.append(encode_texts([r["text"] for r in rows]).float().cpu())
+            texts.append({k: v.cpu() for k, v in encode_texts([r["text"] for r in rows]).items()})
         else:
             labels.append(torch.tensor([r["label"] for r in rows], dtype=torch.int64))
     tensors = {"indices": torch.cat(indices)}
     if encode_texts is not None:
-        tensors["text_embeds"] = torch.cat(embeds)
+        tensors["text_embeds"] = torch.cat([t["text_embeds"] for t in texts]).float()
+        if "text_states" in texts[0]:  # pad every batch's states to the longest caption of the dataset (masked)
+            T = max(t["text_states"].shape[1] for t in texts)
+            tensors["text_states"] = torch.cat([F.pad(t["text_states"].float(), (0, 0, 0, T - t["text_states"].shape[1]))
+                                                for t in texts])
+            tensors["text_mask"] = torch.cat([F.pad(t["text_mask"].to(torch.uint8), (0, T - t["text_mask"].shape[1]))
+                                              for t in texts])
     else:
         tensors["labels"] = torch.cat(labels)
     metadata = {**{f"fingerprint.{k}": v for k, v in fingerprint_parts.items()}}

@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--mlp_ratio", type=float, default=4.0)
     group.add_argument("--shared_aln", action="store_true")
     group.add_argument("--no_attn_l2_norm", action="store_true", help="plain dot-product attention")
+    group.add_argument("--conditioning", choices=("pooled", "tokens"), default="pooled",
+                       help="pooled: VAR-CLIP as published (the pooled CLIP embedding is the start token and the AdaLN "
+                            "condition); tokens: also cross-attend to the caption's token states in every block")
     group.add_argument("--cond_drop_rate", type=float, default=0.1)
     group.add_argument("--drop_rate", type=float, default=0.0)
     group.add_argument("--attn_drop_rate", type=float, default=0.0)
@@ -166,6 +169,7 @@ def _build_components(args, num_classes: int | None):
             num_heads=args.num_heads or depth, mlp_ratio=args.mlp_ratio, shared_aln=args.shared_aln,
             attn_l2_norm=not args.no_attn_l2_norm, condition_type=args.condition,
             text_embed_dim=text_encoder.config.projection_dim if text_encoder is not None else 768,
+            cross_attention_dim=text_encoder.config.hidden_size if args.conditioning == "tokens" else None,
             num_classes=num_classes or 1000, cond_drop_rate=args.cond_drop_rate, drop_rate=args.drop_rate,
             attn_drop_rate=args.attn_drop_rate,
             drop_path_rate=args.drop_path_rate if args.drop_path_rate is not None else 0.1 * depth / 24,
@@ -193,6 +197,8 @@ def _check_arguments(args) -> None:
                          "`--random_flip` and `--crop random`")
     if args.condition == "text" and args.validation_class_labels:
         raise ValueError("`--validation_class_labels` is for `--condition class`; use `--validation_prompts`")
+    if args.condition == "class" and args.conditioning == "tokens":
+        raise ValueError("`--conditioning tokens` is for `--condition text`")
     if args.condition == "class" and args.validation_prompts:
         raise ValueError("`--validation_prompts` is for `--condition text`; use `--validation_class_labels`")
 
@@ -203,11 +209,13 @@ def _check_arguments(args) -> None:
 
 
 def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel, idx_BL: torch.LongTensor,
-             text_embeds: torch.Tensor | None, class_labels: torch.LongTensor | None, label_smoothing: float,
+             condition: dict[str, torch.Tensor], label_smoothing: float,
              generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced next-scale cross-entropy over all L tokens, with condition dropout.
 
-    ``model`` is the (possibly wrapped) trainable transformer, ``transformer`` the unwrapped one.
+    ``model`` is the (possibly wrapped) trainable transformer, ``transformer`` the unwrapped one; ``condition`` its
+    condition arguments (``text_embeds`` and, with token-level conditioning, ``encoder_hidden_states`` /
+    ``encoder_attention_mask``; or ``class_labels``).
     """
     B = idx_BL.shape[0]
     V = transformer.config.vocab_size
@@ -216,8 +224,7 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         idx_per_scale = list(idx_BL.split([pn * pn for pn in transformer.config.patch_nums], dim=1))
         x_BLC_wo_first_l = vqvae.indices_to_teacher_input(idx_per_scale)
     drop_B = transformer.condition_dropout_mask(B, generator=generator, device=idx_BL.device)
-    logits_BLV = model(x_BLC_wo_first_l, text_embeds=text_embeds, class_labels=class_labels,
-                       cond_drop_mask=drop_B).logits
+    logits_BLV = model(x_BLC_wo_first_l, **condition, cond_drop_mask=drop_B).logits
     loss = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing)
     with torch.no_grad():
         hits_BL = logits_BLV.argmax(dim=-1) == idx_BL
@@ -259,13 +266,18 @@ def train(args: argparse.Namespace) -> TrainingResult:
     transform = ImageTransform(vqvae.sample_size, crop=args.crop, resize_ratio=args.resize_ratio,
                                random_flip=args.random_flip)
     examples = ImageCaptionDataset(dataset, transform, seed=args.seed)
-    text_pipe = VARCLIPPipeline(tokenizer, text_encoder, transformer, vqvae) if args.condition == "text" else None
+    text_pipe = VARCLIPPipeline(tokenizer, text_encoder, None, None) if args.condition == "text" else None
+    use_tokens = transformer.uses_text_tokens
 
     @torch.no_grad()
-    def encode_texts(texts: list[str]) -> torch.Tensor:
-        # the pipeline's own prompt encoding, so training and inference condition on identical embeddings
+    def encode_texts(texts: list[str]) -> dict[str, torch.Tensor]:
+        # the pipeline's own prompt encoding, so training and inference condition on identical inputs
         with torch.autocast(device.type, enabled=False):
-            return text_pipe.encode_prompt(list(texts), device=device, do_classifier_free_guidance=False)[0].float()
+            e = text_pipe.encode_prompt(list(texts), device=device, do_classifier_free_guidance=False)
+        encoded = {"text_embeds": e.prompt_embeds.float()}
+        if use_tokens:
+            encoded.update(text_states=e.prompt_token_embeds.float(), text_mask=e.prompt_attention_mask)
+        return encoded
 
     @torch.no_grad()
     def encode_images(pixel_values: torch.Tensor) -> torch.Tensor:
@@ -279,6 +291,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
         if text_encoder is not None:
             parts["text_encoder"] = module_fingerprint(text_encoder)
             parts["tokenizer"] = _tokenizer_digest(tokenizer)
+            if use_tokens:
+                parts["text_states"] = "last_hidden_state"
         if accelerator.is_main_process:
             build_token_cache(args.cache_dir, examples, parts, encode_images,
                               encode_texts if args.condition == "text" else None, batch_size=args.cache_batch_size,
@@ -296,13 +310,17 @@ def train(args: argparse.Namespace) -> TrainingResult:
             idx_BL = batch["indices"].to(device)
         else:
             idx_BL = encode_images(batch["pixel_values"])
-        text_embeds = class_labels = None
-        if args.condition == "text":
-            text_embeds = batch["text_embeds"].to(device) if "text_embeds" in batch else encode_texts(batch["text"])
+        if args.condition == "class":
+            condition = {"class_labels": batch["label"].to(device)}
         else:
-            class_labels = batch["label"].to(device)
-        return var_loss(model, transformer, vqvae, idx_BL, text_embeds, class_labels, args.label_smoothing,
-                        cond_generator)
+            text = {k: batch[k] for k in ("text_embeds", "text_states", "text_mask") if k in batch}
+            if "text_embeds" not in text:
+                text = encode_texts(batch["text"])
+            condition = {"text_embeds": text["text_embeds"].to(device)}
+            if use_tokens:
+                condition.update(encoder_hidden_states=text["text_states"].to(device),
+                                 encoder_attention_mask=text["text_mask"].to(device))
+        return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator)
 
     # 4. samples and export
     def validate(model, step: int, output_dir: Path) -> dict[str, float]:
