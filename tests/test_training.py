@@ -116,6 +116,8 @@ def test_var_training_learns_and_saves_a_pipeline_that_generates(var_dir):
     assert image.size == (8, 8)
     # the conditioning path is the trained CLIP's text tower and tokenizer
     assert pipe.transformer.config.text_embed_dim == 16 and pipe.transformer.config.depth == 2
+    # the words of the training captions are recorded, for the out-of-vocabulary warning
+    assert {"a", "red", "circle"} <= set(pipe.transformer.config.vocabulary) and "fox" not in pipe.transformer.config.vocabulary
     assert (var_dir / "samples" / "samples-step-0000016.png").is_file()
     assert json.loads((var_dir / "model_index.json").read_text())["_class_name"] == "VARCLIPPipeline"
 

@@ -277,6 +277,8 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
             cross-attends to the caption's token states after its self-attention (token-level conditioning); the
             unconditional branch attends to one learned null token. None (the default) is VAR-CLIP as published:
             the pooled embedding only.
+        vocabulary (`list[str]`, optional): the words of the training captions (text models trained by this
+            package record them); the pipelines warn about prompt words outside it. Not used by the model itself.
         num_classes (`int`, defaults to 1000): number of classes for `condition_type="class"`.
         cond_drop_rate (`float`, defaults to 0.1): share of the batch trained without condition, for guidance.
         drop_rate (`float`, defaults to 0.0): dropout after the attention projection and the feed-forward.
@@ -308,6 +310,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         condition_type: str = "text",
         text_embed_dim: int = 768,
         cross_attention_dim: int | None = None,
+        vocabulary: list[str] | None = None,
         num_classes: int = 1000,
         cond_drop_rate: float = 0.1,
         drop_rate: float = 0.0,

@@ -14,6 +14,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
+from ..vocabulary import unknown_words
 from .next_scale import NextScalePipelineMixin, check_components_agree
 
 logger = logging.get_logger(__name__)
@@ -165,6 +166,17 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
                 states, mask = _pad_cat(states, mask, e.negative_prompt_token_embeds, e.negative_prompt_attention_mask.bool())
             condition.update(encoder_hidden_states=states, encoder_attention_mask=mask)
         return condition
+
+    def warn_unknown_words(self, prompt: str | list[str] | None) -> list[str]:
+        """Warn once per call when the prompts use words the transformer never saw in training; returns them."""
+        vocabulary = getattr(self.transformer.config, "vocabulary", None) if self.transformer is not None else None
+        if not vocabulary or prompt is None:
+            return []
+        unknown = unknown_words([prompt] if isinstance(prompt, str) else prompt, vocabulary)
+        if unknown:
+            logger.warning(f"this model never saw {', '.join(map(repr, unknown))} in training; it still generates, but "
+                           f"only these words steer it: {' '.join(vocabulary)}")
+        return unknown
 
     def check_inputs(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds) -> int:
         """Validate the condition arguments; returns the number of prompts."""
@@ -319,6 +331,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
     def _generate(self, prompts: PromptInputs, num_images_per_prompt: int, request):
         """The steps shared by text-to-image, inpainting and image-to-image (inputs already checked)."""
         device = self._execution_device
+        self.warn_unknown_words(prompts.prompt)
 
         # 1. encode the prompt (and the negative prompt, or the learned null embedding and token)
         do_cfg = request.schedule.last_guided_scale >= 0

@@ -27,6 +27,7 @@ from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
+from ..vocabulary import build_vocabulary
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset, num_classes_of
 from .engine import (
     TrainingResult,
@@ -341,6 +342,10 @@ def train(args: argparse.Namespace) -> TrainingResult:
                       top_p=args.validation_top_p, generator=generators).images
         save_sample_grid(images, captions, output_dir, step)
         return {}
+
+    if args.condition == "text":  # the words the captions taught, so pipelines can flag prompts outside them
+        known = transformer.config.vocabulary or []  # fine-tuning adds to what the model already knew
+        transformer.register_to_config(vocabulary=build_vocabulary([*known, *dataset["text"]]))
 
     def export(model, folder: Path) -> None:
         if args.condition == "text":
