@@ -43,13 +43,13 @@ def build_pipeline(name: str, dtype: torch.dtype):
     if name == "default":
         import var_clip
 
-        return VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL, torch_dtype=dtype)
+        return VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL, dtype=dtype)
     depth = CONFIGS[name]["depth"]
     torch.manual_seed(0)
     transformer = VARTransformer2DModel(depth=depth, embed_dim=64 * depth, num_heads=depth, text_embed_dim=768)
     vqvae = MultiScaleVQModel()
     pipe = VARCLIPPipeline(tokenizer=None, text_encoder=None, transformer=transformer.eval(), vqvae=vqvae.eval())
-    if dtype != torch.float32:  # as `from_pretrained(torch_dtype=...)` does: the fp32 modules stay in fp32
+    if dtype != torch.float32:  # as `from_pretrained(dtype=...)` does: the fp32 modules stay in fp32
         for model in (transformer, vqvae):
             model.to(dtype)
             keep = model._keep_in_fp32_modules or []

@@ -148,10 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     tmp = Path(tempfile.mkdtemp(prefix=".default_model_", dir=output.parent))
     try:
-        VARCLIPPipeline.from_pretrained(work / "var", torch_dtype=torch.float32).save_pretrained(tmp)
+        VARCLIPPipeline.from_pretrained(work / "var", dtype=torch.float32).save_pretrained(tmp)
         ship_folder(tmp)
         # what is evaluated is exactly what ships: the half-precision transformer, loaded back into float32
-        pipe = VARCLIPPipeline.from_pretrained(tmp, torch_dtype=torch.float32)
+        pipe = VARCLIPPipeline.from_pretrained(tmp, dtype=torch.float32)
         pipe.set_progress_bar_config(disable=True)
         t = time.time()
         summary, _ = evaluate_shapes(pipe, samples_per_prompt=EVAL["samples_per_prompt"],

@@ -232,7 +232,7 @@ def test_mismatched_components_are_refused():
 
 def test_bfloat16_pipeline_keeps_codebook_and_logits_in_float32(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path)
-    pipe = VARCLIPPipeline.from_pretrained(tmp_path, torch_dtype=torch.bfloat16)
+    pipe = VARCLIPPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.transformer.blocks[0].attn.mat_qkv.weight.dtype == torch.bfloat16
     assert pipe.transformer.head.weight.dtype == torch.float32

@@ -127,7 +127,7 @@ def load_pipeline(model: str | None, cls, dtype: str, device: str):
     if model is not None and not Path(model).is_dir() and (model.count("/") != 1 or Path(model).suffix):
         raise CLIError(f"--model {model!r} is neither a folder nor a Hub repo id (owner/name)")
     try:
-        pipe = cls.from_pretrained(source, torch_dtype=getattr(torch, dtype))
+        pipe = cls.from_pretrained(source, dtype=getattr(torch, dtype))
     except OSError as e:
         raise CLIError(f"could not load --model {source!r}: {str(e).splitlines()[0]}") from None
     try:

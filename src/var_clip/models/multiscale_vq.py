@@ -11,6 +11,8 @@ V codebook size · H, W spatial size (of the image or of the largest latent, as 
 
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -358,6 +360,29 @@ class MultiScaleVQOutput(BaseOutput):
     codebook_usage: torch.Tensor | None = None
 
 
+def offloaded_entry_point(method):
+    """Run a model method other than ``forward`` under the model's offloading hooks, as if it were ``forward``.
+
+    accelerate's hooks (``enable_model_cpu_offload``) and diffusers' group offloading attach to ``forward``; the
+    pipelines call ``encode`` and ``decode_latent`` instead, so those fire the same hooks first (diffusers'
+    ``apply_forward_hook`` covers the accelerate hook only; block-level group offloading keeps the decoder in the
+    model's top-level group, which onloads on the top-level call).
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        if hasattr(self, "_hf_hook") and hasattr(self._hf_hook, "pre_forward"):
+            self._hf_hook.pre_forward(self)
+        registry = getattr(self, "_diffusers_hook", None)
+        group_hook = registry.get_hook("group_offloading") if registry is not None else None
+        if group_hook is None:
+            return method(self, *args, **kwargs)
+        args, kwargs = group_hook.pre_forward(self, *args, **kwargs)
+        return group_hook.post_forward(self, method(self, *args, **kwargs))
+
+    return wrapper
+
+
 class MultiScaleVQModel(ModelMixin, ConfigMixin):
     r"""VAR's VQ-VAE with a multi-scale residual quantizer.
 
@@ -383,7 +408,7 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
-    # The codebook search and the residual accumulation stay in float32 under `torch_dtype=torch.bfloat16`:
+    # The codebook search and the residual accumulation stay in float32 under `dtype=torch.bfloat16`:
     # nearest-neighbour indices are exact only at full precision.
     _keep_in_fp32_modules = ["quantize"]
     _repeated_blocks = ["ResnetBlock", "AttnBlock"]
@@ -445,19 +470,22 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
 
     # -- public API ----------------------------------------------------------------------------------------------------
 
+    @offloaded_entry_point  # offloading hooks fire on forward only: the pipelines encode and decode through these
     def encode(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → continuous latent ``f`` (B, C, pn_S, pn_S) before quantization."""
         self._check_images(images_B3HW)
-        return self.quant_conv(self.encoder(images_B3HW.to(self.quant_conv.weight.dtype)))
+        # the norms' dtype is the compute dtype, also when the convolutions' weights are stored in fp8 (layerwise casting)
+        return self.quant_conv(self.encoder(images_B3HW.to(self.encoder.norm_out.weight.dtype)))
 
     @torch.no_grad()
     def encode_indices(self, images_B3HW: torch.Tensor) -> list[torch.LongTensor]:
         """Images in [-1, 1] → one LongTensor (B, pn²) of token indices per scale."""
         return self.quantize.latent_to_indices(self.encode(images_B3HW))
 
+    @offloaded_entry_point
     def decode_latent(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         """Accumulated latent ``f_hat`` → images in [-1, 1]."""
-        dtype = self.post_quant_conv.weight.dtype
+        dtype = self.decoder.norm_out.weight.dtype
         # channels-last activations: oneDNN's convolutions run faster on NHWC on CPU; the values are unchanged
         f = f_hat_BChw.to(dtype=dtype, memory_format=torch.channels_last)
         return self.decoder(self.post_quant_conv(f)).clamp(-1, 1).contiguous()

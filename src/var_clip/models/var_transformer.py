@@ -157,7 +157,6 @@ class CrossAttention(nn.Module):
     def context_kv(self, context_BTH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The text's keys and values, each (B, Hd, T, hd)."""
         B, T, _ = context_BTH.shape
-        context_BTH = context_BTH.to(self.to_k.weight.dtype)
         k = self.to_k(context_BTH).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.to_v(context_BTH).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
         return k, v
@@ -288,7 +287,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
 
     _supports_gradient_checkpointing = False
     _no_split_modules = ["AdaLNSelfAttnBlock"]
-    # Logits stay in float32 under `torch_dtype=torch.bfloat16`: guidance extrapolates them, and top-k/top-p
+    # Logits stay in float32 under `dtype=torch.bfloat16`: guidance extrapolates them, and top-k/top-p
     # thresholds compare them, so their precision shapes the sampling distribution.
     _keep_in_fp32_modules = ["head"]
     # regional compilation (`compile_repeated_blocks(dynamic=True)`): the blocks compile once for every scale's length
@@ -394,6 +393,12 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         """Whether the model cross-attends to the caption's token states (token-level conditioning)."""
         return bool(self.config.cross_attention_dim)
 
+    def _input_dtype(self, layer: nn.Module) -> torch.dtype:
+        """The dtype ``layer`` computes in: its weights', unless they are stored in a storage-only dtype (fp8 under
+        ``enable_layerwise_casting``, whose hook casts them to the compute dtype, which ``pos_embed`` keeps)."""
+        dtype = layer.weight.dtype
+        return dtype if dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64) else self.pos_embed.dtype
+
     def scale_slice(self, si: int) -> slice:
         begin = sum(pn * pn for pn in self.config.patch_nums[:si])
         return slice(begin, begin + self.config.patch_nums[si] ** 2)
@@ -432,7 +437,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         if self.config.condition_type == "text":
             if text_embeds is None:
                 raise ValueError("this transformer is text-conditioned: pass `text_embeds` of shape (B, text_embed_dim)")
-            return self.text_proj(text_embeds.to(self.text_proj.weight.dtype))
+            return self.text_proj(text_embeds.to(self._input_dtype(self.text_proj)))
         if class_labels is None:
             raise ValueError("this transformer is class-conditioned: pass `class_labels` of shape (B,)")
         return self.class_embed(class_labels)
@@ -527,12 +532,12 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
     def scale_input(self, next_BChw: torch.Tensor, si: int) -> torch.Tensor:
         """Scale ``si``'s latent input map (B, C, pn, pn) → its tokens (B, pn², D)."""
         x_BlC = next_BChw.flatten(2).transpose(1, 2)  # (B, C, pn, pn) -> (B, pn², C)
-        return self.word_embed(x_BlC.to(self.word_embed.weight.dtype)) + self._level_pos(self.scale_slice(si))
+        return self.word_embed(x_BlC.to(self._input_dtype(self.word_embed))) + self._level_pos(self.scale_slice(si))
 
     def logits(self, h_BLD: torch.Tensor, head_B12D: torch.Tensor) -> torch.Tensor:
         scale, shift = head_B12D.unbind(2)
         h = self.head_ln(h_BLD).mul(scale + 1).add(shift)
-        return self.head(h.to(self.head.weight.dtype)).float()
+        return self.head(h.to(self._input_dtype(self.head))).float()
 
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
         """An empty cache for one generation of ``batch_size`` rows (conditional and unconditional together)."""
@@ -565,7 +570,8 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
             encoder_hidden_states / encoder_attention_mask: with `cross_attention_dim`, the caption's token states
                 (B, T, H) and which of them are real (B, T); likewise given at the first scale only when sampling.
             cond_drop_mask: optional (B,) bool; samples where it is True get the null condition. Build it with
-                :meth:`condition_dropout_mask` for classifier-free guidance training.
+                :meth:`condition_dropout_mask` for classifier-free guidance training; when sampling, it marks the
+                unconditional rows of guidance (given at the first scale, with the condition).
             kv_cache: from :meth:`new_kv_cache`; each call predicts the scale after those already in it.
             prune_ratio: sampling only, FastVAR's cached token pruning (an approximation): this share of the scale's
                 tokens skips the blocks and takes the previous scale's upsampled hidden states.
@@ -573,6 +579,9 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         All of the model's work runs inside this call, so accelerate's hooks (offloading, casting) see it.
         """
         if kv_cache is not None:
+            if cond_drop_mask is not None:  # the unconditional rows of guidance
+                text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask = self._drop_condition(
+                    cond_drop_mask, text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask)
             logits = self._sampling_step(hidden_states, text_embeds, class_labels, encoder_hidden_states,
                                          encoder_attention_mask, kv_cache, prune_ratio)
         else:
@@ -600,7 +609,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         x_BLD = torch.cat((sos, self.word_embed(x_BLC_wo_first_l.to(cond_BD.dtype))), dim=1) + self._level_pos(slice(0, L))
         mods = self.modulations(cond_BD)
         for block, ada in zip(self.blocks, mods.blocks):
-            context_kv = block.cross_attn.context_kv(context) if context is not None else None
+            context_kv = block.cross_attn.context_kv(context.to(self.pos_embed.dtype)) if context is not None else None
             x_BLD = block(x_BLD, ada, attn_bias=self.attn_bias_LL, context_kv=context_kv, context_mask_B11T=mask_B11T)
         return self.logits(x_BLD, mods.head)
 
@@ -617,7 +626,7 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
                 context, cache.context_mask_B11T = self._text_context(encoder_hidden_states, encoder_attention_mask,
                                                                       cond_BD.shape[0])
                 for block, layer in zip(self.blocks, cache.layers):
-                    layer.context_kv = block.cross_attn.context_kv(context)
+                    layer.context_kv = block.cross_attn.context_kv(context.to(self.pos_embed.dtype))
             x_BlD = self.start_tokens(cond_BD)
         else:
             if next_BChw is None:

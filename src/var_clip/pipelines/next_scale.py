@@ -7,6 +7,7 @@ V codebook size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -173,12 +174,17 @@ class NextScalePipelineMixin:
         With ``known``, the tokens it marks are imposed at every scale instead of the sampled ones (inpainting keeps
         the unmasked region, image-to-image the first scales); the transformer still sees them as its context.
         """
-        transformer, vqvae, schedule = self.transformer, self.vqvae, request.schedule
-        patch_nums = transformer.config.patch_nums
-        S, B, C = len(patch_nums), request.num_images, vqvae.config.latent_channels
         first = next(v for v in condition.values() if v is not None)
         rows, device = first.shape[0], first.device
         self._guidance_scale = request.guidance_scale
+        with _on_device(self.vqvae.quantize, device):
+            return self._sample_loop(condition, request, known, rows, device)
+
+    def _sample_loop(self, condition: dict, request: GenerationRequest, known: KnownTokens | None, rows: int,
+                     device: torch.device) -> tuple[torch.Tensor, list[torch.LongTensor]]:
+        transformer, vqvae, schedule = self.transformer, self.vqvae, request.schedule
+        patch_nums = transformer.config.patch_nums
+        S, B, C = len(patch_nums), request.num_images, vqvae.config.latent_channels
 
         # 1. per generation: the KV cache (the transformer fills it with everything the condition determines)
         kv_cache = transformer.new_kv_cache(rows, dtype=transformer.dtype, device=device)
@@ -236,6 +242,10 @@ class NextScalePipelineMixin:
         returned = request.callback_on_step_end(self, si, pn, kwargs) or {}
         if not isinstance(returned, dict):
             raise ValueError(f"`callback_on_step_end` must return a dict or None, got {type(returned).__name__}")
+        unknown = [k for k in returned if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise ValueError(f"`callback_on_step_end` returned {unknown}; it may return only {self._callback_tensor_inputs} "
+                             "(`latents` / `f_hat` edit the latent; the others are read-only)")
         edited = {k: v for k, v in returned.items() if k in ("f_hat", "latents") and v is not local[k]}
         if len(edited) > 1:
             raise ValueError("`callback_on_step_end` returned both `f_hat` and `latents` edited: they name one tensor")
@@ -334,6 +344,27 @@ class NextScalePipelineMixin:
         if not request.return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+@contextmanager
+def _on_device(module: torch.nn.Module, device: torch.device):
+    """Keep ``module`` on ``device`` for the duration, then put it back.
+
+    The sampling loop uses the VQ-VAE's small residual quantizer (codebook and φ convolutions) between transformer
+    steps. Under model offloading the VQ-VAE waits on the CPU until decoding, and onloading it every scale would
+    offload the transformer each time; so the quantizer alone (a fraction of a MB) follows the latent. Weights on the
+    meta device (sequential or leaf-level group offloading) are left alone: their own hooks onload them per call.
+    """
+    params = list(module.parameters())
+    home = params[0].device if params else device
+    move = home != torch.device(device) and home.type != "meta"
+    if move:
+        module.to(device)
+    try:
+        yield
+    finally:
+        if move:
+            module.to(home)
 
 
 def check_components_agree(transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel) -> None:

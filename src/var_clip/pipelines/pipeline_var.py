@@ -93,16 +93,18 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
         """The steps shared by generation and inpainting (inputs already checked)."""
         device = self._execution_device
 
-        # 1. the labels and, for guidance, the null class
+        # 1. the labels and, for guidance, the same rows again, which the transformer turns into its null class
         labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
+        condition = {"class_labels": labels_B}
         if request.schedule.last_guided_scale >= 0:
-            labels_B = torch.cat((labels_B, self.transformer.null_condition(labels_B.shape[0]).to(device)))
+            B = labels_B.shape[0]
+            condition = {"class_labels": labels_B.repeat(2), "cond_drop_mask": torch.arange(2 * B, device=device) >= B}
 
         # 2. when editing, the input image's tokens that are kept at each scale
         known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
 
         # 3. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale({"class_labels": labels_B}, request, known)
+        f_hat, tokens = self.sample_next_scale(condition, request, known)
 
         # 4. decode (and, when inpainting, paste back the unmasked pixels)
         return self.decode_output(f_hat, tokens, request)

@@ -81,7 +81,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
                 dropped = self.tokenizer.decode(full_ids[max_len - 1 : -1])
                 logger.warning(f"CLIP reads at most {max_len} tokens; this part of the prompt was dropped: {dropped!r}")
         text = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        out = self.text_encoder(text.input_ids.to(self.text_encoder.device))
+        out = self.text_encoder(text.input_ids.to(self._execution_device))  # not .device: meta under sequential offload
         embeds = out.text_embeds
         # CLIP's text tower is causal: a token's state never depends on the padding after it, so cutting the padding
         # changes nothing but the length
@@ -152,18 +152,30 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
             expand(negative_prompt_attention_mask, cast=False),
         )
 
-    def text_condition(self, embeddings: PromptEmbeddings) -> dict[str, torch.Tensor]:
-        """The transformer's condition arguments: the conditional rows, then (with guidance) the unconditional ones."""
+    def text_condition(self, embeddings: PromptEmbeddings, guided: bool) -> dict[str, torch.Tensor]:
+        """The transformer's condition arguments: the conditional rows and, with guidance, the unconditional ones.
+
+        Without negative embeddings the unconditional rows are the learned null condition, applied inside the
+        transformer's forward (``cond_drop_mask``), where offloading hooks have put its weights on the device.
+        """
         e = embeddings
-        guided = e.negative_prompt_embeds is not None
-        condition = {"text_embeds": torch.cat((e.prompt_embeds, e.negative_prompt_embeds)) if guided else e.prompt_embeds}
-        if self.transformer.uses_text_tokens:
-            if e.prompt_token_embeds is None:
-                raise ValueError("this transformer cross-attends to the text: pass `prompt_token_embeds` and "
-                                 "`prompt_attention_mask` with `prompt_embeds` (see `encode_prompt`)")
-            states, mask = e.prompt_token_embeds, e.prompt_attention_mask.bool()
-            if guided:
+        B = e.prompt_embeds.shape[0]
+        tokens = self.transformer.uses_text_tokens
+        if tokens and e.prompt_token_embeds is None:
+            raise ValueError("this transformer cross-attends to the text: pass `prompt_token_embeds` and "
+                             "`prompt_attention_mask` with `prompt_embeds` (see `encode_prompt`)")
+        states, mask = (e.prompt_token_embeds, e.prompt_attention_mask.bool()) if tokens else (None, None)
+        condition = {"text_embeds": e.prompt_embeds}
+        if guided and e.negative_prompt_embeds is None:
+            condition = {"text_embeds": e.prompt_embeds.repeat(2, 1),
+                         "cond_drop_mask": torch.arange(2 * B, device=e.prompt_embeds.device) >= B}
+            if tokens:
+                states, mask = states.repeat(2, 1, 1), mask.repeat(2, 1)
+        elif guided:
+            condition = {"text_embeds": torch.cat((e.prompt_embeds, e.negative_prompt_embeds))}
+            if tokens:
                 states, mask = _pad_cat(states, mask, e.negative_prompt_token_embeds, e.negative_prompt_attention_mask.bool())
+        if tokens:
             condition.update(encoder_hidden_states=states, encoder_attention_mask=mask)
         return condition
 
@@ -333,10 +345,12 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         device = self._execution_device
         self.warn_unknown_words(prompts.prompt)
 
-        # 1. encode the prompt (and the negative prompt, or the learned null embedding and token)
+        # 1. encode the prompt and the negative prompt (without one, the transformer applies its learned null condition)
         do_cfg = request.schedule.last_guided_scale >= 0
+        has_negative = prompts.negative_prompt is not None or prompts.negative_prompt_embeds is not None
         embeddings = self.encode_prompt(
-            prompts.prompt, device, num_images_per_prompt, do_cfg, prompts.negative_prompt, prompts.prompt_embeds,
+            prompts.prompt, device, num_images_per_prompt, do_cfg and has_negative, prompts.negative_prompt,
+            prompts.prompt_embeds,
             prompts.negative_prompt_embeds, prompts.prompt_token_embeds, prompts.prompt_attention_mask,
             prompts.negative_prompt_token_embeds, prompts.negative_prompt_attention_mask,
         )
@@ -345,7 +359,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
 
         # 3. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(self.text_condition(embeddings), request, known)
+        f_hat, tokens = self.sample_next_scale(self.text_condition(embeddings, guided=do_cfg), request, known)
 
         # 4. decode (and, when inpainting, paste back the unmasked pixels)
         return self.decode_output(f_hat, tokens, request)
