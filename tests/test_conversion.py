@@ -120,7 +120,7 @@ def test_parity_checkpoint_converted_in_process_matches_reference(parity_convert
     pipe = VARCLIPPipeline.from_pretrained(parity_converted)
     assert pipe.text_encoder is not None and pipe.text_encoder.config.projection_dim == 32
     assert sorted(p.name for p in parity_converted.iterdir()) == [
-        "README.md", "model_index.json", "text_encoder", "tokenizer", "transformer", "vqvae"]
+        ".var-clip-output", "README.md", "model_index.json", "text_encoder", "tokenizer", "transformer", "vqvae"]
     assert not list(parity_converted.rglob("*.bin")) and not list(parity_converted.rglob("*.pth"))
 
 
@@ -344,24 +344,31 @@ def test_interrupted_conversion_leaves_nothing(tiny_text_pair, tmp_path, capsys,
 def test_overwrite_semantics(tiny_text_pair, tmp_path, capsys):
     _, _, var_path, vae_path = tiny_text_pair
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "keep.txt").write_text("previous conversion")
     argv = ["--var_checkpoint", var_path, "--vae_checkpoint", vae_path, "--output_dir", out, "--text_encoder", "none",
             "--skip_check"]
+    rc, _, err = _run(convert_var_clip, argv, capsys)  # a first conversion
+    assert rc == 0, err
+    (out / "transformer" / "config.json").write_text("{}")  # marks the previous conversion
+    previous = sorted(p.name for p in out.iterdir())
 
     rc, _, err = _run(convert_var_clip, argv, capsys)  # refused without --overwrite
     assert rc == 1 and "output_dir" in err and "--overwrite" in err
-    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in out.iterdir()) == previous
 
     bad = ["--var_checkpoint", tmp_path / "missing.pth", *argv[2:]]
     rc, _, _ = _run(convert_var_clip, [*bad, "--overwrite"], capsys)  # a failed conversion keeps the old folder
-    assert rc == 1 and [p.name for p in out.iterdir()] == ["keep.txt"]
+    assert rc == 1 and (out / "transformer" / "config.json").read_text() == "{}"
 
-    rc, _, err = _run(convert_var_clip, [*argv, "--overwrite"], capsys)
+    rc, _, err = _run(convert_var_clip, [*argv, "--overwrite"], capsys)  # a pipeline folder var-clip wrote: replaced
     assert rc == 0, err
-    assert not (out / "keep.txt").exists() and (out / "model_index.json").exists()
+    assert (out / "transformer" / "config.json").read_text() != "{}" and (out / "model_index.json").exists()
     assert _leftovers(tmp_path, "out") == ["out"]
     VARCLIPPipeline.from_pretrained(out)
+
+    (out / "notes.txt").write_text("mine")  # anything else in it: refused, nothing deleted
+    rc, _, err = _run(convert_var_clip, [*argv, "--overwrite"], capsys)
+    assert rc == 1 and "not a folder var-clip wrote" in err and "notes.txt" in err
+    assert (out / "notes.txt").read_text() == "mine" and (out / "model_index.json").exists()
 
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -191,8 +191,10 @@ def fake_upload(monkeypatch):
         calls.append(("create_repo", repo_id, kwargs))
         return f"https://huggingface.co/{repo_id}"
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
-        files = _files(Path(folder_path))
+    def upload_folder(self, *, repo_id, folder_path, allow_patterns=None, **kwargs):
+        # what the real upload_folder sends: the folder's files that `allow_patterns` selects
+        files = [f for f in _files(Path(folder_path))
+                 if allow_patterns is None or any(fnmatch.fnmatch(f, p) for p in allow_patterns)]
         # what would be uploaded loads and generates
         pipe = VARCLIPPipeline.from_pretrained(folder_path)
         calls.append(("upload_folder", repo_id, folder_path, files, kwargs, _generate(pipe, prompt="a red circle")))

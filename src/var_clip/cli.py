@@ -6,7 +6,8 @@
     var-clip img2img "a blue square" --image scene.png --strength 0.5 -o variation.png
     var-clip train-var --help
 
-Every subcommand exits with 0 on success, 2 on bad arguments and 1 when the work itself fails.
+Every subcommand exits with 0 on success, 2 on bad arguments and 1 when the work itself fails, with one line naming
+the cause and the fix; `--debug` (or VAR_CLIP_DEBUG=1) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
+import warnings
 from pathlib import Path
+
+from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
 
 # Subcommands implemented by other modules' `main(argv)`: name -> (module, one-line help)
 DELEGATED = {
@@ -33,6 +36,76 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 class CLIError(Exception):
     """A failure to report as one line, with exit code 1."""
+
+
+# Optional packages → what installs them.
+INSTALL_HINTS = {"datasets": "pip install 'var-clip[train]'", "tensorboard": "pip install 'var-clip[train]'",
+                 "matplotlib": "pip install matplotlib", "accelerate": "pip install accelerate"}
+# Exception classes from these packages' modules are network failures (huggingface_hub's transport raises httpx's
+# or requests' errors, which are not OSError).
+_NETWORK_MODULES = ("httpx", "httpx2", "requests", "urllib3", "huggingface_hub")
+
+
+def _debug_requested(argv: list[str]) -> bool:
+    return "--debug" in argv or os.environ.get("VAR_CLIP_DEBUG", "").strip().lower() in ("1", "true", "yes")
+
+
+def _is_network_error(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__module__.split(".")[0] in _NETWORK_MODULES and cls.__name__.endswith(("Error", "Timeout"))
+               and cls.__name__ not in ("HFValidationError",) and not issubclass(cls, ValueError)
+               for cls in type(error).__mro__[:-2])
+
+
+def describe_failure(error: BaseException) -> str | None:
+    """One line naming the cause of an expected failure and its fix; None for an unexpected one (a bug: traceback)."""
+    import PIL.Image
+
+    text = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, (CLIError, ValueError, OutputLockedError)):
+        return text
+    if _is_network_error(error):
+        return (f"the Hugging Face Hub cannot be reached ({text}); check the connection or the repo id, pass a local "
+                f"folder with --model, or set HF_HUB_OFFLINE=1 to use the cache")
+    if isinstance(error, ModuleNotFoundError):
+        name = (error.name or "").split(".")[0]
+        return f"a missing optional dependency: {name or text} ({INSTALL_HINTS.get(name, f'pip install {name}')})"
+    if isinstance(error, ImportError):
+        return f"an import failed ({text}); reinstall var-clip's dependencies (pip install -e .)"
+    if isinstance(error, MemoryError):
+        return "out of memory; generate fewer images at once (--num-images), or use --dtype bfloat16"
+    if isinstance(error, (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning)):
+        return f"{text} (raise PIL.Image.MAX_IMAGE_PIXELS only for images you trust)"
+    if isinstance(error, OSError):
+        where = f" ({error.filename})" if getattr(error, "filename", None) and str(error.filename) not in text else ""
+        return f"{text}{where}"
+    if isinstance(error, RuntimeError) and "out of memory" in text.lower():
+        return f"{text.split('.')[0]}; generate fewer images at once (--num-images), or use --dtype bfloat16"
+    return None
+
+
+def _run_reporting(command: str, run, debug: bool) -> int:
+    """Run ``run()``; an expected failure becomes one line on stderr and exit code 1 (2 for a usage error)."""
+    try:
+        return run()
+    except UsageError as error:
+        if debug:
+            raise
+        print(f"var-clip {command}: error: {describe_failure(error)}", file=sys.stderr)
+        return 2
+    except Exception as error:  # noqa: BLE001 - only the kinds describe_failure knows; others re-raise below
+        message = describe_failure(error)
+        if message is None or debug:
+            raise
+        print(f"var-clip {command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        release_held_locks()  # however the command ended, its output folders are free again
+
+
+class UsageError(ValueError):
+    """A bad argument found after parsing (exit code 2)."""
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -86,7 +159,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     p.add_argument("--save-progress", metavar="PNG", default=None,
                    help="also write the coarse-to-fine progression (one preview per scale) as a strip")
-    p.add_argument("-o", "--output", default="var_clip.png", help="PNG file to write (default var_clip.png)")
+    p.add_argument("-o", "--output", default="var_clip.png",
+                   help="image file to write; the suffix names the format (.png, .jpg, .webp, ...; default var_clip.png)")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,8 +203,12 @@ def load_pipeline(model: str | None, cls, dtype: str, device: str):
         raise CLIError(f"--model {model!r} is neither a folder nor a Hub repo id (owner/name)")
     try:
         pipe = cls.from_pretrained(source, dtype=getattr(torch, dtype))
-    except OSError as e:
-        raise CLIError(f"could not load --model {source!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - network, missing files, a config that disagrees with its weights
+        if _is_network_error(e):
+            raise
+        if not isinstance(e, (OSError, ValueError)):
+            raise
+        raise CLIError(f"could not load --model {source!r}: {' '.join(str(e).split())}") from None
     try:
         pipe = pipe.to(device)
     except (RuntimeError, AssertionError) as e:
@@ -143,30 +222,30 @@ def _sampling_flags(args) -> dict:
     return {key: value for key, value in given.items() if value is not None}
 
 
-def _save_png(image, path: str) -> None:
-    """Write atomically: a crash never leaves a truncated PNG under the final name."""
-    path = os.path.abspath(path)
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        raise CLIError(f"the folder of --output {path!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".var_clip_", suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _check_outputs(args) -> None:
+    """Before any compute: the output files' suffixes name a format and their folders accept files."""
+    for flag, path in (("--output", args.output), ("--save-progress", args.save_progress)):
+        if path is not None:
+            try:
+                image_format_of(path, flag)
+            except ValueError as error:
+                raise UsageError(str(error)) from None
+            check_writable(path, flag)
 
 
 def _load_image(path: str, flag: str):
     import PIL.Image
 
     try:
-        with PIL.Image.open(path) as im:
-            return im.convert("RGB") if flag == "--image" else im.convert("L")
-    except (OSError, ValueError) as e:
-        raise CLIError(f"{flag} {path!r} cannot be read as an image: {e}") from None
+        with warnings.catch_warnings():  # a decompression bomb is refused, not decoded
+            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
+            with PIL.Image.open(path) as im:
+                return im.convert("RGB") if flag == "--image" else im.convert("L")
+    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
+        raise CLIError(f"{flag} {path!r} is refused: {e} (raise PIL.Image.MAX_IMAGE_PIXELS only for images you "
+                       f"trust)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise CLIError(f"{flag} {path!r} cannot be read as an image: {' '.join(str(e).split())}") from None
 
 
 def run_generation(args) -> int:
@@ -176,6 +255,7 @@ def run_generation(args) -> int:
     from .utils.image_grid import make_image_grid
 
     cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "img2img": VARCLIPImg2ImgPipeline}[args.command]
+    _check_outputs(args)
     extra = {}
     if args.command == "inpaint":
         image, mask = _load_image(args.image, "--image"), _load_image(args.mask, "--mask")
@@ -199,13 +279,13 @@ def run_generation(args) -> int:
         callback_on_step_end_tensor_inputs=["f_hat"] if args.save_progress else None, **_sampling_flags(args), **extra,
     ).images
     picture = images[0] if len(images) == 1 else make_image_grid(images, cols=min(len(images), 4))
-    _save_png(picture, args.output)
+    save_image(picture, args.output, "--output")
     print(f"wrote {args.output} ({len(images)} image{'s' if len(images) > 1 else ''}, {picture.width}×{picture.height})")
     if args.save_progress:
         sides = [f"{pn}×{pn}" for pn in pipe.transformer.config.patch_nums]
         size = max(previews[0].width, 64)
         strip = make_image_grid([p.resize((size, size)) for p in previews], captions=sides, cols=len(previews))
-        _save_png(strip, args.save_progress)
+        save_image(strip, args.save_progress, "--save-progress")
         print(f"wrote {args.save_progress} (progression over {len(previews)} scales)")
     return 0
 
@@ -214,17 +294,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if argv and argv[0] in DELEGATED:
-        module = importlib.import_module(DELEGATED[argv[0]][0])
-        return module.main(argv[1:])
+        # the delegated parsers do not know --debug: it is taken out here
+        debug = _debug_requested(argv[1:])
+        rest = [a for a in argv[1:] if a != "--debug"]
+        return _run_reporting(argv[0], lambda: importlib.import_module(DELEGATED[argv[0]][0]).main(rest), debug)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return run_generation(args)
-    except (CLIError, ValueError) as e:
-        print(f"var-clip {args.command}: error: {e}", file=sys.stderr)
-        return 1
+    return _run_reporting(args.command, lambda: run_generation(args), _debug_requested(argv))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .models.strict_loading import CONDITION_TYPES
 from .original_format import (
     DEFAULT_PATCH_NUMS,
     OriginalCheckpointError,
@@ -43,6 +44,7 @@ from .original_format import (
     vqvae_from_original,
 )
 from .pipelines import VARCLIPPipeline, VARPipeline
+from .utils.files import check_replaceable, resolve_output_dir, write_marker
 
 __all__ = [
     "ConversionError",
@@ -64,7 +66,6 @@ logger = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 #: The text tower VAR-CLIP was trained with (frozen): OpenAI CLIP ViT-L/14, 768-d projected embeddings.
 DEFAULT_TEXT_ENCODER = "openai/clip-vit-large-patch14"
-CONDITION_TYPES = ("text", "class")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 # The architecture of the released weights, to tell in the model card whether a conversion is one of them.
@@ -405,17 +406,12 @@ def _cast(pipe, dtype: torch.dtype) -> None:
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool, inputs: Sequence[str | os.PathLike]) -> None:
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConversionError(f"output_dir {str(output_dir)!r} exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()):
-        if not overwrite:
-            raise ConversionError(f"output_dir {str(output_dir)!r} exists and is not empty; pass overwrite "
-                                  f"(--overwrite) to replace it once the new conversion is complete")
-        resolved = output_dir.resolve()
-        for path in inputs:
-            if path is not None and resolved in Path(path).resolve().parents:
-                raise ConversionError(f"output_dir {str(output_dir)!r} contains the input {str(path)!r}; "
-                                      f"overwriting it would delete the input")
+    """Refuse before any work: a non-empty ``output_dir`` without ``overwrite``, and with it anything but a folder
+    var-clip wrote (see :func:`~var_clip.utils.files.check_replaceable`)."""
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise ConversionError(f"output_dir {str(output_dir)!r} exists and is not empty; pass overwrite "
+                              f"(--overwrite) to replace it once the new conversion is complete")
+    check_replaceable(output_dir, "output_dir", inputs)
 
 
 def _sibling(output_dir: Path, kind: str) -> Path:
@@ -431,6 +427,7 @@ def _move_into_place(staging: Path, output_dir: Path, overwrite: bool) -> None:
             if not overwrite:  # appeared while converting
                 raise ConversionError(f"output_dir {str(output_dir)!r} was created while converting; pass overwrite "
                                       f"(--overwrite) to replace it")
+            check_replaceable(output_dir, "output_dir")  # again: it may have changed while converting
             old = _sibling(output_dir, "old")
             os.replace(output_dir, old)
         else:
@@ -479,7 +476,7 @@ def convert_original_checkpoints(
     """
     if dtype not in DTYPES:
         raise ConversionError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-    output_dir = Path(output_dir).expanduser().absolute()
+    output_dir = resolve_output_dir(output_dir, "output_dir")
     _check_output_dir(output_dir, overwrite, [var_checkpoint, vae_checkpoint])
     variant = None if dtype == "fp32" else dtype
     seconds: dict[str, float] = {}
@@ -500,6 +497,7 @@ def convert_original_checkpoints(
         start = time.perf_counter()
         _cast(pipe, DTYPES[dtype])
         pipe.save_pretrained(staging, safe_serialization=True, variant=variant)
+        write_marker(staging, "convert_original_checkpoints")
         if model_card_template is not None:
             has_text_encoder = getattr(pipe, "text_encoder", None) is not None
             fields = _card_fields(pipe, var_checkpoint=var_checkpoint, vae_checkpoint=vae_checkpoint,
@@ -576,10 +574,12 @@ def conversion_main(argv: list[str] | None, parser: argparse.ArgumentParser, con
     # Progress from the library goes to stdout; SIGTERM unwinds like Ctrl-C, so the temporary folder is removed.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    log = logging.getLogger("var_clip.conversion")
-    log.addHandler(handler)
-    previous_level = log.level
-    log.setLevel(logging.INFO)
+    # the conversion's progress, and where a symlinked output folder resolves to
+    logs = [logging.getLogger("var_clip.conversion"), logging.getLogger("var_clip.utils.files")]
+    previous_levels = [log.level for log in logs]
+    for log in logs:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
     previous_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         start = time.perf_counter()
@@ -597,8 +597,9 @@ def conversion_main(argv: list[str] | None, parser: argparse.ArgumentParser, con
         print("error: interrupted; no output folder was written", file=sys.stderr)
         return 130
     finally:
-        log.removeHandler(handler)
-        log.setLevel(previous_level)
+        for log, level in zip(logs, previous_levels):
+            log.removeHandler(handler)
+            log.setLevel(level)
         signal.signal(signal.SIGTERM, previous_sigterm)
 
     s = result.seconds

@@ -14,15 +14,21 @@ exactly the files of the pipeline (for one variant, safetensors only) and return
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import pickletools
 import re
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 from huggingface_hub import HfApi, snapshot_download
 
-__all__ = ["push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "diffusers_download"]
+from .utils.files import LOCK_NAME, MARKER_NAME
+
+__all__ = ["push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "is_pickle_file", "diffusers_download"]
 
 # Weight formats that unpickle (run code) when loaded; never downloaded, never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
@@ -33,6 +39,8 @@ _WEIGHTS = re.compile(r"^(?P<stem>[^.]+?)(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d
 # `name.safetensors.index.json`, `name.safetensors.index.fp16.json`
 _INDEX = re.compile(r"^[^.]+\.safetensors\.index(?:\.(?P<variant>[A-Za-z0-9_]+))?\.json$")
 _VARIANT = re.compile(r"^[A-Za-z0-9_]+$")
+# var-clip's bookkeeping in an output folder, never published
+_NOT_PUBLISHED = (MARKER_NAME, LOCK_NAME)
 
 
 def _variant_of(filename: str) -> tuple[bool, str | None]:
@@ -114,21 +122,82 @@ def diffusers_download(pretrained_model_name: str, **kwargs) -> str:
                     force_download=bool(kwargs.get("force_download")))
 
 
+def is_pickle_file(path: str | os.PathLike) -> bool:
+    """Whether loading ``path`` could unpickle (run code), judged by its content, never its suffix.
+
+    A pickle stream (any protocol: it parses up to its STOP opcode), a zip-based ``torch.save`` file (it holds a
+    ``data.pkl``), or a numpy ``.npy`` array of object dtype. A safetensors file (an 8-byte header length, then a
+    JSON header) is not, even when its first bytes happen to read as a pickle opcode.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+        if len(head) >= 9:
+            header_length = int.from_bytes(head[:8], "little")
+            if head[8:9] == b"{" and 8 + header_length <= os.fstat(handle.fileno()).st_size:
+                return False  # safetensors
+        if head.startswith(b"PK\x03\x04"):
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    return any(name.endswith(".pkl") for name in archive.namelist())
+            except zipfile.BadZipFile:
+                return False
+        if head.startswith(b"\x93NUMPY"):
+            handle.seek(0)
+            readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            try:
+                reader = readers.get(np.lib.format.read_magic(handle))
+                if reader is None:  # a format version this check does not know: assume the worst
+                    return True
+                _, _, dtype = reader(handle)
+            except ValueError:
+                return True
+            return bool(dtype.hasobject)
+        handle.seek(0)
+        try:
+            for opcode, _, _ in pickletools.genops(handle):
+                if opcode.name == "STOP":
+                    return True
+        except Exception:  # noqa: BLE001 - anything pickletools cannot parse is not a pickle
+            return False
+    return False
+
+
+def _symlinks_leaving(folder: Path) -> list[str]:
+    """Symlinks under ``folder`` (files or folders) whose target is outside it, or missing."""
+    leaving = []
+    for root, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = Path(root) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.exists() or (target != folder and folder not in target.parents):
+                    leaving.append(path.relative_to(folder).as_posix())
+    return sorted(leaving)
+
+
 def check_folder(folder: str | os.PathLike) -> list[str]:
     """Check that a pipeline or model folder is complete and safe to publish; returns its files (relative paths).
 
     A pipeline folder has ``model_index.json`` and, for every component it names, a folder with a configuration
     and (for models) safetensors weights; a model folder has ``config.json`` and safetensors weights. Both need a
-    ``README.md`` model card and may not contain pickled weights.
+    ``README.md`` model card, may not contain pickle-format files (by content: see :func:`is_pickle_file`) and
+    may not contain symlinks that leave the folder (an upload would publish their targets). var-clip's own marker
+    and lock files are not part of what is published.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"`folder` {str(folder)!r} is not a folder")
-    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    folder = folder.resolve()
     problems = []
-    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES)]
+    leaving = _symlinks_leaving(folder)
+    if leaving:
+        problems.append(f"symlinks to outside the folder {leaving} (an upload would publish their targets)")
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                   if p.is_file() and p.name not in _NOT_PUBLISHED
+                   and not any(part in leaving for part in _prefixes(p.relative_to(folder).as_posix())))
+    pickled = [f for f in files if f.endswith(PICKLE_SUFFIXES) or is_pickle_file(folder / f)]
     if pickled:
-        problems.append(f"pickled weights {pickled} (publish safetensors only)")
+        problems.append(f"pickle-format files {pickled} (publish safetensors only)")
     if "README.md" not in files:
         problems.append("no README.md model card")
     if "model_index.json" in files:
@@ -153,6 +222,12 @@ def check_folder(folder: str | os.PathLike) -> list[str]:
     return files
 
 
+def _prefixes(relative: str) -> list[str]:
+    """``a/b/c`` → ``["a", "a/b", "a/b/c"]``."""
+    parts = relative.split("/")
+    return ["/".join(parts[: i + 1]) for i in range(len(parts))]
+
+
 def push_pipeline_to_hub(
     folder: str | os.PathLike,
     repo_id: str,
@@ -167,9 +242,11 @@ def push_pipeline_to_hub(
     """
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"`repo_id` must be 'owner/name', got {repo_id!r}")
-    check_folder(folder)
+    files = check_folder(folder)
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    # exactly the checked files: nothing added to the folder since, no marker or lock file
     commit = api.upload_folder(repo_id=repo_id, folder_path=os.fspath(folder), repo_type="model",
-                               commit_message=commit_message, revision=revision)
+                               commit_message=commit_message, revision=revision,
+                               allow_patterns=[glob.escape(f) for f in files])
     return getattr(commit, "commit_url", None) or str(commit)

@@ -12,7 +12,6 @@ V codebook size · H, W spatial size (of the image or of the largest latent, as 
 from __future__ import annotations
 
 import functools
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +22,8 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+
+from .strict_loading import StrictLoadingMixin, check_vqvae_config
 
 __all__ = ["MultiScaleVQModel", "MultiScaleVQOutput", "MultiScaleQuantizer"]
 
@@ -383,7 +384,7 @@ def offloaded_entry_point(method):
     return wrapper
 
 
-class MultiScaleVQModel(ModelMixin, ConfigMixin):
+class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""VAR's VQ-VAE with a multi-scale residual quantizer.
 
     Parameters:
@@ -433,16 +434,13 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
         patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
     ):
         super().__init__()
-        _check_positive_ints(vocab_size=vocab_size, latent_channels=latent_channels, ch=ch, num_res_blocks=num_res_blocks)
-        if not ch_mult or any(int(m) < 1 for m in ch_mult):
-            raise ValueError(f"`ch_mult` must be a non-empty sequence of positive ints, got {ch_mult}")
-        if any((ch * m) % 32 for m in ch_mult):
-            raise ValueError(f"`ch` × every `ch_mult` must be a multiple of 32 (GroupNorm groups), got ch={ch}, ch_mult={ch_mult}")
+        check_vqvae_config(
+            vocab_size=vocab_size, latent_channels=latent_channels, ch=ch, ch_mult=ch_mult,
+            num_res_blocks=num_res_blocks, dropout=dropout, using_sa=using_sa, using_mid_sa=using_mid_sa,
+            in_channels=in_channels, beta=beta, using_znorm=using_znorm, quant_conv_kernel_size=quant_conv_kernel_size,
+            quant_resi=quant_resi, share_quant_resi=share_quant_resi, patch_nums=patch_nums,
+        )
         patch_nums = tuple(int(p) for p in patch_nums)
-        if not patch_nums or any(p < 1 for p in patch_nums) or list(patch_nums) != sorted(set(patch_nums)):
-            raise ValueError(f"`patch_nums` must be strictly increasing positive ints, got {patch_nums}")
-        if share_quant_resi < 0:
-            raise ValueError(f"`share_quant_resi` must be >= 0, got {share_quant_resi}")
 
         # 1. encoder and decoder
         dd = dict(ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks, z_channels=latent_channels,
@@ -540,9 +538,3 @@ class MultiScaleVQModel(ModelMixin, ConfigMixin):
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.config.vocab_size):
                 raise ValueError(f"indices of scale {si} must be in [0, {self.config.vocab_size}), got "
                                  f"[{int(idx.min())}, {int(idx.max())}]")
-
-
-def _check_positive_ints(**values: int) -> None:
-    for name, value in values.items():
-        if int(value) != value or value < 1:
-            raise ValueError(f"`{name}` must be a positive int, got {value!r}")

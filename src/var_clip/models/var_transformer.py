@@ -25,10 +25,10 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from ..sampling import pivotal_tokens
+from .strict_loading import CONDITION_TYPES, StrictLoadingMixin, check_transformer_config
 
 __all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache", "LayerKVCache"]
 
-CONDITION_TYPES = ("text", "class")
 
 
 class LayerKVCache:
@@ -253,7 +253,7 @@ class Modulations:
         return Modulations(blocks=[m[:rows] for m in self.blocks], head=self.head[:rows])
 
 
-class VARTransformer2DModel(ModelMixin, ConfigMixin):
+class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     r"""GPT-style next-scale prediction transformer of VAR, conditioned on a text embedding (VAR-CLIP) or a class.
 
     Parameters:
@@ -317,18 +317,17 @@ class VARTransformer2DModel(ModelMixin, ConfigMixin):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
-        if condition_type not in CONDITION_TYPES:
-            raise ValueError(f"`condition_type` must be one of {CONDITION_TYPES}, got {condition_type!r}")
-        if embed_dim % num_heads:
-            raise ValueError(f"`num_heads` ({num_heads}) must divide `embed_dim` ({embed_dim})")
+        # every field checked first, so a corrupted or hostile config.json fails before anything is allocated
+        check_transformer_config(
+            vocab_size=vocab_size, latent_channels=latent_channels, patch_nums=patch_nums, depth=depth,
+            embed_dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, norm_eps=norm_eps, shared_aln=shared_aln,
+            attn_l2_norm=attn_l2_norm, condition_type=condition_type, text_embed_dim=text_embed_dim,
+            cross_attention_dim=cross_attention_dim, num_classes=num_classes, cond_drop_rate=cond_drop_rate,
+            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+        )
+        if vocabulary is not None and not (isinstance(vocabulary, list) and all(isinstance(w, str) for w in vocabulary)):
+            raise ValueError(f"`vocabulary` must be a list of words or None, got {type(vocabulary).__name__}")
         patch_nums = tuple(int(p) for p in patch_nums)
-        if not patch_nums or list(patch_nums) != sorted(set(patch_nums)) or patch_nums[0] < 1:
-            raise ValueError(f"`patch_nums` must be strictly increasing positive ints, got {patch_nums}")
-        if not 0.0 <= cond_drop_rate <= 1.0:
-            raise ValueError(f"`cond_drop_rate` must be in [0, 1], got {cond_drop_rate}")
-        if cross_attention_dim is not None and (condition_type != "text" or int(cross_attention_dim) < 1):
-            raise ValueError("`cross_attention_dim` must be a positive int, and only with `condition_type='text'`; "
-                             f"got {cross_attention_dim!r} with {condition_type!r}")
         D = embed_dim
         init_std = math.sqrt(1 / D / 3)
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from ..utils.device import resolve_device
+from ..utils.files import atomic_write
 
 __all__ = [
     "DEFAULT_CAPTION_MODEL",
@@ -128,16 +128,13 @@ def _check_record(record, path: Path, number: int) -> dict:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)  # the user's umask, not mkstemp's private 0600
 
 
 def _load_image(root: Path, file_name: str) -> Image.Image:

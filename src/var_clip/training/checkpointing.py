@@ -36,6 +36,7 @@ __all__ = [
     "TRAINING_STATE_NAME",
     "checkpoint_step",
     "is_complete_checkpoint",
+    "check_checkpoint_state",
     "list_checkpoints",
     "resolve_resume_checkpoint",
     "save_checkpoint",
@@ -222,6 +223,36 @@ def resolve_resume_checkpoint(output_dir: str | os.PathLike, resume_from_checkpo
         raise ValueError(f"`--resume_from_checkpoint` {resume_from_checkpoint!r} is not a complete checkpoint folder "
                          f"(a 'checkpoint-<step>' folder with {TRAINING_STATE_NAME}); pass 'latest' or such a folder")
     return path
+
+
+def check_checkpoint_state(path: str | os.PathLike, state: Any, max_train_steps: int | None = None) -> int:
+    """Validate a checkpoint's ``training_state.json`` before resuming from it; returns its step.
+
+    A ``checkpoint-N`` folder must record step N (a renamed or edited folder would otherwise resume at a step it
+    does not hold), within ``[0, max_train_steps]``, at a data position of non-negative ints.
+    """
+    path = Path(path)
+    where = f"`--resume_from_checkpoint` {str(path)!r}"
+    if not isinstance(state, dict):
+        raise ValueError(f"{where}: {TRAINING_STATE_NAME} is not a JSON object")
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        raise ValueError(f"{where}: {TRAINING_STATE_NAME} records step {step!r}, not an int")
+    folder_step = checkpoint_step(path)
+    if folder_step is not None and step != folder_step:
+        raise ValueError(f"{where}: the folder is named for step {folder_step} but {TRAINING_STATE_NAME} records "
+                         f"step {step}; the checkpoint was renamed or edited, resume from another one")
+    if step < 0 or (max_train_steps is not None and step > max_train_steps):
+        bound = "" if max_train_steps is None else f", {max_train_steps}"
+        raise ValueError(f"{where}: records step {step}, outside [0{bound}] (`--max_train_steps` {max_train_steps}); "
+                         f"resume from another checkpoint or raise --max_train_steps")
+    position = state.get("position")
+    if not isinstance(position, dict) or not all(
+            isinstance(position.get(k), int) and not isinstance(position.get(k), bool) and position[k] >= 0
+            for k in ("epoch", "batch_index")):
+        raise ValueError(f"{where}: {TRAINING_STATE_NAME} records the data position {position!r}, not "
+                         f"{{'epoch': int >= 0, 'batch_index': int >= 0}}")
+    return step
 
 
 def rotate_checkpoints(output_dir: str | os.PathLike, total_limit: int | None) -> list[Path]:

@@ -16,7 +16,9 @@ Legend: B batch · H, W image size · N dataset size.
 
 from __future__ import annotations
 
+import json
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -131,9 +133,14 @@ def load_image_caption_dataset(
         data_dir = Path(data_dir)
         if not data_dir.is_dir():
             raise ValueError(f"`data_dir` {str(data_dir)!r} is not a folder")
-        dataset = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train",
-                                        cache_dir=None if cache_dir is None else str(cache_dir),
-                                        drop_labels=False if condition == "class" else None)
+        _check_metadata_files(data_dir)
+        try:
+            dataset = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train",
+                                            cache_dir=None if cache_dir is None else str(cache_dir),
+                                            drop_labels=False if condition == "class" else None)
+        except FileNotFoundError:  # datasets' EmptyDatasetError: no image files at all
+            raise ValueError(f"`data_dir` {str(data_dir)!r} holds no images (an imagefolder needs image files next "
+                             f"to its metadata.jsonl)") from None
         renames = {image_column: "image", caption_column: "text", label_column: "label"}
         for old, new in renames.items():
             if old != new and old in dataset.column_names:
@@ -142,6 +149,9 @@ def load_image_caption_dataset(
             raise ValueError(f"`image_column` {image_column!r} is not a column of {str(data_dir)!r} "
                              f"(columns: {dataset.column_names})")
 
+    if len(dataset) == 0:
+        source = f"`data_dir` {str(data_dir)!r}" if data_dir is not None else f"`caption_file` {str(caption_file)!r}"
+        raise ValueError(f"{source} holds no images (an imagefolder needs image files next to its metadata.jsonl)")
     needed = {"text": "text", "class": "label", None: "image"}[condition]
     if needed not in dataset.column_names:
         what = ("captions: `metadata.jsonl` lines with `file_name` and `text` (or set `caption_column`)"
@@ -150,6 +160,24 @@ def load_image_caption_dataset(
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
     return dataset
+
+
+def _check_metadata_files(data_dir: Path) -> None:
+    """Parse every ``metadata.jsonl`` under ``data_dir`` first: `datasets` reports a bad line without its file or
+    line number."""
+    for path in sorted(data_dir.rglob("metadata.jsonl")):
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line_number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except ValueError as error:
+                    raise ValueError(f"{path} line {line_number} is not JSON ({error.msg}): {line.strip()[:120]!r}"
+                                     ) from None
+                if not isinstance(record, dict) or "file_name" not in record:
+                    raise ValueError(f"{path} line {line_number} is not an object with a `file_name`: "
+                                     f"{line.strip()[:120]!r}")
 
 
 def _index_all(values: list[str], names: list[str]) -> list[int]:
@@ -245,11 +273,32 @@ class ImageCaptionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def image_path(self, index: int) -> str:
+        """Where sample ``index``'s image comes from (for error messages), without decoding it."""
+        import datasets
+
+        try:
+            undecoded = self.dataset.cast_column("image", datasets.Image(decode=False))[index]["image"]
+            return str(undecoded.get("path") or f"sample {index} (embedded bytes)")
+        except Exception:  # noqa: BLE001 - only for a message: never hide the original error
+            return f"sample {index}"
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, epoch = (key, 0) if isinstance(key, int) else key
-        row = self.dataset[int(index)]
         rng = np.random.default_rng([self.seed, int(epoch), int(index)]) if self.transform.is_random else None
-        example: dict[str, Any] = {"index": int(index), "pixel_values": self.transform(row["image"], rng)}
+        try:
+            # a decompression bomb (more pixels than PIL's Image.MAX_IMAGE_PIXELS) is an error, not a warning
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                row = self.dataset[int(index)]
+                pixel_values = self.transform(row["image"], rng)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+            hint = ""
+            if isinstance(error, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+                hint = " (a possible decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS only for images you trust)"
+            raise ValueError(f"training image {self.image_path(int(index))} (sample {index}) cannot be used: "
+                             f"{' '.join(str(error).split()) or type(error).__name__}{hint}") from None
+        example: dict[str, Any] = {"index": int(index), "pixel_values": pixel_values}
         if self.has_text:
             example["text"] = row["text"]
         if self.has_label:

@@ -24,8 +24,17 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..utils.files import (
+    MARKER_NAME,
+    check_replaceable,
+    hold_lock,
+    release_lock,
+    resolve_output_dir,
+    write_marker,
+)
 from .checkpointing import (
     capture_rng_state,
+    check_checkpoint_state,
     list_checkpoints,
     load_checkpoint,
     publish_folder,
@@ -43,6 +52,8 @@ __all__ = [
     "add_data_arguments",
     "add_training_arguments",
     "check_training_arguments",
+    "claim_output_dir",
+    "release_output_dir",
     "configure_logging",
     "create_accelerator",
     "build_optimizer",
@@ -206,7 +217,7 @@ def create_accelerator(args: argparse.Namespace, project_name: str):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    output_dir = Path(args.output_dir)
+    output_dir = resolve_output_dir(args.output_dir, "--output_dir")
     project_config = ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs"))
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -218,7 +229,7 @@ def create_accelerator(args: argparse.Namespace, project_name: str):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        claim_output_dir(output_dir)
     if args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.tracker_project_name or project_name, config=config)
@@ -353,11 +364,38 @@ def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path)
                              "accumulation (or start a new --output_dir)")
 
 
+def claim_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir") -> Path:
+    """Make ``output_dir`` this run's (main process): refuse a folder var-clip did not write (the user's files are at
+    stake: the final export replaces entries of the same name), take its lock (one writer per folder) and mark it.
+
+    The lock is released by :func:`release_output_dir` (at the end of :func:`run_training`), when a ``var-clip``
+    command ends, or when the process exits.
+    """
+    output_dir = resolve_output_dir(output_dir, flag)
+    check_replaceable(output_dir, flag)
+    hold_lock(output_dir, flag)
+    if not (output_dir / MARKER_NAME).exists():
+        write_marker(output_dir, "training")
+    return output_dir
+
+
+def release_output_dir(output_dir: str | os.PathLike) -> None:
+    release_lock(Path(output_dir).expanduser().resolve())
+
+
 def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> TrainingResult:
     """Train ``task.model`` for ``--max_train_steps`` optimizer steps (or ``--num_train_epochs``), resumably.
 
-    Returns the output folder, the final step and the losses logged by this call (one per optimizer step).
+    Returns the output folder, the final step and the losses logged by this call (one per optimizer step). The
+    output folder's lock (taken by :func:`create_accelerator`) is released when it returns or fails.
     """
+    try:
+        return _train(args, accelerator, task)
+    finally:
+        release_output_dir(args.output_dir)
+
+
+def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> TrainingResult:
     from accelerate.utils import DistributedType
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
@@ -406,9 +444,13 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
     signature = _signature(args, sampler)
     if checkpoint is not None:
         saved = json.loads((checkpoint / "training_state.json").read_text(encoding="utf-8"))
+        check_checkpoint_state(checkpoint, saved, max_steps)
         _check_signature(saved, signature, checkpoint)
         state = load_checkpoint(accelerator, checkpoint, task.generators, ema)
         global_step, position = int(state["step"]), DataPosition.from_dict(state["position"])
+        if position.batch_index >= sampler.batches_per_epoch:
+            raise ValueError(f"`--resume_from_checkpoint` {str(checkpoint)!r} records batch {position.batch_index} "
+                             f"of an epoch of {sampler.batches_per_epoch} batches")
         log.truncate_after(global_step)
         _log_main("resumed from %s at step %d (epoch %d, batch %d)", checkpoint, global_step, position.epoch,
                   position.batch_index)

@@ -1,0 +1,534 @@
+"""Nothing lost, nothing leaked: every refusal leaves the user's files as they were, every error is one line.
+
+One section per defect class: destructive output folders, publishing, concurrent writers, tampered checkpoints,
+configs that disagree with their weights, one-line errors at the edges, output files.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from huggingface_hub import HfApi
+
+import var_clip.hub as hub
+from var_clip import MultiScaleVQModel, VARTransformer2DModel
+from var_clip.cli import describe_failure, main
+from var_clip.models.strict_loading import ConfigMismatchError, StrictLoadingMixin, check_transformer_config
+from var_clip.training import train_vqvae
+from var_clip.training.checkpointing import check_checkpoint_state
+from var_clip.training.data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset
+from var_clip.training.engine import claim_output_dir, release_output_dir
+from var_clip.utils.files import (
+    LOCK_NAME,
+    MARKER_NAME,
+    OutputLock,
+    OutputLockedError,
+    UnsafeOutputError,
+    check_replaceable,
+    resolve_output_dir,
+    save_image,
+)
+
+from .conftest import REPO, make_tiny_transformer, make_tiny_vqvae
+from .original_layout import transformer_to_original, vqvae_to_original
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "conversion_scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+convert_var_clip = _script("convert_var_clip_to_diffusers")
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its content: what "nothing was changed" compares."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes().hex() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _user_folder(folder: Path) -> dict[str, str]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "thesis.tex").write_text("\\chapter{Four years of work}")
+    (folder / "sub").mkdir(exist_ok=True)
+    (folder / "sub" / "main.py").write_text("print('mine')")
+    return _tree(folder)
+
+
+def _one_line_error(err: str) -> None:
+    assert err.count("\n") == 1 and "error" in err and "Traceback" not in err, err
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("original")
+    torch.save({"trainer": {"var_wo_ddp": transformer_to_original(make_tiny_transformer())}}, folder / "var.pth")
+    torch.save(vqvae_to_original(make_tiny_vqvae()), folder / "vae.pth")
+    return folder / "var.pth", folder / "vae.pth"
+
+
+def _convert(checkpoints, output_dir, *extra, capsys):
+    var_path, vae_path = checkpoints
+    rc = convert_var_clip.main(["--var_checkpoint", str(var_path), "--vae_checkpoint", str(vae_path),
+                                "--output_dir", str(output_dir), "--text_encoder", "none", "--skip_check", *extra])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data loss: --overwrite replaces only a folder var-clip wrote
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output_dir", [".", "", "./", "sub/.."])
+def test_conversion_refuses_the_current_folder_and_empty_paths(output_dir, checkpoints, tmp_path, capsys,
+                                                               monkeypatch):
+    before = _user_folder(tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "work")
+    rc, _, err = _convert(checkpoints, output_dir, "--overwrite", capsys=capsys)
+    assert rc == 1 and "output_dir" in err
+    assert "current folder" in err or "empty path" in err
+    _one_line_error(err)
+    assert _tree(tmp_path / "work") == before  # thesis.tex and sub/main.py are still there, unchanged
+
+
+def test_conversion_refuses_home_root_and_their_parents(checkpoints, tmp_path, capsys, monkeypatch):
+    home = tmp_path / "home" / "me"
+    before = _user_folder(home)
+    monkeypatch.setenv("HOME", str(home))
+    for output_dir, what in (("~", "home folder"), (str(home.parent), "home folder or holds it"), ("/", "root")):
+        rc, _, err = _convert(checkpoints, output_dir, "--overwrite", capsys=capsys)
+        assert rc == 1 and what in err, err
+    assert _tree(home) == before
+
+
+def test_overwrite_refuses_a_folder_var_clip_did_not_write(checkpoints, tmp_path, capsys):
+    before = _user_folder(tmp_path / "papers")
+    rc, _, err = _convert(checkpoints, tmp_path / "papers", "--overwrite", capsys=capsys)
+    assert rc == 1 and "not a folder var-clip wrote" in err and "thesis.tex" in err and "sub/" in err
+    _one_line_error(err)
+    assert _tree(tmp_path / "papers") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["papers"]  # no staging left behind
+
+    # a pipeline folder with a user's file inside a component: refused too
+    rc, _, err = _convert(checkpoints, tmp_path / "pipe", capsys=capsys)
+    assert rc == 0, err
+    (tmp_path / "pipe" / "vqvae" / "notes.tex").write_text("mine")
+    rc, _, err = _convert(checkpoints, tmp_path / "pipe", "--overwrite", capsys=capsys)
+    assert rc == 1 and "vqvae/notes.tex" in err
+    assert (tmp_path / "pipe" / "vqvae" / "notes.tex").read_text() == "mine"
+
+
+def test_symlinked_output_folder_is_resolved_and_reported(checkpoints, tmp_path, capsys):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    rc, out, err = _convert(checkpoints, tmp_path / "link", capsys=capsys)
+    assert rc == 0, err
+    assert f"resolves to {tmp_path / 'real'}" in out and f"wrote {tmp_path / 'real'}" in out
+    assert (tmp_path / "real" / "model_index.json").exists() and (tmp_path / "link").is_symlink()
+
+
+def test_check_replaceable_accepts_what_var_clip_writes(tmp_path):
+    folder = tmp_path / "run"
+    (folder / "checkpoint-4").mkdir(parents=True)
+    for name in ("model.safetensors", "optimizer.bin", "random_states_0.pkl", "training_state.json"):
+        (folder / "checkpoint-4" / name).write_text("x")
+    (folder / "samples").mkdir()
+    (folder / "train_log.jsonl").write_text("")
+    (folder / "config.json").write_text("{}")
+    (folder / "diffusion_pytorch_model.safetensors").write_text("")
+    check_replaceable(folder, "--output_dir")
+    (folder / "checkpoint-4" / "thesis.tex").write_text("mine")
+    with pytest.raises(UnsafeOutputError, match=r"checkpoint-4/thesis.tex"):
+        check_replaceable(folder, "--output_dir")
+    with pytest.raises(UnsafeOutputError, match="--output_dir must name a folder"):
+        resolve_output_dir("  ", "--output_dir")
+
+
+def test_trainer_refuses_a_foreign_output_folder_and_writes_nothing(tmp_path, capsys, fresh_accelerate_state):
+    before = _user_folder(tmp_path / "papers")
+    rc = main(["train-vqvae", "--train_data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "papers"),
+               "--max_train_steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "not a folder var-clip wrote" in err and "thesis.tex" in err
+    assert _tree(tmp_path / "papers") == before
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Leak: publishing publishes only what is inside, and no pickles
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published(checkpoints, tmp_path, capsys, monkeypatch):
+    """A converted folder with a card, and the Hub calls a push would make."""
+    rc, _, err = _convert(checkpoints, tmp_path / "pipe", capsys=capsys)
+    assert rc == 0, err
+    (tmp_path / "pipe" / "README.md").write_text("# card\n")
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create_repo", repo_id)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload_folder", kw)) or "ok")
+    return types.SimpleNamespace(folder=tmp_path / "pipe", calls=calls)
+
+
+def test_push_refuses_symlinks_leaving_the_folder(published, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("hf_token=abc")
+    (published.folder / "transformer" / "notes.json").symlink_to(secret)
+    (published.folder / "extra").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(ValueError, match=r"symlinks to outside the folder \['extra', 'transformer/notes.json'\]"):
+        hub.push_pipeline_to_hub(published.folder, "someone/repo")
+    assert published.calls == []  # nothing was asked of the Hub, so nothing was uploaded
+
+
+@pytest.mark.parametrize("name,write", [
+    ("transformer/weights.BIN", lambda p: torch.save({"w": torch.zeros(2)}, p)),
+    ("transformer/legacy.data", lambda p: torch.save({"w": torch.zeros(2)}, p, _use_new_zipfile_serialization=False)),
+    ("vqvae/codes.npy", lambda p: np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)),
+    ("vqvae/state.json", lambda p: Path(p).write_bytes(__import__("pickle").dumps({"a": 1}, protocol=0))),
+])
+def test_push_finds_pickles_by_content_not_suffix(name, write, published):
+    write(published.folder / name)
+    with pytest.raises(ValueError, match="pickle-format files") as info:
+        hub.push_pipeline_to_hub(published.folder, "someone/repo")
+    assert name in str(info.value) and published.calls == []
+
+
+def test_push_uploads_exactly_the_checked_files(published):
+    assert hub.push_pipeline_to_hub(published.folder, "someone/repo") == "ok"
+    upload = published.calls[-1][1]
+    assert MARKER_NAME not in [p.replace("[[]", "[") for p in upload["allow_patterns"]]
+    assert "model_index.json" in upload["allow_patterns"]
+    assert not hub.is_pickle_file(published.folder / "vqvae" / "diffusion_pytorch_model.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Concurrent runs: one writer per output folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _lock_held_by(folder: Path, pid: int, host: str | None = None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host or socket.gethostname()}))
+
+
+def test_second_trainer_on_one_output_dir_is_refused(tmp_path, capsys, fresh_accelerate_state):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock_held_by(tmp_path / "run", holder.pid)
+        rc = main(["train-vqvae", "--train_data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"),
+                   "--max_train_steps", "1"])
+        err = capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+    assert rc == 1 and f"pid {holder.pid} on host {socket.gethostname()}" in err
+    _one_line_error(err)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [LOCK_NAME]  # no log, no checkpoint, no marker
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _lock_held_by(tmp_path / "run", dead.pid)
+    folder = claim_output_dir(tmp_path / "run")
+    try:
+        assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert (folder / MARKER_NAME).exists()
+    finally:
+        release_output_dir(folder)
+    assert not (folder / LOCK_NAME).exists()
+    # a lock from another host is never taken over: its pid means nothing here
+    _lock_held_by(tmp_path / "other", 12345, host="elsewhere")
+    with pytest.raises(OutputLockedError, match="host elsewhere.*delete the lock file"):
+        OutputLock(tmp_path / "other").acquire()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tampered checkpoint state
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("folder,step,max_steps,match", [
+    ("checkpoint-2", -2, 10, "named for step 2 but"),
+    ("checkpoint--2", -2, 10, r"outside \[0, 10\]"),
+    ("checkpoint-2", 2, 1, r"outside \[0, 1\]"),
+    ("checkpoint-99999999999", 99999999999, 10, "outside"),
+    ("checkpoint-2", "2", 10, "not an int"),
+    ("checkpoint-2", True, 10, "not an int"),
+])
+def test_checkpoint_state_is_checked_against_its_folder_and_the_run(folder, step, max_steps, match, tmp_path):
+    state = {"step": step, "position": {"epoch": 0, "batch_index": 0}, "complete": True}
+    with pytest.raises(ValueError, match=match):
+        check_checkpoint_state(tmp_path / folder, state, max_steps)
+    state["step"] = 2
+    state["position"] = {"epoch": -1, "batch_index": 0}
+    with pytest.raises(ValueError, match="data position"):
+        check_checkpoint_state(tmp_path / "checkpoint-2", state, 10)
+
+
+def test_resume_from_a_tampered_checkpoint_is_refused(tmp_path, fresh_accelerate_state):
+    from var_clip.shapes_world import generate_dataset
+
+    from .test_training import TINY_VQVAE
+
+    data = generate_dataset(tmp_path / "shapes", 8, seed=0, show_progress=False)
+    argv = ["--train_data_dir", str(data), "--output_dir", str(tmp_path / "run"), "--dataset_cache_dir",
+            str(tmp_path / "hf"), "--max_train_steps", "2", "--train_batch_size", "4", "--learning_rate", "1e-3",
+            "--checkpointing_steps", "1", "--no_progress_bar", "--num_validation_images", "0", *TINY_VQVAE]
+    assert train_vqvae.main(argv) == 0
+    state_file = tmp_path / "run" / "checkpoint-2" / "training_state.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps(dict(state, step=-2)))
+    before = _tree(tmp_path / "run")
+    with pytest.raises(ValueError, match="named for step 2 but training_state.json records step -2"):
+        train_vqvae.main([*argv, "--resume_from_checkpoint", "latest"])
+    assert _tree(tmp_path / "run") == before  # no checkpoint--2, no log lines, the model untouched
+    assert not (tmp_path / "run" / LOCK_NAME).exists()  # and the lock was released
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Strict loading and validated configs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _edit_config(folder: Path, **changes) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"num_res_blocks": 2}, "missing from the weights"),  # one block more: would stay random
+    ({"share_quant_resi": 2}, r"in the weights but not in the model .*quantize.phis.2"),  # fewer φs: dropped
+    ({"latent_channels": 16}, "expected shape"),
+])
+def test_vqvae_whose_config_disagrees_with_its_weights_fails_to_load(changes, match, tmp_path):
+    make_tiny_vqvae().save_pretrained(tmp_path)
+    MultiScaleVQModel.from_pretrained(tmp_path)  # agreeing: loads
+    _edit_config(tmp_path, **changes)
+    with pytest.raises(ConfigMismatchError, match=match):
+        MultiScaleVQModel.from_pretrained(tmp_path)
+
+
+def test_strict_loading_mixin_on_the_transformer(tmp_path):
+    class StrictTransformer(StrictLoadingMixin, VARTransformer2DModel):
+        pass
+
+    make_tiny_transformer().save_pretrained(tmp_path)
+    model, info = StrictTransformer.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == [] and model.config.depth == 2
+    _edit_config(tmp_path, depth=1)  # one block fewer: its weights would be dropped
+    with pytest.raises(ConfigMismatchError, match=r"in the weights but not in the model.*blocks\.1\."):
+        StrictTransformer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"quant_resi": math.nan}, "quant_resi"),  # NaN would silently turn φ off
+    ({"beta": math.inf}, "beta"),
+    ({"vocab_size": 10**12}, "vocab_size"),
+    ({"ch_mult": [1, 2, 10**6]}, "ch_mult"),
+    ({"patch_nums": [1, 2, 2]}, "strictly increasing"),
+    ({"quant_conv_kernel_size": 2}, "odd"),
+    ({"using_sa": "no"}, "using_sa"),
+    ({"dropout": 1.0}, "dropout"),
+])
+def test_vqvae_config_is_validated_before_allocating(changes, match):
+    kwargs = dict(vocab_size=64, latent_channels=8, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, patch_nums=(1, 2, 4))
+    kwargs.update(changes)
+    with pytest.raises(ValueError, match=match):
+        MultiScaleVQModel(**kwargs)
+
+
+TRANSFORMER_CONFIG = dict(vocab_size=64, latent_channels=8, patch_nums=(1, 2, 3, 4), depth=2, embed_dim=32,
+                          num_heads=2, mlp_ratio=4.0, norm_eps=1e-6, shared_aln=False, attn_l2_norm=True,
+                          condition_type="text", text_embed_dim=16, cross_attention_dim=None, num_classes=1000,
+                          cond_drop_rate=0.1, drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0)
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"mlp_ratio": math.nan}, "mlp_ratio"),
+    ({"norm_eps": 0.0}, "norm_eps"),
+    ({"cond_drop_rate": math.nan}, "cond_drop_rate"),
+    ({"depth": 0}, "depth"),
+    ({"depth": 10**6}, "depth"),
+    ({"embed_dim": 30, "num_heads": 4}, "must divide"),
+    ({"embed_dim": 16384, "depth": 512}, "parameters"),
+    ({"patch_nums": [1, 2, 4096]}, "patch_nums"),
+    ({"condition_type": "image"}, "condition_type"),
+    ({"cross_attention_dim": 8, "condition_type": "class"}, "cross_attention_dim"),
+    ({"shared_aln": 1}, "shared_aln"),
+    ({"vocab_size": 64.5}, "vocab_size"),
+])
+def test_check_transformer_config(changes, match):
+    check_transformer_config(**TRANSFORMER_CONFIG)
+    with pytest.raises(ValueError, match=match):
+        check_transformer_config(**dict(TRANSFORMER_CONFIG, **changes))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One-line errors at the edges
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model_dir(tiny_pipe, tmp_path):
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    return str(tmp_path / "pipe")
+
+
+def test_unreachable_hub_is_one_line(tmp_path, capsys, monkeypatch):
+    import requests
+
+    def model_info(self, repo_id, **kwargs):
+        raise requests.exceptions.ConnectionError("Max retries exceeded with url: /api/models/owner/name")
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    rc = main(["generate", "x", "--model", "owner/name", "-o", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Hugging Face Hub cannot be reached" in err and "HF_HUB_OFFLINE=1" in err
+    _one_line_error(err)
+    with pytest.raises(requests.exceptions.ConnectionError):  # --debug: the traceback
+        main(["generate", "x", "--model", "owner/name", "-o", str(tmp_path / "o.png"), "--debug"])
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_output_path_is_checked_before_any_compute(model_dir, tmp_path, capsys, monkeypatch):
+    import var_clip.cli as cli
+
+    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "folder.png").mkdir()
+    for output, code, message in ((tmp_path / "missing" / "o.png", 1, "does not exist"),
+                                  (tmp_path / "folder.png", 1, "is a folder"),
+                                  (tmp_path / "o.gif2", 2, "must end with one of")):
+        rc = main(["generate", "x", "--model", model_dir, "-o", str(output)])
+        err = capsys.readouterr().err
+        assert rc == code and message in err and "--output" in err, err
+        _one_line_error(err)
+    rc = main(["generate", "x", "--model", model_dir, "-o", str(tmp_path / "o.png"), "--save-progress",
+               str(tmp_path / "missing" / "p.png")])
+    assert rc == 1 and "--save-progress" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder.png", "pipe"]
+
+
+def test_decompression_bomb_and_truncated_inputs_are_one_line(model_dir, tmp_path, capsys, monkeypatch):
+    PIL.Image.new("RGB", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)
+    rc = main(["img2img", "x", "--model", model_dir, "--image", str(tmp_path / "big.png"), "-o",
+               str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--image" in err and "decompression bomb" in err and "MAX_IMAGE_PIXELS" in err
+    _one_line_error(err)
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_expected_failure_kinds_name_cause_and_fix():
+    missing = ModuleNotFoundError("No module named 'tensorboard'", name="tensorboard")
+    assert "pip install 'var-clip[train]'" in describe_failure(missing)
+    assert "fewer images" in describe_failure(MemoryError())
+    assert "thesis.tex" in describe_failure(PermissionError(13, "Permission denied", "/x/thesis.tex"))
+    assert describe_failure(KeyError("bug")) is None  # an unexpected error keeps its traceback
+
+
+def test_delegated_failures_exit_1_with_one_line(capsys, monkeypatch):
+    import var_clip.training.train_clip as train_clip
+
+    def needs_datasets(argv):
+        raise ModuleNotFoundError("No module named 'datasets'", name="datasets")
+
+    monkeypatch.setattr(train_clip, "main", needs_datasets)
+    assert main(["train-clip", "--output_dir", "x"]) == 1
+    err = capsys.readouterr().err
+    assert "missing optional dependency: datasets" in err and "pip install" in err
+    _one_line_error(err)
+
+
+def _imagefolder(folder: Path, lines: list[str], images: dict[str, PIL.Image.Image]) -> Path:
+    folder.mkdir(parents=True)
+    for name, image in images.items():
+        image.save(folder / name)
+    (folder / "metadata.jsonl").write_text("".join(line + "\n" for line in lines))
+    return folder
+
+
+def test_training_data_errors_name_the_file_and_line(tmp_path, monkeypatch):
+    good = '{"file_name": "a.png", "text": "a red circle"}'
+    bad = _imagefolder(tmp_path / "bad", [good, '{"file_name": "b.png", "text": '], {"a.png": PIL.Image.new("RGB", (8, 8))})
+    with pytest.raises(ValueError, match=r"bad/metadata.jsonl line 2 is not JSON"):
+        load_image_caption_dataset(bad, cache_dir=tmp_path / "cache")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds no images"):
+        load_image_caption_dataset(tmp_path / "empty", cache_dir=tmp_path / "cache")
+
+    images = {"a.png": PIL.Image.new("RGB", (32, 32), "red"), "b.png": PIL.Image.new("RGB", (32, 32))}
+    folder = _imagefolder(tmp_path / "cut", [good, '{"file_name": "b.png", "text": "x"}'], images)
+    data = (folder / "b.png").read_bytes()
+    (folder / "b.png").write_bytes(data[: len(data) // 2])  # truncated
+    examples = ImageCaptionDataset(load_image_caption_dataset(folder, cache_dir=tmp_path / "cache"), ImageTransform(8))
+    order = {examples.image_path(i): i for i in range(2)}
+    examples[order[str(folder / "a.png")]]
+    with pytest.raises(ValueError, match=r"training image .*cut/b.png \(sample \d\) cannot be used: .*truncated"):
+        examples[order[str(folder / "b.png")]]
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 600)  # a 32×32 image is now a bomb (> 1×, < 2× the limit)
+    with pytest.raises(ValueError, match=r"cut/a.png .*decompression bomb"):
+        examples[order[str(folder / "a.png")]]
+
+
+def test_trainer_data_error_is_one_line(tmp_path, capsys, fresh_accelerate_state):
+    _imagefolder(tmp_path / "data", ['{"file_name": "a.png", "text": "x"}', "not json"],
+                 {"a.png": PIL.Image.new("RGB", (8, 8))})
+    rc = main(["train-vqvae", "--train_data_dir", str(tmp_path / "data"), "--output_dir", str(tmp_path / "run"),
+               "--max_train_steps", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "metadata.jsonl line 2 is not JSON" in err
+    _one_line_error(err)
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Output files: the user's permissions, atomic, in the format the suffix names
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_output_files_respect_umask_and_suffix(model_dir, tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert main(["generate", "x", "--model", model_dir, "-o", str(tmp_path / "o.jpg")]) == 0
+        assert main(["generate", "x", "--model", model_dir, "-o", str(tmp_path / "o.png")]) == 0
+    finally:
+        os.umask(previous)
+    for name, image_format, magic in (("o.jpg", "JPEG", b"\xff\xd8"), ("o.png", "PNG", b"\x89PNG")):
+        path = tmp_path / name
+        assert (path.stat().st_mode & 0o777) == 0o644  # like any file of the user's, not mkstemp's 0600
+        assert path.read_bytes().startswith(magic) and PIL.Image.open(path).format == image_format
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.jpg", "o.png", "pipe"]  # no temporary files left
+
+
+def test_a_failed_write_leaves_the_previous_file(tmp_path):
+    path = tmp_path / "o.png"
+    PIL.Image.new("RGB", (4, 4), "red").save(path)
+    before = path.read_bytes()
+
+    class Broken:
+        mode = "RGB"
+
+        def save(self, *args, **kwargs):
+            Path(args[0]).write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        save_image(Broken(), path)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["o.png"]
