@@ -25,7 +25,7 @@ from huggingface_hub import HfApi
 import var_clip.hub as hub
 from var_clip import MultiScaleVQModel, VARTransformer2DModel
 from var_clip.cli import describe_failure, main
-from var_clip.models.strict_loading import ConfigMismatchError, StrictLoadingMixin, check_transformer_config
+from var_clip.models.strict_loading import ConfigMismatchError, check_transformer_config
 from var_clip.training import train_vqvae
 from var_clip.training.checkpointing import check_checkpoint_state
 from var_clip.training.data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset
@@ -324,16 +324,16 @@ def test_vqvae_whose_config_disagrees_with_its_weights_fails_to_load(changes, ma
         MultiScaleVQModel.from_pretrained(tmp_path)
 
 
-def test_strict_loading_mixin_on_the_transformer(tmp_path):
-    class StrictTransformer(StrictLoadingMixin, VARTransformer2DModel):
-        pass
-
+def test_the_transformer_loads_strictly(tmp_path):
     make_tiny_transformer().save_pretrained(tmp_path)
-    model, info = StrictTransformer.from_pretrained(tmp_path, output_loading_info=True)
+    model, info = VARTransformer2DModel.from_pretrained(tmp_path, output_loading_info=True)
     assert info["missing_keys"] == [] and model.config.depth == 2
     _edit_config(tmp_path, depth=1)  # one block fewer: its weights would be dropped
     with pytest.raises(ConfigMismatchError, match=r"in the weights but not in the model.*blocks\.1\."):
-        StrictTransformer.from_pretrained(tmp_path)
+        VARTransformer2DModel.from_pretrained(tmp_path)
+    _edit_config(tmp_path, depth=2, cross_attention_dim=8)  # cross-attention the weights do not have
+    with pytest.raises(ConfigMismatchError, match=r"missing from the weights.*cross_attn"):
+        VARTransformer2DModel.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("changes,match", [

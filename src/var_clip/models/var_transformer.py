@@ -25,7 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from ..sampling import pivotal_tokens
-from .strict_loading import CONDITION_TYPES, StrictLoadingMixin, check_transformer_config
+from .strict_loading import StrictLoadingMixin, check_transformer_config
 
 __all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache", "LayerKVCache"]
 
