@@ -32,8 +32,9 @@ setup(
         "jinja2>=3",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=2.20"],
+        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7"],
         "train": ["datasets>=2.20", "tensorboard>=2.15"],
+        "analysis": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[

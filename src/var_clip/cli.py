@@ -28,6 +28,8 @@ DELEGATED = {
     "train-var": ("var_clip.training.train_var", "train the VAR-CLIP transformer on a frozen VQ-VAE and CLIP"),
     "caption": ("var_clip.training.captioning", "caption a folder of images with an image-to-text model (BLIP-2)"),
     "word-position": ("var_clip.analysis.word_position", "how a word's position in a caption steers CLIP guidance"),
+    "phrase-position": ("var_clip.analysis.phrase_position",
+                        "whole-caption accuracy while a key phrase moves through the caption (shapes world)"),
     "eval-shapes": ("var_clip.evaluation", "faithfulness report on the shapes world (accuracy per attribute)"),
 }
 
@@ -40,7 +42,7 @@ class CLIError(Exception):
 
 # Optional packages → what installs them.
 INSTALL_HINTS = {"datasets": "pip install 'var-clip[train]'", "tensorboard": "pip install 'var-clip[train]'",
-                 "matplotlib": "pip install matplotlib", "accelerate": "pip install accelerate"}
+                 "matplotlib": "pip install 'var-clip[analysis]'", "accelerate": "pip install accelerate"}
 # Exception classes from these packages' modules are network failures (huggingface_hub's transport raises httpx's
 # or requests' errors, which are not OSError).
 _NETWORK_MODULES = ("httpx", "httpx2", "requests", "urllib3", "huggingface_hub")
