@@ -262,3 +262,27 @@ def test_regional_compilation_gives_the_same_images(tiny_pipe):
             torch.testing.assert_close(got[:1], expected, atol=1e-5, rtol=0)
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("fixture", ["tiny_pipe", "tiny_token_pipe"])
+def test_regional_compilation_compiles_each_region_at_most_twice(fixture, request):
+    """Over whole generations at several batch sizes, with and without guidance, each compiled region (the
+    transformer block, the decoder) compiles once and recompiles at most once (dynamo specialises sizes of 1: the
+    first scale's single token, a decoder batch of one image). A transformer batch of a single row (one image
+    without guidance) would be one more specialisation, so it is not part of this sequence."""
+    pipe = request.getfixturevalue(fixture)
+    torch._dynamo.reset()
+    graphs: dict[str, int] = {}
+
+    def counting_backend(gm, example_inputs):
+        region = "decoder" if any("conv" in str(n.target) for n in gm.graph.nodes) else "transformer block"
+        graphs[region] = graphs.get(region, 0) + 1
+        return gm.forward
+
+    pipe.compile_repeated_blocks(backend=counting_backend)
+    try:
+        for batch, guidance in ((1, 3.0), (2, 3.0), (3, 0.0), (2, 0.0), (4, 3.0), (1, 5.0)):
+            pipe(["a red circle"] * batch, generator=gen(0), guidance_scale=guidance, output_type="pt")
+    finally:
+        torch._dynamo.reset()
+    assert set(graphs) == {"decoder", "transformer block"} and max(graphs.values()) <= 2, graphs

@@ -412,7 +412,9 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     # The codebook search and the residual accumulation stay in float32 under `dtype=torch.bfloat16`:
     # nearest-neighbour indices are exact only at full precision.
     _keep_in_fp32_modules = ["quantize"]
-    _repeated_blocks = ["ResnetBlock", "AttnBlock"]
+    # regional compilation compiles the decoder as one region: its residual blocks differ in width, and a graph per
+    # width would mean a recompilation per block (compiled weights have static shapes); the encoder runs only to edit
+    _repeated_blocks = ["Decoder"]
 
     @register_to_config
     def __init__(
@@ -486,6 +488,8 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         dtype = self.decoder.norm_out.weight.dtype
         # channels-last activations: oneDNN's convolutions run faster on NHWC on CPU; the values are unchanged
         f = f_hat_BChw.to(dtype=dtype, memory_format=torch.channels_last)
+        if f.shape[0] > 1:  # a compiled decoder: one graph for every batch size above one
+            torch._dynamo.maybe_mark_dynamic(f, 0)
         return self.decoder(self.post_quant_conv(f)).clamp(-1, 1).contiguous()
 
     @torch.no_grad()

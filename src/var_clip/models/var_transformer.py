@@ -31,6 +31,17 @@ __all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache", "LayerKVC
 
 
 
+def _mark_dynamic(x: torch.Tensor, *dims: int) -> None:
+    """Tell torch.compile (if the blocks are compiled) that these dims vary, so the first graph is already general.
+
+    Left to itself, dynamo compiles the first call for its exact sizes and generalises only after a recompilation;
+    sizes 0 and 1 are always specialised, so a batch of one or the first scale's single token still get their own.
+    """
+    for dim in dims:
+        if x.shape[dim] > 1:
+            torch._dynamo.maybe_mark_dynamic(x, dim)
+
+
 class LayerKVCache:
     """One layer's keys and values for one generation, allocated once for all L tokens.
 
@@ -183,7 +194,9 @@ class FeedForward(nn.Module):
 
 def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch per sample (rescaled to keep the expectation)."""
-    if p == 0.0 or not training:
+    # `training` first: at inference the per-block rate is never read, so a compiled block does not guard on it and
+    # one graph serves every block
+    if not training or p == 0.0:
         return x
     keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
     return x * keep.div_(1 - p)
@@ -489,7 +502,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         mask_BT = encoder_attention_mask.bool()
         if not mask_BT.any(dim=1).all():
             raise ValueError("every row of `encoder_attention_mask` must keep at least one token")
-        return encoder_hidden_states, mask_BT[:, None, None, :]
+        # a tensor of its own, not a view: a compiled block then guards on its shape only, not on its base's
+        return encoder_hidden_states, mask_BT[:, None, None, :].clone()
 
     def _drop_condition(self, cond_drop_mask, text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask):
         """Replace the dropped samples' condition by the null one (the text's tokens by the null token)."""
@@ -541,7 +555,9 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     def new_kv_cache(self, batch_size: int, dtype: torch.dtype | None = None, device=None) -> KVCache:
         """An empty cache for one generation of ``batch_size`` rows (conditional and unconditional together)."""
         c = self.config
-        return KVCache(c.depth, batch_size, c.num_heads, self.num_tokens, c.embed_dim // c.num_heads,
+        # one slot more than L: the last scale then attends to a strict prefix like every other scale, so a compiled
+        # block sees the same (non-contiguous) layout at every scale and needs no graph of its own for the last one
+        return KVCache(c.depth, batch_size, c.num_heads, self.num_tokens + 1, c.embed_dim // c.num_heads,
                        dtype or self.dtype, device or self.device)
 
     # -- forward: teacher forcing (training) or one cached sampling step -----------------------------------------------
@@ -643,6 +659,17 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
             grid = h_prev.transpose(1, 2).reshape(h_prev.shape[0], -1, side, side).float()
             fill_BlD = F.interpolate(grid, size=(pn, pn), mode="bicubic").flatten(2).transpose(1, 2)
             x_BlD = x_BlD.gather(1, gather_idx)
+        # under regional compilation: one graph for every batch size and scale length
+        _mark_dynamic(x_BlD, 0, 1)
+        for ada, layer in zip(cache.modulations.blocks, cache.layers):
+            _mark_dynamic(ada, 0)
+            _mark_dynamic(layer.k, 0)
+            _mark_dynamic(layer.v, 0)
+            if layer.context_kv is not None:
+                for t in layer.context_kv:
+                    _mark_dynamic(t, 0, 2)
+        if cache.context_mask_B11T is not None:
+            _mark_dynamic(cache.context_mask_B11T, 0, 3)
         for block, ada, layer in zip(self.blocks, cache.modulations.blocks, cache.layers):
             x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=layer, context_mask_B11T=cache.context_mask_B11T)
         if keep_idx_Bk is not None:
