@@ -15,8 +15,9 @@ import argparse
 import importlib
 import os
 import sys
-import tempfile
 from pathlib import Path
+
+from .utils.atomic import atomic_open
 
 # Subcommands implemented by other modules' `main(argv)`: name -> (module, one-line help)
 DELEGATED = {
@@ -26,6 +27,8 @@ DELEGATED = {
     "caption": ("var_clip.training.captioning", "caption a folder of images with an image-to-text model (BLIP-2)"),
     "word-position": ("var_clip.analysis.word_position", "how a word's position in a caption steers CLIP guidance"),
     "eval-shapes": ("var_clip.evaluation", "faithfulness report on the shapes world (accuracy per attribute)"),
+    "generate-batch": ("var_clip.generate_batch", "many images from a prompt file, dataset or class labels; resumable, "
+                                                  "multi-process (accelerate), imagefolder + .npz output"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -149,14 +152,8 @@ def _save_png(image, path: str) -> None:
     directory = os.path.dirname(path)
     if not os.path.isdir(directory):
         raise CLIError(f"the folder of --output {path!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".var_clip_", suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_open(path, "wb") as handle:
+        image.save(handle, format="PNG")
 
 
 def _load_image(path: str, flag: str):
