@@ -32,8 +32,10 @@ setup(
         "jinja2>=3",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=2.20"],
+        "test": ["pytest>=8", "datasets>=2.20", "torchmetrics>=1.4"],
         "train": ["datasets>=2.20", "tensorboard>=2.15"],
+        # var-clip eval-fid (torchmetrics' FID; its own Inception also needs torch-fidelity) and dataset prompt files
+        "eval": ["torchmetrics>=1.4", "datasets>=2.20"],
     },
     entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[

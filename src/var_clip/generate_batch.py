@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .utils.arguments import OneLineParser, add_option, int_at_least, is_main_process
 from .utils.atomic import TEMP_PREFIX, atomic_open
 
 __all__ = [
@@ -250,39 +251,6 @@ def _sampling_settings(pipeline_class: type, args: argparse.Namespace) -> dict:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Argument errors as one line (with a pointer to --help) and exit code 2, printed by the main process only."""
-
-    def error(self, message: str):
-        if _is_main_process():
-            print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def _is_main_process() -> bool:
-    return os.environ.get("RANK", "0") == "0"
-
-
-def _add(group, name: str, **kwargs) -> None:
-    """Add ``--kebab-case`` (documented) and its ``--snake_case`` twin (hidden) for one option."""
-    kwargs.setdefault("dest", name.replace("-", "_"))
-    group.add_argument(f"--{name}", **kwargs)
-    if "-" in name:
-        group.add_argument(f"--{name.replace('-', '_')}", **{**kwargs, "help": argparse.SUPPRESS})
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text}")
-        return value
-    return parse
-
-
 def _class_labels(text: str) -> list[int]:
     try:
         return parse_class_labels(text)
@@ -293,36 +261,36 @@ def _class_labels(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from .cli import _non_negative_float, _unit_float
 
-    p = _OneLineParser(prog="var-clip generate-batch", description=__doc__,
+    p = OneLineParser(prog="var-clip generate-batch", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     group = p.add_argument_group("what to generate (one of --prompts and --class-labels)")
-    _add(group, "prompts", metavar="PATH_OR_DATASET", default=None,
+    add_option(group, "prompts", metavar="PATH_OR_DATASET", default=None,
          help="a .txt file (one prompt per non-empty line), a .jsonl or .csv file, a `datasets` folder "
               "(save_to_disk or a local dataset) or a Hub dataset name; see --prompt-column and --split")
-    _add(group, "prompt-column", default="prompt", help="column of the prompts in .jsonl/.csv/datasets (default prompt)")
-    _add(group, "split", default="train", help="split of a dataset (default train)")
-    _add(group, "class-labels", type=_class_labels, default=None, metavar="LABELS",
+    add_option(group, "prompt-column", default="prompt", help="column of the prompts in .jsonl/.csv/datasets (default prompt)")
+    add_option(group, "split", default="train", help="split of a dataset (default train)")
+    add_option(group, "class-labels", type=_class_labels, default=None, metavar="LABELS",
          help="class labels for a class-conditional VAR model, e.g. 0-999 or 1,5,9 (VAR's FID protocol: 0-999)")
-    _add(group, "num-images-per-prompt", type=_int_at_least(1), default=1,
+    add_option(group, "num-images-per-prompt", type=int_at_least(1), default=1,
          help="images per prompt or class (default 1); --per-class is the same option")
-    _add(group, "per-class", type=_int_at_least(1), dest="num_images_per_prompt", help=argparse.SUPPRESS)
+    add_option(group, "per-class", type=int_at_least(1), dest="num_images_per_prompt", help=argparse.SUPPRESS)
 
     group = p.add_argument_group("model and sampling")
-    _add(group, "model", default=None, help="a pipeline folder or Hub repo id (default: the embedded default model)")
-    _add(group, "batch-size", type=_int_at_least(1), default=32, help="images per forward pass and process (default 32)")
-    _add(group, "guidance-scale", type=_non_negative_float, default=None, help="classifier-free guidance (default 4.0)")
-    _add(group, "top-k", type=_int_at_least(0), default=None, help="top-k filter; 0 disables (default 900)")
-    _add(group, "top-p", type=_unit_float, default=None, help="nucleus threshold in [0, 1]; 0 disables (default 0.95)")
-    _add(group, "dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
-    _add(group, "seed", type=_int_at_least(0), default=0,
+    add_option(group, "model", default=None, help="a pipeline folder or Hub repo id (default: the embedded default model)")
+    add_option(group, "batch-size", type=int_at_least(1), default=32, help="images per forward pass and process (default 32)")
+    add_option(group, "guidance-scale", type=_non_negative_float, default=None, help="classifier-free guidance (default 4.0)")
+    add_option(group, "top-k", type=int_at_least(0), default=None, help="top-k filter; 0 disables (default 900)")
+    add_option(group, "top-p", type=_unit_float, default=None, help="nucleus threshold in [0, 1]; 0 disables (default 0.95)")
+    add_option(group, "dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
+    add_option(group, "seed", type=int_at_least(0), default=0,
          help="global seed; image i of prompt p uses a seed derived from (seed, p, i) only (default 0)")
 
     group = p.add_argument_group("output")
-    _add(group, "output-dir", default=None, help="folder of the PNGs, metadata.jsonl and the .npz (created)")
-    _add(group, "npz", action="store_true", help=f"also write every image into OUTPUT_DIR/{NPZ_NAME} (arr_0: N×H×W×3 uint8)")
-    _add(group, "max-images", type=_int_at_least(1), default=None,
+    add_option(group, "output-dir", default=None, help="folder of the PNGs, metadata.jsonl and the .npz (created)")
+    add_option(group, "npz", action="store_true", help=f"also write every image into OUTPUT_DIR/{NPZ_NAME} (arr_0: N×H×W×3 uint8)")
+    add_option(group, "max-images", type=int_at_least(1), default=None,
          help="stop after about this many new images (at a batch boundary), e.g. to fit a time slot; rerun to go on")
-    _add(group, "no-progress-bar", action="store_true", help="no progress bar (the summary line is still printed)")
+    add_option(group, "no-progress-bar", action="store_true", help="no progress bar (the summary line is still printed)")
     return p
 
 
@@ -520,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         code, message = 2, str(error)
     except (GenerationError, ValueError, OSError) as error:
         code, message = 1, str(error)
-    if _is_main_process():
+    if is_main_process():
         print(f"var-clip generate-batch: error: {message}", file=sys.stderr)
     return code
 
