@@ -63,7 +63,7 @@ def test_two_processes_and_any_batch_size_write_identical_files(models, fresh_ac
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
                "var_clip.generate_batch", *text_run(models, "two", "--batch_size", "2", "--npz"), "--no-progress-bar"]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 processes" in done.stdout
 

@@ -14,11 +14,11 @@ from torch import nn
 
 pytest.importorskip("torchmetrics")
 
-from var_clip.metrics import WeightsError, compute_clip_score, compute_fid, load_clip  # noqa: E402
-from var_clip.metrics import clip_score as clip_score_cli  # noqa: E402
-from var_clip.metrics import fid as fid_cli  # noqa: E402
+from var_clip.metrics import WeightsError, compute_clip_score, compute_fid, load_clip
+from var_clip.metrics import clip_score as clip_score_cli
+from var_clip.metrics import fid as fid_cli
 
-from .conftest import make_tiny_tokenizer  # noqa: E402
+from .conftest import make_tiny_tokenizer
 
 
 class TinyFeatures(nn.Module):
@@ -106,11 +106,11 @@ def tiny_clip_dir(tmp_path):
     tokenizer = make_tiny_tokenizer()
     torch.manual_seed(6)  # random weights whose cosines have both signs on the test's pairs
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=16, patch_size=8),
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
+                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 16, "patch_size": 8},
         projection_dim=8,
     )
     CLIPModel(config).save_pretrained(tmp_path / "clip")
