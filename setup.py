@@ -32,9 +32,11 @@ setup(
         "jinja2>=3",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7"],
+        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7", "torchmetrics>=1.4"],
         "train": ["datasets>=2.20", "tensorboard>=2.15"],
         "analysis": ["matplotlib>=3.7"],
+        # var-clip eval-fid (torchmetrics' FID; its own Inception also needs torch-fidelity) and dataset prompt files
+        "eval": ["torchmetrics>=1.4", "datasets>=2.20"],
     },
     entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[

@@ -31,6 +31,10 @@ DELEGATED = {
     "phrase-position": ("var_clip.analysis.phrase_position",
                         "whole-caption accuracy while a key phrase moves through the caption (shapes world)"),
     "eval-shapes": ("var_clip.evaluation", "faithfulness report on the shapes world (accuracy per attribute)"),
+    "generate-batch": ("var_clip.generate_batch", "many images from a prompt file, dataset or class labels; resumable, "
+                                                  "multi-process (accelerate), imagefolder + .npz output"),
+    "eval-fid": ("var_clip.metrics.fid", "FID between generated and reference images (local Inception weights)"),
+    "eval-clip-score": ("var_clip.metrics.clip_score", "CLIP score of generated images against their prompts"),
 }
 
 DTYPES = ("float32", "bfloat16", "float16")

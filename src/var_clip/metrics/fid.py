@@ -1,0 +1,130 @@
+r"""Fréchet Inception Distance (Heusel et al. 2017) between generated and reference images, with torchmetrics.
+
+FID = ‖μ_g − μ_r‖² + Tr(Σ_g + Σ_r − 2 (Σ_g Σ_r)^½) over the 2048 pool features of the Inception-v3 that TensorFlow's
+FID code used. torchmetrics accumulates the statistics and computes the distance; the network is pluggable: any module
+mapping uint8 images (N, 3, H, W) to features (N, D). Weights never download silently: pass a local file.
+
+    var-clip eval-fid --generated fid-samples/samples.npz --reference VIRTUAL_imagenet256_labeled.npz \
+        --inception-weights pt_inception-2015-12-05-6726825d.pth
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..utils.arguments import OneLineParser, add_option, int_at_least
+from ..utils.atomic import atomic_open
+from .images import WeightsError, count_images, iter_image_batches
+
+__all__ = ["INCEPTION_HELP", "TorchScriptInception", "build_parser", "compute_fid", "load_inception", "main"]
+
+INCEPTION_HELP = ("pass --inception-weights PATH: torch-fidelity's pt_inception-2015-12-05-6726825d.pth (with "
+                  "`pip install torch-fidelity`), or the TorchScript inception-2015-12-05.pt of StyleGAN / clean-fid "
+                  "(https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt)")
+
+
+class TorchScriptInception(nn.Module):
+    """StyleGAN's (and clean-fid's) TorchScript Inception: uint8 images of any size in, 2048 pool features out
+    (it resizes to 299 × 299 itself, as TensorFlow's FID code). TorchScript loads without unpickling Python objects.
+    torchmetrics reads the feature width from one dummy image, so any TorchScript extractor with this call works."""
+
+    def __init__(self, path: str | Path):
+        super().__init__()
+        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def forward(self, images_N3HW: torch.Tensor) -> torch.Tensor:
+        return self.net(images_N3HW, return_features=True)
+
+
+def load_inception(weights: str | Path | None) -> dict:
+    """The ``FrechetInceptionDistance`` arguments that select the Inception network for ``weights``.
+
+    A ``.pth`` file is torch-fidelity's state dict (the network torchmetrics builds); any other file is a TorchScript
+    Inception. None lets torch-fidelity download its weights, which offline fails as a :class:`WeightsError`.
+    """
+    if weights is None or str(weights).endswith(".pth"):
+        try:
+            import torch_fidelity  # noqa: F401  (torchmetrics' own Inception comes from torch-fidelity)
+        except ImportError:
+            raise WeightsError(f"FID needs Inception weights; {INCEPTION_HELP}") from None
+        if weights is None:
+            return {"feature": 2048}
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsError(f"--inception-weights {str(path)!r} is not a file; {INCEPTION_HELP}")
+    if path.suffix == ".pth":
+        return {"feature": 2048, "feature_extractor_weights_path": str(path)}
+    try:
+        return {"feature": TorchScriptInception(path)}
+    except RuntimeError as error:
+        raise WeightsError(f"--inception-weights {str(path)!r} is not a TorchScript Inception "
+                           f"({str(error).splitlines()[0]}); {INCEPTION_HELP}") from None
+
+
+def compute_fid(generated: str | Path, reference: str | Path, feature: nn.Module | None = None,
+                weights: str | Path | None = None, batch_size: int = 50, device: str = "cpu",
+                show_progress: bool = False) -> float:
+    """FID between two image sets (folders or guided-diffusion ``.npz`` files).
+
+    Args:
+        feature: the feature network (uint8 (N, 3, H, W) → (N, D)); when None, the Inception of ``weights``.
+    """
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from tqdm.auto import tqdm
+
+    counts = {name: count_images(source) for name, source in (("generated", generated), ("reference", reference))}
+    for name, n in counts.items():
+        if n < 2:
+            raise ValueError(f"FID needs at least 2 {name} images (a covariance), got {n}")
+    options = {"feature": feature} if feature is not None else load_inception(weights)
+    try:
+        metric = FrechetInceptionDistance(**options, reset_real_features=False).to(device)
+    except (OSError, RuntimeError) as error:  # torch-fidelity's download, offline
+        raise WeightsError(f"could not get the Inception weights ({type(error).__name__}: "
+                           f"{str(error).splitlines()[0] if str(error) else ''}); {INCEPTION_HELP}") from None
+    with tqdm(total=sum(counts.values()), unit="img", desc="FID features", disable=not show_progress) as bar:
+        for source, real in ((reference, True), (generated, False)):
+            for images_N3HW in iter_image_batches(source, batch_size):
+                metric.update(images_N3HW.to(device), real=real)
+                bar.update(len(images_N3HW))
+    return float(metric.compute())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="var-clip eval-fid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_option(p, "generated", required=True, help="generated images: a folder or an .npz (arr_0: N×H×W×3 uint8)")
+    add_option(p, "reference", required=True, help="reference images: a folder or an .npz (e.g. guided-diffusion's)")
+    add_option(p, "inception-weights", default=None, help=f"local Inception weights; {INCEPTION_HELP[5:]}")
+    add_option(p, "batch-size", type=int_at_least(1), default=50, help="images per forward pass (default 50)")
+    add_option(p, "device", default="cpu", help="torch device (default cpu)")
+    add_option(p, "output-json", default=None, help="also write {'fid': ..., ...} to this JSON file")
+    add_option(p, "no-progress-bar", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        fid = compute_fid(args.generated, args.reference, weights=args.inception_weights, batch_size=args.batch_size,
+                          device=args.device, show_progress=not args.no_progress_bar)
+    except (WeightsError, ValueError, OSError) as error:
+        print(f"var-clip eval-fid: error: {error}", file=sys.stderr)
+        return 1
+    report = {"fid": fid, "generated": str(args.generated), "reference": str(args.reference),
+              "num_generated": count_images(args.generated), "num_reference": count_images(args.reference)}
+    if args.output_json:
+        with atomic_open(args.output_json, "w") as handle:
+            json.dump(report, handle, indent=2)
+            handle.write("\n")
+    print(f"FID {fid:.4f} ({report['num_generated']} generated vs {report['num_reference']} reference images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Reading evaluation images: a folder (in its ``metadata.jsonl`` order, else sorted by name) or an ``.npz``.
+
+Legend: N images · H, W image size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["IMAGE_SUFFIXES", "WeightsError", "count_images", "image_files", "iter_image_batches"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+class WeightsError(Exception):
+    """A metric's network weights are missing or unusable; the message says how to supply them."""
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of ``folder``: those ``metadata.jsonl`` lists (its order), else every image file by name."""
+    metadata = folder / "metadata.jsonl"
+    if metadata.is_file():
+        with open(metadata, encoding="utf-8") as handle:
+            return [folder / json.loads(line)["file_name"] for line in handle if line.strip()]
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _npz_images(path: Path) -> np.ndarray:
+    with np.load(path) as archive:
+        if "arr_0" not in archive:
+            raise ValueError(f"{str(path)!r} has no `arr_0` (the guided-diffusion layout: N×H×W×3 uint8); "
+                             f"it holds {sorted(archive.files)}")
+        arr_NHW3 = archive["arr_0"]
+    if arr_NHW3.ndim != 4 or arr_NHW3.shape[-1] != 3 or arr_NHW3.dtype != np.uint8:
+        raise ValueError(f"`arr_0` of {str(path)!r} must be N×H×W×3 uint8, got {arr_NHW3.shape} {arr_NHW3.dtype}")
+    return arr_NHW3
+
+
+def count_images(source: str | os.PathLike) -> int:
+    path = Path(source)
+    if path.suffix == ".npz":
+        return len(_npz_images(path))
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is neither a folder of images nor an .npz")
+    return len(image_files(path))
+
+
+def iter_image_batches(source: str | os.PathLike, batch_size: int) -> Iterator[torch.Tensor]:
+    """Batches of uint8 images (N, 3, H, W), the input torchmetrics' FID and CLIP score take."""
+    path = Path(source)
+    if path.suffix == ".npz":
+        arr_NHW3 = _npz_images(path)
+        for start in range(0, len(arr_NHW3), batch_size):
+            yield torch.from_numpy(arr_NHW3[start : start + batch_size]).permute(0, 3, 1, 2).contiguous()
+        return
+    import PIL.Image
+
+    files = image_files(path)
+    for start in range(0, len(files), batch_size):
+        pixels = []
+        for file in files[start : start + batch_size]:
+            with PIL.Image.open(file) as image:
+                pixels.append(np.asarray(image.convert("RGB")))
+        yield torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)
