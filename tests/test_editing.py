@@ -41,17 +41,70 @@ def edit_pipe(cls, tiny_pipe):
     return pipe
 
 
-def test_unmasked_tokens_are_the_inputs_at_every_scale(tiny_pipe, image, mask):
+def test_kept_tokens_requantize_what_the_regenerated_scales_left_of_the_input(tiny_pipe, image, mask):
+    """At every scale a kept token is the encoder's quantization of the input's latent minus the latent accumulated so
+    far (which holds regenerated coarse tokens), not the input's standalone token: tokens of a residual quantizer
+    are residuals against their own coarser scales."""
     pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
-    tokens = pipe("a red circle", image=image, mask_image=mask, generator=gen(), output_type="tokens").images
-    source = pipe.vqvae.encode_indices(pipe.preprocess_image(image))
+    latents = []
+    tokens = pipe("a red circle", image=image, mask_image=mask, generator=gen(), output_type="tokens",
+                  callback_on_step_end=lambda p, si, pn, t: latents.append(t["latents"].clone()),
+                  callback_on_step_end_tensor_inputs=["latents"]).images
+    f = pipe.vqvae.encode(pipe.preprocess_image(image)).float()
     regen = torch.from_numpy(np.asarray(mask) > 127).float()[None, None]
-    changed_somewhere = False
+    f_hat = torch.zeros_like(f)
+    regenerated_somewhere = False
     for si, pn in enumerate(pipe.vqvae.config.patch_nums):
-        keep = ~F.adaptive_max_pool2d(regen, pn).flatten(1).bool()
-        assert torch.equal(tokens[si][keep], source[si][keep]), f"scale {si}"
-        changed_somewhere |= not torch.equal(tokens[si][~keep], source[si][~keep])
-    assert changed_somewhere
+        keep = ~F.adaptive_max_pool2d(regen, pn).flatten(1).bool()  # any masked pixel: the cell is regenerated
+        expected = pipe.vqvae.quantize.residual_indices(f, f_hat, si)
+        assert torch.equal(tokens[si][keep], expected[keep]), f"scale {si}"
+        regenerated_somewhere |= bool((~keep).any())
+        f_hat = latents[si]
+    assert regenerated_somewhere
+
+
+def test_kept_region_of_the_latent_stays_closer_to_the_input_than_standalone_tokens(tiny_pipe, image, monkeypatch):
+    """With the top half regenerated, the bottom half of the generated latent approximates the input's latent better
+    than when the input's standalone tokens are imposed on the regenerated coarse scales (the earlier rule)."""
+    from var_clip.pipelines.next_scale import KnownTokens
+
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    m = np.zeros((16, 16), dtype=np.uint8)
+    m[:8] = 255
+    pixels = pipe.preprocess_image(image)
+    f = pipe.vqvae.encode(pixels).float().detach()
+    kept = slice(2, None)  # latent rows whose cells hold no masked pixel at the last scale (4 × 4 latent)
+
+    def error(seeds) -> float:
+        total = 0.0
+        for seed in seeds:
+            latent = pipe("a red circle", image=image, mask_image=PIL.Image.fromarray(m), generator=gen(seed),
+                          output_type="latent").images
+            total += float((latent - f)[..., kept, :].square().mean())
+        return total / len(seeds)
+
+    residual = error(range(8))
+    residual_rule = pipe.known_tokens
+
+    def standalone(edit, batch_size):
+        known = residual_rule(edit, batch_size)
+        return KnownTokens(mask=known.mask, tokens=pipe.vqvae.encode_indices(edit.image_B3HW))
+
+    monkeypatch.setattr(pipe, "known_tokens", standalone)
+    assert residual < 0.8 * error(range(8))
+
+
+def test_cell_threshold_keeps_cells_that_are_mostly_unmasked(tiny_pipe, image, mask):
+    from var_clip.pipelines.next_scale import EditRequest
+
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    pixels, mask_B1HW = pipe.preprocess_image(image), pipe.preprocess_mask(mask, image)
+    any_pixel = pipe.known_tokens(EditRequest(pixels, mask_B1HW), 1)
+    majority = pipe.known_tokens(EditRequest(pixels, mask_B1HW, cell_threshold=0.5), 1)
+    share = [F.adaptive_avg_pool2d((mask_B1HW > 0.5).float(), pn).flatten(1) for pn in pipe.vqvae.config.patch_nums]
+    for si, s in enumerate(share):
+        assert torch.equal(any_pixel.mask[si], s == 0) and torch.equal(majority.mask[si], s <= 0.5)
+    assert sum(int(m.sum()) for m in majority.mask) > sum(int(m.sum()) for m in any_pixel.mask)
 
 
 def test_unmasked_pixels_are_unchanged(tiny_pipe, image, mask):

@@ -248,6 +248,17 @@ class MultiScaleQuantizer(nn.Module):
             f_rest_BChw = F.interpolate(f_rest_BChw, size=(pn, pn), mode="area")
         return f_rest_BChw.permute(0, 2, 3, 1).reshape(-1, self.channels)
 
+    @torch.no_grad()
+    def residual_indices(self, f_BChw: torch.Tensor, f_hat_BChw: torch.Tensor, si: int) -> torch.LongTensor:
+        """Scale ``si``'s tokens (B, pn²) for what ``f_hat`` still leaves of ``f``, quantized as the encoder does.
+
+        With ``f_hat`` the image's own accumulation this is exactly :meth:`latent_to_indices`' scale ``si``; with any
+        other ``f_hat`` (coarse scales partly regenerated) they are the tokens that bring it back towards ``f``.
+        """
+        pn = self.patch_nums[si]
+        f_rest = f_BChw.float() - f_hat_BChw.float()
+        return self._nearest(self._residual_at(f_rest, si, pn)).view(f_BChw.shape[0], pn * pn)
+
     def indices_to_embedding(self, idx_Bl: torch.LongTensor) -> torch.Tensor:
         """(B, pn²) token indices → (B, C, pn, pn) codebook vectors."""
         B, l = idx_Bl.shape

@@ -33,14 +33,27 @@ class EditRequest:
     image_B3HW: torch.Tensor
     mask_B1HW: torch.Tensor | None = None
     keep_scales: int | None = None
+    cell_threshold: float = 0.0  # inpainting: a token cell is regenerated when more than this share is masked
 
 
 @dataclass
 class KnownTokens:
-    """Tokens imposed during sampling: per scale, the indices (B, l) and where they apply (B, l), True = keep."""
+    """Tokens imposed during sampling, per scale where ``mask`` (B, l) is True.
 
-    tokens: list[torch.LongTensor]
+    Either fixed ``tokens`` (B, l) per scale (image-to-image keeps whole scales of the image), or the image's
+    continuous ``latent_BChw``: inpainting computes each kept token from what the current accumulated latent still
+    leaves of it (:meth:`MultiScaleVQModel.residual_indices`), so the kept region keeps reproducing the image even
+    where coarser scales were regenerated.
+    """
+
     mask: list[torch.BoolTensor]
+    tokens: list[torch.LongTensor] | None = None
+    latent_BChw: torch.Tensor | None = None
+
+    def at(self, quantizer, si: int, f_hat_BChw: torch.Tensor) -> torch.LongTensor:
+        if self.tokens is not None:
+            return self.tokens[si]
+        return quantizer.residual_indices(self.latent_BChw, f_hat_BChw, si)
 
 
 @dataclass
@@ -216,9 +229,9 @@ class NextScalePipelineMixin:
                 else:
                     h_BlC = codebook(idx_Bl).float()
                 if known is not None:
-                    keep_Bl = known.mask[si]
-                    idx_Bl = torch.where(keep_Bl, known.tokens[si], idx_Bl)
-                    h_BlC = torch.where(keep_Bl.unsqueeze(-1), codebook(known.tokens[si]).float(), h_BlC)
+                    keep_Bl, known_Bl = known.mask[si], known.at(vqvae.quantize, si, f_hat)
+                    idx_Bl = torch.where(keep_Bl, known_Bl, idx_Bl)
+                    h_BlC = torch.where(keep_Bl.unsqueeze(-1), codebook(known_Bl).float(), h_BlC)
                 h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
                 tokens.append(idx_Bl)
 
@@ -304,19 +317,21 @@ class NextScalePipelineMixin:
         return mask_B1HW.to(self._execution_device)
 
     def known_tokens(self, edit: EditRequest, batch_size: int) -> KnownTokens | None:
-        """The image's multi-scale tokens and, per scale, where they are kept (inpainting or image-to-image)."""
+        """What of the image is kept at each scale (inpainting or image-to-image)."""
         if edit.mask_B1HW is None and not edit.keep_scales:
             return None  # strength 1: nothing of the image is kept, exactly plain text-to-image
-        image = _repeat_to(edit.image_B3HW, batch_size, "image")
-        tokens = self.vqvae.encode_indices(image.to(self.vqvae.dtype))
+        image = _repeat_to(edit.image_B3HW, batch_size, "image").to(self.vqvae.dtype)
         patch_nums = self.vqvae.config.patch_nums
-        if edit.mask_B1HW is not None:
-            regenerate = _repeat_to(edit.mask_B1HW, batch_size, "mask_image") > 0.5
-            # a token is regenerated when any masked pixel falls into its cell at that scale
-            keep = [~F.adaptive_max_pool2d(regenerate.float(), pn).flatten(1).bool() for pn in patch_nums]
-        else:
+        if edit.mask_B1HW is None:  # image-to-image: whole scales of the image's own tokens
+            tokens = self.vqvae.encode_indices(image)
             keep = [torch.full_like(t, si < edit.keep_scales, dtype=torch.bool) for si, t in enumerate(tokens)]
-        return KnownTokens(tokens=tokens, mask=keep)
+            return KnownTokens(mask=keep, tokens=tokens)
+        regenerate = (_repeat_to(edit.mask_B1HW, batch_size, "mask_image") > 0.5).float()
+        # a cell is regenerated when more than `cell_threshold` of its pixels are masked (0: any masked pixel)
+        keep = [~(F.adaptive_avg_pool2d(regenerate, pn).flatten(1) > edit.cell_threshold) for pn in patch_nums]
+        with torch.no_grad():
+            latent = self.vqvae.encode(image).float()
+        return KnownTokens(mask=keep, latent_BChw=latent)
 
     def decode_preview(self, f_hat: torch.Tensor, output_type: str = "pil"):
         """Decode a partial latent (from a `callback_on_step_end`) into a coarse-to-fine preview image."""
