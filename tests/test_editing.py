@@ -190,6 +190,58 @@ def test_outpainting_canvas_and_mask(tiny_pipe):
         prepare_outpainting(small, left=-1)
 
 
+@pytest.mark.parametrize("margins", [dict(left=8, right=8), dict(top=16), dict(right=16, bottom=16),
+                                     dict(left=5, top=3, right=9, bottom=20)])
+def test_outpainting_keeps_the_canvas_size_and_the_original_pixels(tiny_pipe, image, margins):
+    """A canvas larger than the model (16 px here) is filled window by window, never resized."""
+    canvas, mask = prepare_outpainting(image, **margins)
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    out = pipe("a red circle", image=canvas, mask_image=mask, num_images_per_prompt=2, generator=[gen(0), gen(1)],
+               output_type="np").images
+    assert out.shape == (2, canvas.height, canvas.width, 3)
+    top, left = margins.get("top", 0), margins.get("left", 0)
+    for result in out:
+        np.testing.assert_allclose(result[top : top + 16, left : left + 16], np.asarray(image, dtype=np.float32) / 255,
+                                   atol=1e-6)
+    assert not np.allclose(out[0], out[1])  # the margins were generated, differently for each image
+
+
+def test_windows_cover_the_canvas_and_go_outwards_from_the_known_part():
+    from var_clip.pipelines.windows import inpaint_in_windows, window_origins
+
+    assert window_origins(16, 16) == [0] and window_origins(40, 16) == [0, 8, 16, 24] and window_origins(33, 16) == [0, 8, 16, 17]
+    canvas = torch.zeros(1, 3, 16, 48)
+    mask = torch.ones(1, 1, 16, 48)
+    mask[..., 16:32] = 0  # the known image in the middle
+    order = []
+
+    def record(window, window_mask):
+        order.append((round(float(window_mask.mean()), 2)))
+        return (window * (1 - window_mask) + window_mask).expand(2, -1, -1, -1)  # as the pipeline blends
+
+    out = inpaint_in_windows(canvas, mask, 16, 2, record)
+    assert order == [0.5, 0.5, 0.5, 0.5]  # every window is half known when its turn comes
+    assert torch.equal(out[..., 16:32], torch.zeros(2, 3, 16, 16)) and (out[..., :16] == 1).all()
+
+
+def test_canvas_errors(tiny_pipe, image):
+    pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
+    canvas, mask = prepare_outpainting(image, right=8)
+    with pytest.raises(ValueError, match="output_type='latent'"):
+        pipe("a red circle", image=canvas, mask_image=mask, output_type="latent")
+    small = image.resize((8, 8))
+    with pytest.raises(ValueError, match="resize smaller images up first"):
+        pipe("a red circle", image=small, mask_image=PIL.Image.new("L", (8, 8), 255))
+    with pytest.raises(ValueError, match="holds NaN"):
+        pipe("a red circle", image=torch.full((3, 16, 16), float("nan")), mask_image=PIL.Image.new("L", (16, 16), 255))
+    with pytest.raises(ValueError, match="must be in \\[0, 1\\]"):
+        pipe("a red circle", image=np.full((16, 16, 3), 2.0), mask_image=PIL.Image.new("L", (16, 16), 255))
+    with pytest.raises(ValueError, match="uint8 or floating point"):
+        pipe("a red circle", image=np.zeros((16, 16, 3), dtype=np.int64), mask_image=PIL.Image.new("L", (16, 16), 255))
+    rgba = image.convert("RGBA")  # any PIL mode is converted
+    assert pipe("a red circle", image=rgba, mask_image=PIL.Image.new("L", (16, 16), 255), output_type="np").images.shape == (1, 16, 16, 3)
+
+
 def test_previews_after_every_scale(tiny_pipe):
     previews, seen_tokens = [], []
 

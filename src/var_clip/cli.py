@@ -4,6 +4,7 @@
     var-clip generate "a red fox" --model path/or/repo-id --num-images 4 --seed 1 -o foxes.png
     var-clip inpaint "a red circle" --image scene.png --mask mask.png -o inpainted.png
     var-clip img2img "a blue square" --image scene.png --strength 0.5 -o variation.png
+    var-clip outpaint "a green triangle on the right" --image scene.png --right 64 -o wider.png
     var-clip train-var --help
 
 Every subcommand exits with 0 on success, 2 on bad arguments and 1 when the work itself fails, with one line naming
@@ -178,8 +179,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inpaint", help="regenerate a masked region from a prompt",
                        description="Inpaint: regenerate the white region of --mask in --image following the prompt.")
     _add_generation_args(p)
-    p.add_argument("--image", required=True, help="image to edit (resized to the model's resolution)")
+    p.add_argument("--image", required=True,
+                   help="image to edit: the model's size, or larger (filled window by window, never resized)")
     p.add_argument("--mask", required=True, help="mask image of the same size: white = regenerate")
+    p = sub.add_parser("outpaint", help="extend an image beyond its borders",
+                       description="Outpaint: extend --image by the given margins (pixels) and fill them following the "
+                                   "prompt, window by window; the original pixels stay unchanged.")
+    _add_generation_args(p)
+    p.add_argument("--image", required=True, help="image to extend")
+    for side in ("left", "right", "top", "bottom"):
+        p.add_argument(f"--{side}", type=_non_negative_int, default=0, help=f"pixels to add on the {side} (default 0)")
     p = sub.add_parser("img2img", help="keep an image's coarse scales, regenerate the rest",
                        description="Image-to-image: keep --image's first scales and sample the finer ones under the prompt.")
     _add_generation_args(p)
@@ -260,7 +269,8 @@ def run_generation(args) -> int:
     from . import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
     from .utils.image_grid import make_image_grid
 
-    cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "img2img": VARCLIPImg2ImgPipeline}[args.command]
+    cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "outpaint": VARCLIPInpaintPipeline,
+           "img2img": VARCLIPImg2ImgPipeline}[args.command]
     _check_outputs(args)
     extra = {}
     if args.command == "inpaint":
@@ -268,6 +278,14 @@ def run_generation(args) -> int:
         if image.size != mask.size:
             raise CLIError(f"--mask is {mask.size[0]}×{mask.size[1]} but --image is {image.size[0]}×{image.size[1]}")
         extra = dict(image=image, mask_image=mask)
+    elif args.command == "outpaint":
+        from .pipelines.pipeline_var_clip_edit import prepare_outpainting
+
+        if not (args.left or args.right or args.top or args.bottom):
+            raise UsageError("outpaint needs at least one of --left, --right, --top, --bottom > 0")
+        canvas, mask = prepare_outpainting(_load_image(args.image, "--image"), left=args.left, top=args.top,
+                                           right=args.right, bottom=args.bottom)
+        extra = dict(image=canvas, mask_image=mask)
     elif args.command == "img2img":
         extra = dict(image=_load_image(args.image, "--image"), strength=args.strength)
     pipe = load_pipeline(args.model, cls, args.dtype, args.device)

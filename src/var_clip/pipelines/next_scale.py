@@ -270,33 +270,46 @@ class NextScalePipelineMixin:
 
     # -- editing: images and masks in, known tokens out ----------------------------------------------------------------
 
-    def preprocess_image(self, image, name: str = "image") -> torch.Tensor:
-        """PIL image(s), or arrays/tensors in [0, 1] (H, W, 3) / (B, 3, H, W) → (B, 3, S, S) in [-1, 1] at model size."""
-        from diffusers.image_processor import VaeImageProcessor
+    def preprocess_image(self, image, name: str = "image", resize: bool = True) -> torch.Tensor:
+        """PIL image(s) (any mode), uint8 arrays, or float arrays/tensors in [0, 1] → (B, 3, H, W) in [-1, 1].
 
+        Square images are resized to the model's resolution (with ``resize``); other shapes are refused rather than
+        distorted. With ``resize=False`` the size is kept (outpainting a larger canvas).
+        """
+        pixels = image_to_tensor(image, name)
         size = self.vqvae.sample_size
-        if isinstance(image, torch.Tensor) and (image.min() < 0 or image.max() > 1):
-            raise ValueError(f"`{name}` tensors must hold values in [0, 1], got [{float(image.min())}, {float(image.max())}]")
-        try:
-            pixels = VaeImageProcessor(do_normalize=True).preprocess(image, height=size, width=size)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"`{name}` must be a PIL image, a list of them, or a float array/tensor in [0, 1]: {e}") from None
-        device, dtype = self._execution_device, torch.float32
-        return pixels.to(device=device, dtype=dtype)
+        if resize and pixels.shape[-2:] != (size, size):
+            if pixels.shape[-1] != pixels.shape[-2]:
+                raise ValueError(f"`{name}` is {pixels.shape[-1]}×{pixels.shape[-2]}: this model works on square "
+                                 f"{size}×{size} images; crop or pad it to a square first (it is not distorted silently)")
+            pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
+        return (pixels * 2 - 1).to(device=self._execution_device, dtype=torch.float32)
 
-    def preprocess_mask(self, mask, image, name: str = "mask_image") -> torch.Tensor:
-        """A mask the size of ``image`` (white / 1 = regenerate) → (B, 1, S, S) float in [0, 1] at model size."""
+    def preprocess_mask(self, mask, image, name: str = "mask_image", resize: bool = True) -> torch.Tensor:
+        """A mask the size of ``image`` (white / 1 = regenerate) → (B, 1, H, W) float in [0, 1], at model size
+        (with ``resize``) or at the image's own size.
+
+        PIL images in any mode (converted to L), uint8 arrays in [0, 255], float arrays/tensors in [0, 1], shaped
+        (H, W), (1, H, W) or (H, W, 1); or a list of them.
+        """
         import numpy as np
         import PIL.Image
 
         masks = mask if isinstance(mask, list) else [mask]
-        images = image if isinstance(image, list) else [image]
+        if not masks:
+            raise ValueError(f"`{name}` is an empty list")
         out = []
         for m in masks:
             if isinstance(m, PIL.Image.Image):
                 arr = np.asarray(m.convert("L"), dtype=np.float32) / 255.0
             elif isinstance(m, (np.ndarray, torch.Tensor)):
-                arr = m.detach().cpu().float().numpy() if isinstance(m, torch.Tensor) else np.asarray(m, dtype=np.float32)
+                raw = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else m
+                if raw.dtype == np.uint8:
+                    arr = raw.astype(np.float32) / 255.0
+                elif np.issubdtype(raw.dtype, np.floating) or raw.dtype == np.bool_:
+                    arr = raw.astype(np.float32)
+                else:
+                    raise ValueError(f"`{name}` arrays must be uint8, bool or floating point, got {raw.dtype}")
                 arr = arr.squeeze()
                 if arr.ndim != 2:
                     raise ValueError(f"`{name}` arrays must be (H, W), (1, H, W) or (H, W, 1), got shape {m.shape}")
@@ -305,14 +318,13 @@ class NextScalePipelineMixin:
             else:
                 raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(m).__name__}")
             out.append(arr)
-        ref = images[0]
-        ref_hw = (ref.height, ref.width) if isinstance(ref, PIL.Image.Image) else tuple(np.asarray(ref.shape[-2:] if isinstance(ref, torch.Tensor) else ref.shape[:2]))
+        ref_hw = tuple(image_to_tensor(image).shape[-2:])
         for arr in out:
-            if tuple(arr.shape) != tuple(ref_hw):
+            if tuple(arr.shape) != ref_hw:
                 raise ValueError(f"`{name}` must be the size of `image` ({ref_hw[1]}×{ref_hw[0]}), got {arr.shape[1]}×{arr.shape[0]}")
         size = self.vqvae.sample_size
         mask_B1HW = torch.from_numpy(np.stack(out)).unsqueeze(1)
-        if mask_B1HW.shape[-1] != size or mask_B1HW.shape[-2] != size:
+        if resize and (mask_B1HW.shape[-1] != size or mask_B1HW.shape[-2] != size):
             mask_B1HW = F.interpolate(mask_B1HW, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
         return mask_B1HW.to(self._execution_device)
 
@@ -380,6 +392,58 @@ def _on_device(module: torch.nn.Module, device: torch.device):
     finally:
         if move:
             module.to(home)
+
+
+def image_to_tensor(image, name: str = "image") -> torch.Tensor:
+    """Validate and convert an image argument to a float tensor (B, 3, H, W) in [0, 1], at its own size.
+
+    Accepts what diffusers accepts: PIL images in any mode (converted to RGB), numpy arrays (H, W, 3) or (B, H, W, 3)
+    of uint8 in [0, 255] or floats in [0, 1], torch tensors (3, H, W) or (B, 3, H, W) of floats in [0, 1], and
+    lists of any of these (of one size). Anything else raises a ValueError saying what was given and what is allowed.
+    """
+    import numpy as np
+    import PIL.Image
+
+    allowed = ("a PIL image, a uint8 array (H, W, 3) in [0, 255], a float array (H, W, 3) or tensor (3, H, W) in "
+               "[0, 1] (optionally batched), or a list of them")
+    items = image if isinstance(image, list) else [image]
+    if not items:
+        raise ValueError(f"`{name}` is an empty list; give {allowed}")
+    tensors = []
+    for item in items:
+        if isinstance(item, PIL.Image.Image):
+            array = np.asarray(item.convert("RGB"), dtype=np.float32) / 255.0
+            t = torch.from_numpy(array).permute(2, 0, 1)[None]
+        elif isinstance(item, np.ndarray):
+            if item.dtype == np.uint8:
+                array = item.astype(np.float32) / 255.0
+            elif np.issubdtype(item.dtype, np.floating):
+                array = item.astype(np.float32)
+            else:
+                raise ValueError(f"`{name}` arrays must be uint8 or floating point, got {item.dtype}; give {allowed}")
+            array = array[None] if array.ndim == 3 else array
+            if array.ndim != 4 or array.shape[-1] != 3:
+                raise ValueError(f"`{name}` arrays must be (H, W, 3) or (B, H, W, 3), got shape {item.shape}")
+            t = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+        elif isinstance(item, torch.Tensor):
+            if not item.is_floating_point():
+                raise ValueError(f"`{name}` tensors must be floating point in [0, 1], got {item.dtype}; give {allowed}")
+            t = item.detach().float().cpu()
+            t = t[None] if t.ndim == 3 else t
+            if t.ndim != 4 or t.shape[1] != 3:
+                raise ValueError(f"`{name}` tensors must be (3, H, W) or (B, 3, H, W), got shape {tuple(item.shape)}")
+        else:
+            raise ValueError(f"`{name}` must be {allowed}; got {type(item).__name__}")
+        if t.numel() == 0:
+            raise ValueError(f"`{name}` is empty (shape {tuple(t.shape)})")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"`{name}` holds NaN or infinite values")
+        if t.min() < 0 or t.max() > 1:
+            raise ValueError(f"`{name}` float values must be in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+        tensors.append(t)
+    if len({t.shape[-2:] for t in tensors}) > 1:
+        raise ValueError(f"`{name}` images must all have one size, got {sorted({tuple(t.shape[-2:]) for t in tensors})}")
+    return torch.cat(tensors)
 
 
 def check_components_agree(transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel) -> None:

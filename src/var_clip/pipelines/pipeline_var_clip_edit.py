@@ -7,12 +7,15 @@ every scale while the transformer fills in the rest, with the imposed tokens as 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import PIL.Image
 import torch
+from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
 from .next_scale import EditRequest
+from .windows import inpaint_in_windows
 from .pipeline_var_clip import PromptInputs, VARCLIPPipeline
 
 __all__ = ["VARCLIPInpaintPipeline", "VARCLIPImg2ImgPipeline", "prepare_outpainting"]
@@ -21,9 +24,14 @@ __all__ = ["VARCLIPInpaintPipeline", "VARCLIPImg2ImgPipeline", "prepare_outpaint
 class VARCLIPInpaintPipeline(VARCLIPPipeline):
     r"""Regenerate a masked region of an image from a prompt (white in the mask = regenerate), any mask shape.
 
-    At every scale the tokens whose cell contains no masked pixel are taken from the image's multi-scale encoding;
-    only the others are sampled. The decoded result is blended with the input so unmasked pixels are unchanged.
-    Outpainting is inpainting on an extended canvas: see :func:`prepare_outpainting`.
+    At every scale the tokens of cells outside the mask are kept: each is what the encoder would quantize of the
+    image's latent minus the latent accumulated so far, so the kept region keeps reproducing the image even where
+    coarser scales were regenerated; the other tokens are sampled with the kept ones as context. The decoded result
+    is blended with the input so unmasked pixels are exactly unchanged.
+
+    A canvas larger than the model's resolution (any aspect ratio) is never resized: it is filled by overlapping
+    model-size windows, each an inpainting of its unknown part with the known pixels as context. Outpainting is
+    inpainting on an extended canvas: see :func:`prepare_outpainting`.
     """
 
     @torch.no_grad()
@@ -42,6 +50,7 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
         guidance_interval: tuple[int, int] | None = None,
         temperature: float | list[float] = 1.0,
         prune_ratios: dict[int, float] | list[float] | None = None,
+        cell_threshold: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         prompt_embeds: torch.Tensor | None = None,
         negative_prompt_embeds: torch.Tensor | None = None,
@@ -61,21 +70,52 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
                 resolution. One image, or one per prompt.
             mask_image (PIL image, array or tensor in [0, 1], or a list): the same size as `image`; 1 (white) marks
                 what to regenerate, soft values blend.
+            cell_threshold (`float` in [0, 1), defaults to 0): a token cell that straddles the mask's edge is
+                regenerated when more than this share of its pixels is masked; 0 regenerates every cell that touches
+                the mask (the kept tokens of the finer scales then restore the unmasked part of it).
             Every other argument is as in [`VARCLIPPipeline.__call__`].
         """
         if image is None or mask_image is None:
             raise ValueError("inpainting needs both `image` and `mask_image`")
-        edit = EditRequest(image_B3HW=self.preprocess_image(image), mask_B1HW=self.preprocess_mask(mask_image, image))
+        pixels = self.preprocess_image(image, resize=False)
+        mask = self.preprocess_mask(mask_image, image, resize=False)
         prompts = PromptInputs(prompt, negative_prompt, prompt_embeds, negative_prompt_embeds, prompt_token_embeds,
                                prompt_attention_mask, negative_prompt_token_embeds, negative_prompt_attention_mask)
         request = self.prepare_request(
             prompts.num_images(self, num_images_per_prompt), generator=generator, output_type=output_type,
             return_dict=return_dict, callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth, edit=edit,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth,
+            edit=EditRequest(image_B3HW=pixels, mask_B1HW=mask, cell_threshold=cell_threshold),
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
             top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
         )
-        return self._generate(prompts, num_images_per_prompt, request)
+        size = self.vqvae.sample_size
+        if pixels.shape[-2:] == (size, size):
+            return self._generate(prompts, num_images_per_prompt, request)
+        return self._generate_in_windows(prompts, num_images_per_prompt, request)
+
+    def _generate_in_windows(self, prompts: PromptInputs, num_images_per_prompt: int, request):
+        """A canvas larger than the model: inpaint it window by window (see :func:`inpaint_in_windows`)."""
+        size = self.vqvae.sample_size
+        H, W = request.edit.image_B3HW.shape[-2:]
+        if H < size or W < size:
+            raise ValueError(f"`image` is {W}×{H}: inpainting needs the model's {size}×{size} or a larger canvas, "
+                             "which is filled window by window; resize smaller images up first")
+        if request.output_type in ("latent", "tokens"):
+            raise ValueError(f"`output_type={request.output_type!r}` needs a {size}×{size} image: a larger canvas is "
+                             "assembled from several generations in pixel space")
+        if request.edit.image_B3HW.shape[0] != 1 or request.edit.mask_B1HW.shape[0] != 1:
+            raise ValueError("a canvas larger than the model is inpainted one image (and mask) at a time")
+
+        def inpaint_window(window_B3hw: torch.Tensor, mask_B1hw: torch.Tensor) -> torch.Tensor:
+            window_request = replace(request, output_type="pt", return_dict=True,
+                                     edit=replace(request.edit, image_B3HW=window_B3hw, mask_B1HW=mask_B1hw))
+            return self._generate(prompts, num_images_per_prompt, window_request).images * 2 - 1
+
+        canvas = inpaint_in_windows(request.edit.image_B3HW, request.edit.mask_B1HW, size, request.num_images,
+                                    inpaint_window)
+        images = self.image_processor.postprocess(canvas.float(), output_type=request.output_type)
+        return ImagePipelineOutput(images=images) if request.return_dict else (images,)
 
 
 class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
@@ -143,8 +183,8 @@ def prepare_outpainting(image: PIL.Image.Image, left: int = 0, top: int = 0, rig
                         fill: tuple[int, int, int] = (127, 127, 127)) -> tuple[PIL.Image.Image, PIL.Image.Image]:
     """Extend ``image`` by the given margins (pixels) and return ``(canvas, mask)`` for the inpainting pipeline.
 
-    The canvas holds the image with ``fill`` around it; the mask is white on the new margins. The pipeline resizes
-    both to the model's resolution, so make the canvas square for undistorted results.
+    The canvas holds the image with ``fill`` around it; the mask is white on the new margins. The inpainting pipeline
+    keeps the canvas's size: one larger than the model is filled window by window, so any margins work.
     """
     for name, value in (("left", left), ("top", top), ("right", right), ("bottom", bottom)):
         if not isinstance(value, int) or value < 0:
