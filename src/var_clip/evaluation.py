@@ -7,7 +7,7 @@ the main guidance scale and, optionally, at several others.
 
     var-clip eval-shapes --output-dir report/                 # the embedded default model
     var-clip eval-shapes --model path/to/pipeline --samples-per-prompt 8 --guidance-scales 0,2,4,6
-    var-clip eval-shapes --inpainting 12     # also: inpaint a red circle into the right half of 12 images
+    var-clip eval-shapes --inpainting 12 --outpainting 12 --img2img 12   # also measure the edits (edit_evaluation)
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
 from . import shapes_world as sw
+from .edit_evaluation import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
 
-__all__ = ["evaluate_shapes", "evaluate_inpainting", "build_parser", "main"]
+__all__ = ["evaluate_shapes", "build_parser", "main"]
 
 SPLITS = {  # name -> (held_out, num_objects)
     "seen_one": (False, 1), "seen_two": (False, 2), "held_out_one": (True, 1), "held_out_two": (True, 2),
@@ -63,74 +63,6 @@ def evaluate_shapes(pipe, samples_per_prompt: int = 4, guidance_scale: float | N
         bar.update(len(chunk))
     bar.close()
     summary = sw.summarize_scores([r[:4] for r in records])
-    return summary, records
-
-
-def inpainting_scenes(num_images: int, seed: int = 0) -> list[sw.Scene]:
-    """One seen object in the left half of the canvas (never red, never a held-out pair), for the inpainting test."""
-    rng = np.random.default_rng(seed)
-    pairs = [(c, s) for c in sw.COLORS for s in sw.SHAPES if c != "red" and (c, s) not in sw.HELD_OUT_PAIRS]
-    scenes = []
-    for i in range(num_images):
-        color, shape = pairs[i % len(pairs)]
-        size = int(rng.integers(12, 27))
-        cx = float(rng.integers(size // 2 + 2, 30 - size // 2))  # the bounding box stays left of x = 30
-        cy = float(rng.integers(size // 2 + 2, 62 - size // 2))
-        caption = f"{sw._noun_phrase(color, shape)} on the left"
-        scenes.append(sw.Scene((sw.ShapeObject(color, shape, size, cx, cy),), caption, position="left"))
-    return scenes
-
-
-def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0,
-                        show_progress: bool = True, **sampling_kwargs) -> tuple[dict, list]:
-    """Inpaint a red circle into the right half of shapes-world images and score the results.
-
-    Each source image holds one object in its left half; the mask is the right half (x >= 32). Two prompts are
-    tried: ``"a red circle"`` (the result must show a red circle whose centre lies in the masked half) and the
-    caption of the whole intended result, ``"a red circle to the right of <the object>"`` (scored as a two-object
-    caption by the spec's evaluator). ``max_unmasked_change`` is the largest change of any pixel outside the mask
-    (0: untouched). Returns the summary and ``(prompt, source, result, correct)`` records.
-    """
-    from .pipelines import VARCLIPInpaintPipeline
-
-    inpaint = VARCLIPInpaintPipeline(**pipe.components)
-    inpaint.set_progress_bar_config(disable=True)
-    size = sw.IMAGE_SIZE
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[:, size // 2 :] = 255
-    mask_image = PIL.Image.fromarray(mask, mode="L")
-    results = {"a red circle": [], "relation caption": []}
-    records, max_change = [], 0
-    bar = tqdm(total=2 * num_images * samples_per_image, desc="inpainting", disable=not show_progress)
-    for i, scene in enumerate(inpainting_scenes(num_images, seed)):
-        source = sw.render_scene(scene)
-        (obj,) = scene.objects
-        relation_prompt = f"a red circle to the right of {sw._noun_phrase(obj.color, obj.shape)}"
-        for key, prompt in (("a red circle", "a red circle"), ("relation caption", relation_prompt)):
-            generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(samples_per_image)]
-            images = inpaint([prompt] * samples_per_image, image=[source] * samples_per_image,
-                             mask_image=mask_image, generator=generators, **sampling_kwargs).images
-            for image in images:
-                # unmasked pixels are compared at the model's resolution (what the pipeline blends at), the
-                # objects scored on the spec's 64 × 64 canvas
-                model_size = image.size[0]
-                # resized as the pipeline resizes its input (VaeImageProcessor: Lanczos)
-                original = source.resize(image.size, resample=PIL.Image.Resampling.LANCZOS) if model_size != size else source
-                change = np.abs(np.asarray(image).astype(int) - np.asarray(original).astype(int))[:, : model_size // 2]
-                max_change = max(max_change, int(change.max()))
-                if model_size != size:
-                    image = image.resize((size, size), resample=PIL.Image.Resampling.BOX)
-                if key == "a red circle":
-                    correct = any(o.color == "red" and o.shape == "circle" and o.cx >= size / 2
-                                  for o in sw.detect_objects(image))
-                else:
-                    correct = bool(sw.score_image(image, prompt)["caption"])
-                results[key].append(correct)
-                records.append((prompt, source, image, correct))
-            bar.update(samples_per_image)
-    bar.close()
-    summary = {key: sum(v) / len(v) for key, v in results.items()}
-    summary.update(num_images=num_images, samples_per_image=samples_per_image, max_unmasked_change=max_change)
     return summary, records
 
 
@@ -185,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call (default 16)")
     p.add_argument("--inpainting", type=int, default=0, metavar="N",
                    help="also inpaint a red circle into the right half of N shapes-world images and score it")
+    p.add_argument("--cell-threshold", "--cell_threshold", dest="cell_threshold", type=float, default=0.0,
+                   help="inpainting: a token cell straddling the mask is regenerated above this masked share (default 0)")
+    p.add_argument("--outpainting", type=int, default=0, metavar="N",
+                   help="also extend N scenes by 64 px to the right with a red circle and score it")
+    p.add_argument("--img2img", type=int, default=0, metavar="N",
+                   help="also re-prompt N scenes at every strength (adherence vs similarity)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return p
 
@@ -198,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("samples_per_prompt", "batch_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.inpainting < 0:
-        parser.error("--inpainting must be >= 0")
+    for name in ("inpainting", "outpainting", "img2img"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be >= 0")
+    if not 0.0 <= args.cell_threshold < 1.0:
+        parser.error("--cell-threshold must be in [0, 1)")
     sweep = []
     if args.guidance_scales:
         try:
@@ -223,10 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         for g in sweep:
             report["guidance_sweep"][str(g)] = headline(evaluate_shapes(pipe, guidance_scale=g, **common)[0])
         inpainting_records = []
+        edit_kwargs = dict(samples_per_image=args.samples_per_prompt, seed=args.seed, **kwargs)
+        if args.guidance_scale is not None:
+            edit_kwargs["guidance_scale"] = args.guidance_scale
         if args.inpainting:
             report["inpainting"], inpainting_records = evaluate_inpainting(
-                pipe, num_images=args.inpainting, samples_per_image=args.samples_per_prompt, seed=args.seed,
-                guidance_scale=args.guidance_scale if args.guidance_scale is not None else 4.0, **kwargs)
+                pipe, num_images=args.inpainting, cell_threshold=args.cell_threshold, **edit_kwargs)
+        if args.outpainting:
+            report["outpainting"], _ = evaluate_outpainting(pipe, num_images=args.outpainting, **edit_kwargs)
+        if args.img2img:
+            report["img2img"] = evaluate_img2img(pipe, num_images=args.img2img, **edit_kwargs)
         # write into a temporary folder, then move the finished files into place
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -251,8 +198,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  guidance {g}: " + ", ".join(f"{k} {v:.0%}" for k, v in a.items() if v is not None))
     if "inpainting" in report:
         r = report["inpainting"]
-        print(f"inpainting: 'a red circle' {r['a red circle']:.0%}, relation caption {r['relation caption']:.0%}, "
-              f"largest change outside the mask {r['max_unmasked_change']}")
+        print(f"inpainting: caption with the new object in the mask {r['caption_with_new_object_in_mask']:.0%}, kept "
+              f"half of the generated latent {r['kept_latent_psnr_median']:.1f} dB median ({r['kept_redrawn_share']:.0%} "
+              f"redrawn), largest change outside the mask {r['max_unmasked_change']}")
+    if "outpainting" in report:
+        r = report["outpainting"]
+        print(f"outpainting: red circle in the new area {r['red_circle_in_new_area']:.0%}, seam step "
+              f"{r['seam_step']:.1f} (columns elsewhere {r['median_column_step']:.1f}), largest change of the original "
+              f"{r['max_original_change']}")
+    if "img2img" in report:
+        for strength, r in report["img2img"]["strengths"].items():
+            print(f"img2img strength {strength}: new caption {r['new_caption']:.0%}, input caption "
+                  f"{r['input_caption']:.0%}, PSNR to the input {r['psnr_to_input']:.1f} dB")
     print(f"wrote {out / 'report.json'} and {out / 'samples.png'}")
     return 0
 
