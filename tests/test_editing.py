@@ -47,7 +47,7 @@ def test_kept_tokens_requantize_what_the_regenerated_scales_left_of_the_input(ti
     are residuals against their own coarser scales."""
     pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
     latents = []
-    tokens = pipe("a red circle", image=image, mask_image=mask, generator=gen(), output_type="tokens",
+    tokens = pipe("a red circle", image=image, mask_image=mask, generator=gen(), output_type="tokens", cell_threshold=0.0,
                   callback_on_step_end=lambda p, si, pn, t: latents.append(t["latents"].clone()),
                   callback_on_step_end_tensor_inputs=["latents"]).images
     f = pipe.vqvae.encode(pipe.preprocess_image(image)).float()
@@ -79,7 +79,7 @@ def test_kept_region_of_the_latent_stays_closer_to_the_input_than_standalone_tok
         total = 0.0
         for seed in seeds:
             latent = pipe("a red circle", image=image, mask_image=PIL.Image.fromarray(m), generator=gen(seed),
-                          output_type="latent").images
+                          output_type="latent", cell_threshold=0.0).images
             total += float((latent - f)[..., kept, :].square().mean())
         return total / len(seeds)
 
@@ -99,7 +99,7 @@ def test_cell_threshold_keeps_cells_that_are_mostly_unmasked(tiny_pipe, image, m
 
     pipe = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)
     pixels, mask_B1HW = pipe.preprocess_image(image), pipe.preprocess_mask(mask, image)
-    any_pixel = pipe.known_tokens(EditRequest(pixels, mask_B1HW), 1)
+    any_pixel = pipe.known_tokens(EditRequest(pixels, mask_B1HW, cell_threshold=0.0), 1)
     majority = pipe.known_tokens(EditRequest(pixels, mask_B1HW, cell_threshold=0.5), 1)
     share = [F.adaptive_avg_pool2d((mask_B1HW > 0.5).float(), pn).flatten(1) for pn in pipe.vqvae.config.patch_nums]
     for si, s in enumerate(share):

@@ -59,7 +59,7 @@ def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0, cell_threshold: float = 0.0,
+def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0, cell_threshold: float = 0.5,
                         show_progress: bool = True, **sampling_kwargs) -> tuple[dict, list]:
     """Inpaint "a red circle to the right of <the object>" into the right half; see the module docstring.
 

@@ -117,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call (default 16)")
     p.add_argument("--inpainting", type=int, default=0, metavar="N",
                    help="also inpaint a red circle into the right half of N shapes-world images and score it")
-    p.add_argument("--cell-threshold", "--cell_threshold", dest="cell_threshold", type=float, default=0.0,
-                   help="inpainting: a token cell straddling the mask is regenerated above this masked share (default 0)")
+    p.add_argument("--cell-threshold", "--cell_threshold", dest="cell_threshold", type=float, default=0.5,
+                   help="inpainting: a token cell straddling the mask is regenerated above this masked share (default 0.5)")
     p.add_argument("--outpainting", type=int, default=0, metavar="N",
                    help="also extend N scenes by 64 px to the right with a red circle and score it")
     p.add_argument("--img2img", type=int, default=0, metavar="N",

@@ -33,7 +33,7 @@ class EditRequest:
     image_B3HW: torch.Tensor
     mask_B1HW: torch.Tensor | None = None
     keep_scales: int | None = None
-    cell_threshold: float = 0.0  # inpainting: a token cell is regenerated when more than this share is masked
+    cell_threshold: float = 0.5  # inpainting: a token cell is regenerated when more than this share is masked
 
 
 @dataclass
