@@ -68,7 +68,7 @@ def main() -> None:
 
     pipe(PROMPTS[0], generator=torch.Generator().manual_seed(0), callback_on_step_end=keep,
          callback_on_step_end_tensor_inputs=["f_hat"])
-    sides = [f"{pn}×{pn}" for pn in pipe.transformer.config.patch_nums]
+    sides = [f"{pn}x{pn}" for pn in pipe.transformer.config.patch_nums]  # plain x: every font has it
     make_image_grid(previews, captions=sides, cols=len(previews)).save(out / "progression.png")
 
     # editing on a shapes-world scene: a blue square on the left
@@ -80,26 +80,37 @@ def main() -> None:
     mask = np.zeros((64, 64), dtype=np.uint8)
     mask[:, 32:] = 255
     mask_image = PIL.Image.fromarray(mask, mode="L")
-    results = inpaint(["a red circle"] * 3, image=[source] * 3, mask_image=mask_image, generator=seeded(3)).images
-    shown_mask = PIL.Image.composite(PIL.Image.new("RGB", (64, 64), (255, 255, 255)), source, mask_image)
-    make_image_grid([big(source), big(shown_mask)] + [big(r) for r in results],
-                    captions=["input", "mask (white)", "\"a red circle\"", "", ""], cols=5).save(out / "inpainting.png")
+    prompt = "a red circle to the right of a blue square"
+    latents = {}
 
-    # outpainting: the scene's left 36 columns, extended by 28 new columns on the right
-    canvas, canvas_mask = prepare_outpainting(source.crop((0, 0, 36, 64)), right=28)
-    wider = inpaint(["a blue square to the left of a yellow triangle"] * 3, image=[canvas] * 3,
-                    mask_image=canvas_mask, generator=seeded(3)).images
-    make_image_grid([big(canvas)] + [big(w) for w in wider],
-                    captions=["canvas (new columns masked)", "\"a blue square to the left", "of a yellow triangle\"", ""],
-                    cols=4).save(out / "outpainting.png")
+    def keep_latent(p, scale_index, side, tensors):
+        latents["final"] = tensors["latents"]
+        return {}
+
+    results = inpaint([prompt] * 3, image=source, mask_image=mask_image, generator=seeded(3),
+                      callback_on_step_end=keep_latent, callback_on_step_end_tensor_inputs=["latents"]).images
+    # what the model drew everywhere, before the unmasked half is pasted back from the input
+    unblended = inpaint.decode_preview(latents["final"])
+    shown_mask = PIL.Image.composite(PIL.Image.new("RGB", (64, 64), (255, 255, 255)), source, mask_image)
+    make_image_grid([big(source), big(shown_mask)] + [big(r) for r in results] + [big(u) for u in unblended],
+                    captions=["input", "mask (white)", f"\"{prompt}\"", "", "", "latent before the blend", "", ""],
+                    cols=5).save(out / "inpainting.png")
+
+    # outpainting: the 64 x 64 scene extended by 64 new columns on the right, filled window by window
+    canvas, canvas_mask = prepare_outpainting(source, right=64, fill=sw.BACKGROUND)
+    wider = inpaint(["a red circle"] * 3, image=canvas, mask_image=canvas_mask, generator=seeded(3)).images
+    show = lambda im: im.resize((2 * SHOW, SHOW), resample=PIL.Image.Resampling.NEAREST)  # noqa: E731
+    make_image_grid([show(canvas)] + [show(w) for w in wider],
+                    captions=["canvas, 128 x 64 (new columns masked)", "\"a red circle\"", "", ""],
+                    cols=2).save(out / "outpainting.png")
 
     img2img = VARCLIPImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
     row, row_captions = [big(source)], ["input"]
-    for strength in (0.3, 0.6, 0.9):
+    for strength in (2 / 7, 4 / 7, 6 / 7):  # 2, 4 and 6 of the 7 scales regenerated
         row.append(big(img2img("a red triangle on the left", image=source, strength=strength,
                                generator=torch.Generator().manual_seed(0)).images[0]))
-        row_captions.append(f"strength {strength}")
+        row_captions.append(f"strength {round(strength * 7)}/7")
     make_image_grid(row, captions=row_captions, cols=len(row)).save(out / "img2img.png")
     print(f"wrote samples.png, progression.png, inpainting.png, outpainting.png, img2img.png to {out}")
 

@@ -306,7 +306,7 @@ def run_generation(args) -> int:
     save_image(picture, args.output, "--output")
     print(f"wrote {args.output} ({len(images)} image{'s' if len(images) > 1 else ''}, {picture.width}×{picture.height})")
     if args.save_progress:
-        sides = [f"{pn}×{pn}" for pn in pipe.transformer.config.patch_nums]
+        sides = [f"{pn}x{pn}" for pn in pipe.transformer.config.patch_nums]  # plain x: every font has it
         size = max(previews[0].width, 64)
         strip = make_image_grid([p.resize((size, size)) for p in previews], captions=sides, cols=len(previews))
         save_image(strip, args.save_progress, "--save-progress")

@@ -345,6 +345,7 @@ class NextScalePipelineMixin:
             latent = self.vqvae.encode(image).float()
         return KnownTokens(mask=keep, latent_BChw=latent)
 
+    @torch.no_grad()
     def decode_preview(self, f_hat: torch.Tensor, output_type: str = "pil"):
         """Decode a partial latent (from a `callback_on_step_end`) into a coarse-to-fine preview image."""
         images = self.vqvae.decode_latent(f_hat).float()
