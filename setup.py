@@ -28,6 +28,7 @@ setup(
         "accelerate>=0.34",
         "Pillow>=10",
         "numpy>=1.24",
+        "scipy>=1.10",  # the shapes world's connected components (scipy.ndimage.label)
         "tqdm>=4.66",
         "jinja2>=3",
     ],
