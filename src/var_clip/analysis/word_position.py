@@ -33,7 +33,7 @@ from ..utils.arguments import ArgumentParser, add_option
 from ..utils.atomic import atomic_open, atomic_write
 from ..utils.device import resolve_device
 from ..utils.image_grid import default_font, make_image_grid
-from ..utils.loading import load_pipeline
+from ..utils.loading import load_clip_text_encoder, load_pipeline
 
 __all__ = [
     "CaptionVariant",
@@ -190,15 +190,8 @@ def load_embedder(
     """The caption → normalised CLIP embedding function: from ``text_encoder`` (a CLIP model folder or Hub repo id,
     e.g. ``openai/clip-vit-large-patch14``) when given, else from the pipeline's own text encoder."""
     if text_encoder is not None:
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(text_encoder))
-            encoder = CLIPTextModelWithProjection.from_pretrained(str(text_encoder))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"`text_encoder` {str(text_encoder)!r} could not be loaded as a CLIP tokenizer and text "
-                             f"model with projection: {error}") from error
-        return _clip_embedder(tokenizer, encoder.to(resolve_device(device)).eval())
+        encoder, tokenizer = load_clip_text_encoder(text_encoder, f"`text_encoder` {str(text_encoder)!r}")
+        return _clip_embedder(tokenizer, encoder.to(resolve_device(device)))
     if pipe is None:
         raise ValueError("pass a pipeline (`model`) or a CLIP `text_encoder` to embed the captions with")
     if pipe.text_encoder is None or pipe.tokenizer is None:

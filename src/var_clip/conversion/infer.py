@@ -12,8 +12,6 @@ import os
 import re
 from collections.abc import Sequence
 
-import torch
-
 from ..models.strict_loading import CONDITION_TYPES
 from ..original_format import (
     OriginalCheckpointError,
@@ -24,6 +22,7 @@ from ..original_format import (
     vqvae_from_original,
 )
 from ..pipelines import VARCLIPPipeline, VARPipeline
+from ..utils.loading import ModelLoadError, load_clip_text_encoder
 
 logger = logging.getLogger(__package__)
 
@@ -80,8 +79,6 @@ def load_text_encoder(name_or_path: str, expected_dim: int):
     Raises :class:`ConversionError` when it cannot be loaded or when its projection width is not the transformer's
     text-embedding width.
     """
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
     source = os.path.expanduser(name_or_path)
     if not os.path.isdir(source):
         if not _HUB_ID.match(name_or_path):
@@ -89,19 +86,15 @@ def load_text_encoder(name_or_path: str, expected_dim: int):
                                   f"(like {DEFAULT_TEXT_ENCODER!r}); pass 'none' to convert without one")
         source = name_or_path
     try:
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(source, dtype=torch.float32)
-        tokenizer = CLIPTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as e:  # missing files, no network, not a CLIP model
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConversionError(f"text_encoder {name_or_path!r} could not be loaded as a CLIP text model with "
-                              f"projection and its tokenizer: {first} (offline? pass a local folder, or 'none')"
-                              ) from None
+        text_encoder, tokenizer = load_clip_text_encoder(source, f"text_encoder {name_or_path!r}")
+    except ModelLoadError as e:
+        raise ConversionError(f"{e} (offline? pass a local folder, or 'none')") from None
     projection_dim = text_encoder.config.projection_dim
     if projection_dim != expected_dim:
         raise ConversionError(f"text_encoder {name_or_path!r} projects to {projection_dim} dims but the transformer in "
                               f"var_checkpoint expects text embeddings of {expected_dim} (VAR-CLIP d16 uses "
                               f"{DEFAULT_TEXT_ENCODER}, 768)")
-    return text_encoder.eval(), tokenizer
+    return text_encoder, tokenizer
 
 
 def load_original_pipeline(

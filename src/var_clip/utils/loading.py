@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["ModelLoadError", "is_network_error", "load_pipeline"]
+__all__ = ["ModelLoadError", "is_network_error", "load_clip_text_encoder", "load_pipeline"]
 
 # Exception classes from these packages' modules are network failures (huggingface_hub's transport raises httpx's
 # or requests' errors, which are not OSError).
@@ -63,3 +63,22 @@ def load_pipeline(model: str | os.PathLike | None, cls=None, dtype: str = "float
     except (RuntimeError, AssertionError) as e:
         raise ModelLoadError(f"--device {device!r} is not available: {str(e).splitlines()[0]}") from None
     return pipe
+
+
+def load_clip_text_encoder(source: str | os.PathLike, label: str):
+    """A CLIP text tower with projection (``CLIPTextModelWithProjection``, float32, eval mode) and its
+    ``CLIPTokenizer``, from a folder or a Hub repo id; ``label`` names the argument in the error.
+
+    Raises :class:`ModelLoadError` when either cannot be loaded (missing files, no network, not a CLIP model).
+    """
+    import torch
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    try:
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(str(source), dtype=torch.float32)
+        tokenizer = CLIPTokenizer.from_pretrained(str(source))
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{label} could not be loaded as a CLIP text model with projection and its tokenizer: "
+                             f"{first}") from None
+    return text_encoder.eval(), tokenizer
