@@ -531,3 +531,16 @@ def test_full_size_d16_pair_converts_and_loads(tmp_path, capsys):
     assert pipe.transformer.config.text_embed_dim == 768 and tuple(pipe.vqvae.config.ch_mult) == (1, 1, 2, 2, 4)
     assert pipe.vqvae.sample_size == 256
     assert os.path.getsize(out / "transformer" / "diffusion_pytorch_model.safetensors") > 1_000_000_000
+
+
+def test_model_card_templates_ship_in_the_package(tmp_path):
+    from var_clip.conversion import MODEL_CARDS_DIR, ConversionError, model_card_template
+
+    assert MODEL_CARDS_DIR.parent.name == "var_clip"  # inside the package, so an installed wheel has them
+    for name in ("var_clip_d16.md", "var_class_conditional.md", "default_model.md"):
+        assert model_card_template(name) == MODEL_CARDS_DIR / name
+    own = tmp_path / "card.md"
+    own.write_text("{{ card_data }}")
+    assert model_card_template(own) == own  # a file is taken as it is
+    with pytest.raises(ConversionError, match="var_clip_d16.md"):
+        model_card_template("no_such_card.md")
