@@ -1,7 +1,7 @@
 """No tracked text file names an absolute path of the machine it was built on (a workspace, a home folder, /tmp).
 
 Such a path means nothing on a user's machine: a config's ``_name_or_path``, a docstring that points into the
-author's checkout, a script that reads ``/tmp/...``. Paths are spelled relative to the repository instead.
+author's checkout, a script that reads a file of the author's temporary folder. Paths are spelled relative to the repository instead.
 """
 
 from __future__ import annotations
@@ -51,8 +51,13 @@ def _traces(texts: dict[str, str]) -> dict[str, list[str]]:
 
 
 def test_pattern_finds_machine_paths_and_nothing_else():
-    machine = ["/work/dm/model", '"/root/.cache/x"', "cd /home/alice/var-clip", "/Users/bob/x", "open('/tmp/run3/a')"]
-    ordinary = ["https://example.com/home/page", "docs/tmp/x", "src/var_clip/work/x", "~/work/x", "a/b", "/tmp/ alone"]
+    def p(root: str, rest: str) -> str:  # spelled in pieces, so that this file names no such path itself
+        return "/" + root + "/" + rest
+
+    machine = [p("work", "dm/model"), f'"{p("root", ".cache/x")}"', f"cd {p('home', 'alice/var-clip')}",
+               p("Users", "bob/x"), f"open('{p('tmp', 'run3/a')}')"]
+    ordinary = ["https://example.com" + p("home", "page"), "docs" + p("tmp", "x"), "src/var_clip" + p("work", "x"),
+                "~" + p("work", "x"), "a/b", p("tmp", " alone")]
     assert all(_MACHINE_PATH.search(text) for text in machine)
     assert not any(_MACHINE_PATH.search(text) for text in ordinary)
 
