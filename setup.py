@@ -14,29 +14,36 @@ setup(
     # the embedded default model's folders (no Python files) are namespace packages holding its weights and configs
     packages=find_namespace_packages("src", include=["var_clip", "var_clip.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
+    # data that ships in the wheel: the embedded default model (its folders hold no Python files and are namespace
+    # packages), the model-card templates of the conversion and the diffusers custom-pipeline files
     package_data={"var_clip.default_model": ["*.json", "*.md"], "var_clip.default_model.text_encoder": ["*"],
                   "var_clip.default_model.tokenizer": ["*"], "var_clip.default_model.transformer": ["*"],
-                  "var_clip.default_model.vqvae": ["*"]},
+                  "var_clip.default_model.vqvae": ["*"], "var_clip.model_cards": ["*.md"],
+                  "var_clip.custom_pipelines": ["*.py", "*.md"]},
+    # floors: what the code needs (transformers 5: CLIPTokenizer(vocab=dict, merges=list), .backend_tokenizer) and
+    # what diffusers 0.42 itself requires (huggingface_hub >= 1.32, safetensors >= 0.8). Tested set: see the README.
     install_requires=[
         "torch>=2.3",
-        # tested with diffusers 0.42.1 and transformers 5.23.0 (the Hub loading and custom-pipeline recipes
-        # depend on diffusers internals: other minor versions are not supported)
+        # the Hub loading and custom-pipeline recipes depend on diffusers internals: other minor versions are not
+        # supported
         "diffusers>=0.42,<0.43",
-        "transformers>=4.46",
-        "safetensors>=0.4",
-        "huggingface_hub>=0.25",
+        "transformers>=5,<6",
+        "safetensors>=0.8",
+        "huggingface_hub>=1.32",
         "accelerate>=0.34",
         "Pillow>=10",
         "numpy>=1.24",
+        "scipy>=1.10",  # the shapes world's connected components (scipy.ndimage.label)
         "tqdm>=4.66",
-        "jinja2>=3",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7", "torchmetrics>=1.4"],
+        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7", "torchmetrics>=1.4", "jinja2>=3"],
         "train": ["datasets>=2.20", "tensorboard>=2.15"],
         "analysis": ["matplotlib>=3.7"],
         # var-clip eval-fid (torchmetrics' FID; its own Inception also needs torch-fidelity) and dataset prompt files
         "eval": ["torchmetrics>=1.4", "datasets>=2.20"],
+        # the model cards the conversion writes (torch itself already requires jinja2)
+        "convert": ["jinja2>=3"],
     },
     entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[

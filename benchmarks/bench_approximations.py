@@ -39,6 +39,7 @@ def settings(patch_nums) -> dict[str, dict]:
 
 def d16_speed(runs: int) -> dict[str, float]:
     from var_clip import MultiScaleVQModel, VARCLIPPipeline, VARTransformer2DModel
+    from var_clip.sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
     torch.manual_seed(0)
     transformer = VARTransformer2DModel(depth=16, embed_dim=1024, num_heads=16, text_embed_dim=768).eval()
@@ -50,7 +51,8 @@ def d16_speed(runs: int) -> dict[str, float]:
         times = []
         for i in range(runs + 1):
             t = time.perf_counter()
-            pipe(prompt_embeds=embeds, guidance_scale=4.0, top_k=900, top_p=0.95, output_type="pt",
+            pipe(prompt_embeds=embeds, guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P,
+                 output_type="pt",
                  generator=torch.Generator().manual_seed(i), **extra)
             if i:
                 times.append(time.perf_counter() - t)

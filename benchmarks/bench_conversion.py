@@ -3,7 +3,7 @@
     python benchmarks/bench_conversion.py [--dtype fp32|fp16|bf16] [--skip_check]
 
 Writes a d16 transformer (``ar-ckpt-last.pth`` layout) and VAR's 256-px VQ-VAE with random weights in the original
-key layout (tests/full_size.py), then runs conversion_scripts/convert_var_clip_to_diffusers.py on them in a child
+key layout (tests/full_size.py), then runs var-clip convert-var-clip on them in a child
 process with ``--text_encoder none`` (no CLIP ViT-L/14 weights offline) and reports the child's wall time and peak
 resident memory (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), including the final load-and-generate check unless
 ``--skip_check``.
@@ -44,7 +44,7 @@ def main() -> None:
               f"{vae_path.name} {vae_path.stat().st_size / 2**20:.0f} MiB")
 
         out = tmp / "var-clip-d16"
-        command = [sys.executable, str(REPO / "conversion_scripts" / "convert_var_clip_to_diffusers.py"),
+        command = [sys.executable, "-m", "var_clip.cli", "convert-var-clip",
                    "--var_checkpoint", str(var_path), "--vae_checkpoint", str(vae_path), "--output_dir", str(out),
                    "--text_encoder", "none", "--dtype", args.dtype] + (["--skip_check"] if args.skip_check else [])
         start = time.perf_counter()

@@ -34,7 +34,6 @@ import torch
 CONFIGS = {  # VAR's family: heads = depth, width = 64·depth; VQ-VAE ch 160, 4096 codes, 16× downsampling
     "d16": dict(depth=16), "d20": dict(depth=20), "d24": dict(depth=24), "d30": dict(depth=30),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def build_pipeline(name: str, dtype: torch.dtype):
@@ -137,7 +136,9 @@ def timed_methods(targets):
 
 def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = "cpu", compile: bool = False) -> dict:
     torch.manual_seed(0)
-    dtype, device = DTYPES[dtype_name], torch.device(device)
+    from var_clip.utils.dtypes import torch_dtype
+
+    dtype, device = torch_dtype(dtype_name), torch.device(device)
     t0 = time.perf_counter()
     pipe = build_pipeline(name, dtype).to(device)
     build_s = time.perf_counter() - t0
@@ -148,7 +149,10 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = 
         pipe.compile_repeated_blocks()
     E = pipe.transformer.config.text_embed_dim
     embeds = torch.nn.functional.normalize(torch.randn(batch, E, generator=torch.Generator().manual_seed(0)), dim=-1)
-    kwargs = dict(prompt_embeds=embeds.to(device), guidance_scale=4.0, top_k=900, top_p=0.95, output_type="pt")
+    from var_clip.sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
+
+    kwargs = dict(prompt_embeds=embeds.to(device), guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K,
+                  top_p=DEFAULT_TOP_P, output_type="pt")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env python
 """Caption a folder of images into metadata.jsonl (Hugging Face imagefolder layout); see var_clip.training.captioning.
 
-    python scripts/caption_images.py path/to/images --prompt "a photo of" --batch_size 16
+    python scripts/caption_images.py path/to/images --prompt "a photo of" --batch-size 16
+
+A thin wrapper: the command is ``var-clip caption``.
 """
 
 import sys

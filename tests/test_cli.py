@@ -109,3 +109,50 @@ def test_console_script_help_lists_every_command():
     for command in ("generate", "inpaint", "img2img", "train-vqvae", "train-clip", "train-var", "caption",
                     "word-position", "eval-shapes"):
         assert command in out.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Start-up and option spellings
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_cli_module_and_help_import_neither_torch_nor_diffusers():
+    from .conftest import REPO
+
+    code = ("import sys; import var_clip.cli as cli; cli.build_parser(commands=[]).format_help(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_multi_word_option_takes_both_spellings(capsys):
+    from var_clip.cli import build_parser
+    from var_clip.conversion.cli import VAR_CLIP, conversion_parser
+    from var_clip.training import train_clip, train_vqvae
+
+    kebab = build_parser().parse_args(["generate", "x", "--num-images", "2", "--guidance-scale", "1"])
+    snake = build_parser().parse_args(["generate", "x", "--num_images", "2", "--guidance_scale", "1"])
+    assert vars(kebab) == vars(snake)
+    convert = conversion_parser(VAR_CLIP.condition_type, VAR_CLIP.description, VAR_CLIP.var_help)
+    both = [convert.parse_args(["--var-checkpoint", "a", "--vae-checkpoint", "b", "--output-dir", "c", "--skip-check"]),
+            convert.parse_args(["--var_checkpoint", "a", "--vae_checkpoint", "b", "--output_dir", "c", "--skip_check"])]
+    assert vars(both[0]) == vars(both[1])
+    for entry in (train_vqvae, train_clip):
+        parser = entry.build_parser()
+        assert (vars(parser.parse_args(["--train-data-dir", "d", "--output-dir", "o"]))
+                == vars(parser.parse_args(["--train_data_dir", "d", "--output_dir", "o"])))
+    # help and errors name one spelling
+    assert "--output_dir" not in convert.format_help() and "--output-dir" in convert.format_help()
+    with pytest.raises(SystemExit):
+        convert.parse_args(["--var-checkpoint", "a"])
+    assert "--vae-checkpoint, --output-dir" in capsys.readouterr().err
+
+
+def test_convert_commands_are_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["convert-var-clip", "--help"])
+    assert e.value.code == 0 and "usage: var-clip convert-var-clip" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["convert-var", "--help"])
+    assert e.value.code == 0 and "usage: var-clip convert-var " in capsys.readouterr().out

@@ -90,7 +90,7 @@ def clip16(work) -> Path:
 
 @pytest.fixture(scope="module")
 def parity_converted(parity_dir, work, tmp_path_factory):
-    """/work/shared/parity converted in-process by the script's main(), with a local CLIP text encoder."""
+    """shared/parity converted in-process by the script's main(), with a local CLIP text encoder."""
     out = work / "parity-pipeline"
     rc = convert_var_clip.main(["--var_checkpoint", str(parity_dir / "var.pth"), "--vae_checkpoint",
                                 str(parity_dir / "vae.pth"), "--patch_nums", "1,2,3,4", "--output_dir", str(out),
@@ -264,10 +264,10 @@ def test_wrong_kind_of_checkpoint_points_to_the_other_script(tiny_text_pair, tin
     _, _, class_var, class_vae = tiny_class_pair
     rc, _, err = _run(convert_var_clip, ["--var_checkpoint", class_var, "--vae_checkpoint", class_vae,
                                          "--output_dir", tmp_path / "a", "--text_encoder", "none"], capsys)
-    assert rc == 1 and "class-conditional" in err and "convert_var_to_diffusers.py" in err
+    assert rc == 1 and "class-conditional" in err and "var-clip convert-var" in err and "convert-var-clip" not in err
     rc, _, err = _run(convert_var, ["--var_checkpoint", text_var, "--vae_checkpoint", text_vae,
                                     "--output_dir", tmp_path / "b"], capsys)
-    assert rc == 1 and "text-conditional" in err and "convert_var_clip_to_diffusers.py" in err
+    assert rc == 1 and "text-conditional" in err and "var-clip convert-var-clip" in err
     assert _leftovers(tmp_path, "a") == _leftovers(tmp_path, "b") == []
 
 
@@ -321,7 +321,7 @@ def test_failed_check_leaves_nothing(tiny_text_pair, tmp_path, capsys):
 
 
 def test_interrupted_conversion_leaves_nothing(tiny_text_pair, tmp_path, capsys, monkeypatch):
-    import var_clip.conversion as conversion
+    import var_clip.conversion.check as conversion_check
 
     _, _, var_path, vae_path = tiny_text_pair
 
@@ -329,7 +329,7 @@ def test_interrupted_conversion_leaves_nothing(tiny_text_pair, tmp_path, capsys,
         assert _leftovers(tmp_path, "out")[0].startswith(".out.partial-")  # mid-way, only the hidden folder exists
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(conversion, "check_pipeline_folder", interrupted)
+    monkeypatch.setattr(conversion_check, "check_pipeline_folder", interrupted)
     rc, _, err = _run(convert_var_clip, ["--var_checkpoint", var_path, "--vae_checkpoint", vae_path,
                                          "--output_dir", tmp_path / "out", "--text_encoder", "none"], capsys)
     assert rc == 130 and "interrupted" in err
@@ -493,7 +493,7 @@ def test_default_model_card_template_renders_every_placeholder():
 
     from var_clip.conversion import ConversionError, render_model_card
 
-    template = REPO / "model_cards" / "default_model.md"
+    template = "default_model.md"  # a template shipped in the package
     data = ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
                          tags=["var-clip", "text-to-image", "shapes-world"])
     accuracy = {k: {m: "50.0 %" for m in ("color", "shape", "size", "position", "relation", "caption")}
@@ -531,3 +531,16 @@ def test_full_size_d16_pair_converts_and_loads(tmp_path, capsys):
     assert pipe.transformer.config.text_embed_dim == 768 and tuple(pipe.vqvae.config.ch_mult) == (1, 1, 2, 2, 4)
     assert pipe.vqvae.sample_size == 256
     assert os.path.getsize(out / "transformer" / "diffusion_pytorch_model.safetensors") > 1_000_000_000
+
+
+def test_model_card_templates_ship_in_the_package(tmp_path):
+    from var_clip.conversion import MODEL_CARDS_DIR, ConversionError, model_card_template
+
+    assert MODEL_CARDS_DIR.parent.name == "var_clip"  # inside the package, so an installed wheel has them
+    for name in ("var_clip_d16.md", "var_class_conditional.md", "default_model.md"):
+        assert model_card_template(name) == MODEL_CARDS_DIR / name
+    own = tmp_path / "card.md"
+    own.write_text("{{ card_data }}")
+    assert model_card_template(own) == own  # a file is taken as it is
+    with pytest.raises(ConversionError, match="var_clip_d16.md"):
+        model_card_template("no_such_card.md")

@@ -16,6 +16,7 @@ from huggingface_hub import HfApi
 
 import var_clip.hub as hub
 from var_clip import VARCLIPPipeline, VARPipeline
+from var_clip.hub import CUSTOM_PIPELINES_DIR
 
 from .conftest import REPO, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
 from .original_layout import transformer_to_original, vqvae_to_original
@@ -288,7 +289,7 @@ def test_push_a_single_model_folder(tmp_path, fake_upload, monkeypatch):
 
 
 def test_diffusers_app_loads_through_custom_pipeline_files(tiny_folder, tmp_path):
-    text_file = REPO / "pipelines" / "pipeline_var_clip.py"
+    text_file = CUSTOM_PIPELINES_DIR / "pipeline_var_clip.py"  # shipped in the package
     pipe = DiffusionPipeline.from_pretrained(tiny_folder, custom_pipeline=str(text_file), trust_remote_code=True)
     assert type(pipe) is VARCLIPPipeline
     direct = VARCLIPPipeline.from_pretrained(tiny_folder)
@@ -298,7 +299,7 @@ def test_diffusers_app_loads_through_custom_pipeline_files(tiny_folder, tmp_path
     # the class-conditional file, in the same process (distinct module names: no clash in diffusers' module cache)
     class_folder = tmp_path / "var"
     VARPipeline(transformer=make_tiny_transformer("class"), vqvae=make_tiny_vqvae()).save_pretrained(class_folder)
-    class_file = REPO / "pipelines" / "pipeline_var.py"
+    class_file = CUSTOM_PIPELINES_DIR / "pipeline_var.py"
     class_pipe = DiffusionPipeline.from_pretrained(class_folder, custom_pipeline=str(class_file),
                                                    trust_remote_code=True)
     assert type(class_pipe) is VARPipeline and _generate(class_pipe, class_labels=[1, 2]).shape == (2, 3, 16, 16)

@@ -2,20 +2,37 @@
 
 __version__ = "0.1.0"
 
+import importlib as _importlib
 import os as _os
 
 #: Folder of the small shapes-world pipeline that ships with the package: `VARCLIPPipeline.from_pretrained(DEFAULT_MODEL)`.
 DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "default_model")
 
-from .models import MultiScaleVQModel, VARTransformer2DModel
-from .pipelines import (
-    VARCLIPImg2ImgPipeline,
-    VARCLIPInpaintPipeline,
-    VARCLIPPipeline,
-    VARInpaintPipeline,
-    VARPipeline,
-    prepare_outpainting,
-)
+# The models and pipelines import torch and diffusers: they load on first use, so that `import var_clip.cli` (and
+# `var-clip --help`) stays light.
+_LAZY = {
+    "MultiScaleVQModel": ".models",
+    "VARTransformer2DModel": ".models",
+    "VARCLIPPipeline": ".pipelines",
+    "VARCLIPInpaintPipeline": ".pipelines",
+    "VARCLIPImg2ImgPipeline": ".pipelines",
+    "VARPipeline": ".pipelines",
+    "VARInpaintPipeline": ".pipelines",
+    "prepare_outpainting": ".pipelines",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(_importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
 
 __all__ = [
     "MultiScaleVQModel",

@@ -18,12 +18,19 @@ import importlib
 import os
 import sys
 import warnings
-from pathlib import Path
 
+from .utils.arguments import ArgumentParser, add_option
+from .utils.dtypes import DTYPE_NAMES as DTYPES
 from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
+from .utils.loading import is_network_error as _is_network_error
+from .utils.loading import load_pipeline
 
-# Subcommands implemented by other modules' `main(argv)`: name -> (module, one-line help)
+# Subcommands implemented by other modules' `main(argv)` (or the function after a colon): name -> (module, one-line help)
 DELEGATED = {
+    "convert-var-clip": ("var_clip.conversion.cli:main_var_clip",
+                         "convert VAR-CLIP's original checkpoints into a pipeline folder with a model card"),
+    "convert-var": ("var_clip.conversion.cli:main_var",
+                    "convert VAR's class-conditional checkpoints (var_d16 ... var_d30) into a pipeline folder"),
     "train-vqvae": ("var_clip.training.train_vqvae", "train the multi-scale VQ-VAE (accelerate-ready)"),
     "train-clip": ("var_clip.training.train_clip", "train a CLIP model contrastively on image-caption pairs"),
     "train-var": ("var_clip.training.train_var", "train the VAR-CLIP transformer on a frozen VQ-VAE and CLIP"),
@@ -38,8 +45,6 @@ DELEGATED = {
     "eval-clip-score": ("var_clip.metrics.clip_score", "CLIP score of generated images against their prompts"),
 }
 
-DTYPES = ("float32", "bfloat16", "float16")
-
 
 class CLIError(Exception):
     """A failure to report as one line, with exit code 1."""
@@ -47,22 +52,12 @@ class CLIError(Exception):
 
 # Optional packages → what installs them.
 INSTALL_HINTS = {"datasets": "pip install 'var-clip[train]'", "tensorboard": "pip install 'var-clip[train]'",
-                 "matplotlib": "pip install 'var-clip[analysis]'", "accelerate": "pip install accelerate"}
-# Exception classes from these packages' modules are network failures (huggingface_hub's transport raises httpx's
-# or requests' errors, which are not OSError).
-_NETWORK_MODULES = ("httpx", "httpx2", "requests", "urllib3", "huggingface_hub")
+                 "matplotlib": "pip install 'var-clip[analysis]'", "accelerate": "pip install accelerate",
+                 "jinja2": "pip install 'var-clip[convert]'", "scipy": "pip install scipy"}
 
 
 def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("VAR_CLIP_DEBUG", "").strip().lower() in ("1", "true", "yes")
-
-
-def _is_network_error(error: BaseException) -> bool:
-    if isinstance(error, (ConnectionError, TimeoutError)):
-        return True
-    return any(cls.__module__.split(".")[0] in _NETWORK_MODULES and cls.__name__.endswith(("Error", "Timeout"))
-               and cls.__name__ not in ("HFValidationError",) and not issubclass(cls, ValueError)
-               for cls in type(error).__mro__[:-2])
 
 
 def describe_failure(error: BaseException) -> str | None:
@@ -149,86 +144,83 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P  # torch: only when this command runs
+
     p.add_argument("prompt", help="what to draw (English text; quote it)")
     p.add_argument("--model", default=None,
                    help="a pipeline folder or Hugging Face Hub repo id (default: the embedded shapes-world model)")
-    p.add_argument("--negative-prompt", default=None, help="replaces the learned null embedding in guidance")
-    p.add_argument("--num-images", type=_positive_int, default=1, help="images to generate; several make a grid (default 1)")
+    add_option(p, "negative-prompt", default=None, help="replaces the learned null embedding in guidance")
+    add_option(p, "num-images", type=_positive_int, default=1, help="images to generate; several make a grid (default 1)")
     p.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed + i (default 0)")
-    p.add_argument("--guidance-scale", type=_non_negative_float, default=None,
-                   help="classifier-free guidance, ramping linearly over scales; 0 disables it (default 4.0)")
-    p.add_argument("--top-k", type=_non_negative_int, default=None,
-                   help="sample among the k most likely tokens; 0 disables (default 900)")
-    p.add_argument("--top-p", type=_unit_float, default=None,
-                   help="nucleus sampling threshold in [0, 1]; 0 disables (default 0.95)")
-    p.add_argument("--more-smooth", action="store_true", help="Gumbel-softmax smoothing (the original's visualisation setting)")
+    add_option(p, "guidance-scale", type=_non_negative_float, default=None,
+                   help="classifier-free guidance, ramping linearly over scales; 0 disables it (default "
+                        f"{DEFAULT_GUIDANCE_SCALE})")
+    add_option(p, "top-k", type=_non_negative_int, default=None,
+                   help=f"sample among the k most likely tokens; 0 disables (default {DEFAULT_TOP_K})")
+    add_option(p, "top-p", type=_unit_float, default=None,
+                   help=f"nucleus sampling threshold in [0, 1]; 0 disables (default {DEFAULT_TOP_P})")
+    add_option(p, "more-smooth", action="store_true", help="Gumbel-softmax smoothing (the original's visualisation setting)")
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
-    p.add_argument("--save-progress", metavar="PNG", default=None,
+    add_option(p, "save-progress", metavar="PNG", default=None,
                    help="also write the coarse-to-fine progression (one preview per scale) as a strip")
     p.add_argument("-o", "--output", default="var_clip.png",
                    help="image file to write; the suffix names the format (.png, .jpg, .webp, ...; default var_clip.png)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="var-clip", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+#: The generation commands: name -> (one-line help, description)
+GENERATION_COMMANDS = {
+    "generate": ("text-to-image", "Generate images from a text prompt."),
+    "inpaint": ("regenerate a masked region from a prompt",
+                "Inpaint: regenerate the white region of --mask in --image following the prompt."),
+    "outpaint": ("extend an image beyond its borders",
+                 "Outpaint: extend --image by the given margins (pixels) and fill them following the prompt, window by "
+                 "window; the original pixels stay unchanged."),
+    "img2img": ("keep an image's coarse scales, regenerate the rest",
+                "Image-to-image: keep --image's first scales and sample the finer ones under the prompt."),
+}
+
+
+def _add_command_args(name: str, p: argparse.ArgumentParser) -> None:
+    _add_generation_args(p)
+    if name == "inpaint":
+        p.add_argument("--image", required=True,
+                       help="image to edit: the model's size, or larger (filled window by window, never resized)")
+        p.add_argument("--mask", required=True, help="mask image of the same size: white = regenerate")
+    elif name == "outpaint":
+        p.add_argument("--image", required=True, help="image to extend")
+        for side in ("left", "right", "top", "bottom"):
+            p.add_argument(f"--{side}", type=_non_negative_int, default=0,
+                           help=f"pixels to add on the {side} (default 0)")
+    elif name == "img2img":
+        p.add_argument("--image", required=True, help="starting image")
+        p.add_argument("--strength", type=_unit_float, default=0.6,
+                       help="share of scales regenerated: 0 reconstructs the image, 1 ignores it (default 0.6)")
+
+
+def build_parser(commands=None) -> argparse.ArgumentParser:
+    """The command line's parser; only the generation commands in ``commands`` (default: all) get their options,
+    so that ``var-clip --help`` lists the commands without importing torch."""
+    parser = ArgumentParser(prog="var-clip", description=__doc__)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p = sub.add_parser("generate", help="text-to-image", description="Generate images from a text prompt.")
-    _add_generation_args(p)
-    p = sub.add_parser("inpaint", help="regenerate a masked region from a prompt",
-                       description="Inpaint: regenerate the white region of --mask in --image following the prompt.")
-    _add_generation_args(p)
-    p.add_argument("--image", required=True,
-                   help="image to edit: the model's size, or larger (filled window by window, never resized)")
-    p.add_argument("--mask", required=True, help="mask image of the same size: white = regenerate")
-    p = sub.add_parser("outpaint", help="extend an image beyond its borders",
-                       description="Outpaint: extend --image by the given margins (pixels) and fill them following the "
-                                   "prompt, window by window; the original pixels stay unchanged.")
-    _add_generation_args(p)
-    p.add_argument("--image", required=True, help="image to extend")
-    for side in ("left", "right", "top", "bottom"):
-        p.add_argument(f"--{side}", type=_non_negative_int, default=0, help=f"pixels to add on the {side} (default 0)")
-    p = sub.add_parser("img2img", help="keep an image's coarse scales, regenerate the rest",
-                       description="Image-to-image: keep --image's first scales and sample the finer ones under the prompt.")
-    _add_generation_args(p)
-    p.add_argument("--image", required=True, help="starting image")
-    p.add_argument("--strength", type=_unit_float, default=0.6,
-                   help="share of scales regenerated: 0 reconstructs the image, 1 ignores it (default 0.6)")
+    for name, (help_text, description) in GENERATION_COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=description)
+        if commands is None or name in commands:
+            _add_command_args(name, p)
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
+def _run_delegated(command: str, argv: list[str]) -> int:
+    module, _, function = DELEGATED[command][0].partition(":")
+    return getattr(importlib.import_module(module), function or "main")(argv)
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Running
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_pipeline(model: str | None, cls, dtype: str, device: str):
-    """Load a pipeline folder, a Hub repo id, or the embedded default model, as ``cls`` on ``device``."""
-    import torch
-
-    import var_clip
-
-    source = model or var_clip.DEFAULT_MODEL
-    if model is None and not Path(source).is_dir():
-        raise CLIError(f"the embedded default model is not installed at {source}; pass --model PATH_OR_REPO")
-    if model is not None and not Path(model).is_dir() and (model.count("/") != 1 or Path(model).suffix):
-        raise CLIError(f"--model {model!r} is neither a folder nor a Hub repo id (owner/name)")
-    try:
-        pipe = cls.from_pretrained(source, dtype=getattr(torch, dtype))
-    except Exception as e:  # noqa: BLE001 - network, missing files, a config that disagrees with its weights
-        if _is_network_error(e):
-            raise
-        if not isinstance(e, (OSError, ValueError)):
-            raise
-        raise CLIError(f"could not load --model {source!r}: {' '.join(str(e).split())}") from None
-    try:
-        pipe = pipe.to(device)
-    except (RuntimeError, AssertionError) as e:
-        raise CLIError(f"--device {device!r} is not available: {str(e).splitlines()[0]}") from None
-    return pipe
 
 
 def _sampling_flags(args) -> dict:
@@ -316,12 +308,12 @@ def run_generation(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    parser = build_parser(commands=argv[:1])
     if argv and argv[0] in DELEGATED:
         # the delegated parsers do not know --debug: it is taken out here
         debug = _debug_requested(argv[1:])
         rest = [a for a in argv[1:] if a != "--debug"]
-        return _run_reporting(argv[0], lambda: importlib.import_module(DELEGATED[argv[0]][0]).main(rest), debug)
+        return _run_reporting(argv[0], lambda: _run_delegated(argv[0], rest), debug)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

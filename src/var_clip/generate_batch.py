@@ -34,8 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .utils.arguments import OneLineParser, add_option, int_at_least, is_main_process
 from .utils.atomic import TEMP_PREFIX, atomic_open
+from .utils.dtypes import DTYPE_NAMES
 
 __all__ = [
     "GenerationJob",
@@ -52,7 +54,7 @@ __all__ = [
 METADATA_NAME = "metadata.jsonl"
 SETTINGS_NAME = "generate_batch.json"
 NPZ_NAME = "samples.npz"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = DTYPE_NAMES
 SAMPLING_OPTIONS = ("guidance_scale", "top_k", "top_p")
 
 
@@ -261,8 +263,7 @@ def _class_labels(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     from .cli import _non_negative_float, _unit_float
 
-    p = OneLineParser(prog="var-clip generate-batch", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="var-clip generate-batch", description=__doc__)
     group = p.add_argument_group("what to generate (one of --prompts and --class-labels)")
     add_option(group, "prompts", metavar="PATH_OR_DATASET", default=None,
          help="a .txt file (one prompt per non-empty line), a .jsonl or .csv file, a `datasets` folder "
@@ -278,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_argument_group("model and sampling")
     add_option(group, "model", default=None, help="a pipeline folder or Hub repo id (default: the embedded default model)")
     add_option(group, "batch-size", type=int_at_least(1), default=32, help="images per forward pass and process (default 32)")
-    add_option(group, "guidance-scale", type=_non_negative_float, default=None, help="classifier-free guidance (default 4.0)")
-    add_option(group, "top-k", type=int_at_least(0), default=None, help="top-k filter; 0 disables (default 900)")
-    add_option(group, "top-p", type=_unit_float, default=None, help="nucleus threshold in [0, 1]; 0 disables (default 0.95)")
+    add_option(group, "guidance-scale", type=_non_negative_float, default=None, help=f"classifier-free guidance (default {DEFAULT_GUIDANCE_SCALE})")
+    add_option(group, "top-k", type=int_at_least(0), default=None, help=f"top-k filter; 0 disables (default {DEFAULT_TOP_K})")
+    add_option(group, "top-p", type=_unit_float, default=None, help=f"nucleus threshold in [0, 1]; 0 disables (default {DEFAULT_TOP_P})")
     add_option(group, "dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
     add_option(group, "seed", type=int_at_least(0), default=0,
          help="global seed; image i of prompt p uses a seed derived from (seed, p, i) only (default 0)")
@@ -334,11 +335,11 @@ def _check_model_kind(args: argparse.Namespace, class_mode: bool) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace, pipeline_class: type, device):
-    from .cli import CLIError, load_pipeline
+    from .utils.loading import ModelLoadError, load_pipeline
 
     try:
         pipe = load_pipeline(args.model, pipeline_class, args.dtype, str(device))
-    except CLIError as error:
+    except ModelLoadError as error:
         raise GenerationError(str(error)) from None
     pipe.set_progress_bar_config(disable=True)
     return pipe

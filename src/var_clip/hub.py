@@ -28,7 +28,11 @@ from huggingface_hub import HfApi, snapshot_download
 
 from .utils.files import LOCK_NAME, MARKER_NAME
 
-__all__ = ["push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "is_pickle_file", "diffusers_download"]
+__all__ = ["CUSTOM_PIPELINES_DIR", "push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "is_pickle_file", "diffusers_download"]
+
+#: The diffusers custom-pipeline files that ship with the package: ``pipeline_var_clip.py`` (VARCLIPPipeline) and
+#: ``pipeline_var.py`` (VARPipeline), for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=...)``.
+CUSTOM_PIPELINES_DIR = Path(__file__).resolve().parent / "custom_pipelines"
 
 # Weight formats that unpickle (run code) when loaded; never downloaded, never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")

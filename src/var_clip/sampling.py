@@ -17,7 +17,12 @@ import torch.nn.functional as F
 
 Generators = torch.Generator | list[torch.Generator] | None
 
-__all__ = ["filter_logits", "sample_tokens", "gumbel_smooth_probs", "guidance_weight", "SamplingSchedule", "resolve_schedule",
+# The sampling defaults of VAR-CLIP's demo, which every pipeline, command and report uses unless told otherwise.
+DEFAULT_GUIDANCE_SCALE = 4.0
+DEFAULT_TOP_K = 900
+DEFAULT_TOP_P = 0.95
+
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_TOP_K", "DEFAULT_TOP_P", "filter_logits", "sample_tokens", "gumbel_smooth_probs", "guidance_weight", "SamplingSchedule", "resolve_schedule",
            "pivotal_tokens"]
 
 
@@ -129,11 +134,11 @@ def _per_scale(name: str, value, num_scales: int, check, allowed: str) -> tuple:
 
 def resolve_schedule(
     patch_nums,
-    guidance_scale: float = 4.0,
+    guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
     guidance_schedule: str = "linear",
     guidance_interval: tuple[int, int] | None = None,
-    top_k=900,
-    top_p=0.95,
+    top_k=DEFAULT_TOP_K,
+    top_p=DEFAULT_TOP_P,
     temperature=1.0,
     prune_ratios=None,
 ) -> SamplingSchedule:

@@ -1,7 +1,7 @@
 """Analyses of trained VAR-CLIP models.
 
 ``word_position``: how the position of a word in a caption changes the CLIP text embedding and the generated images
-(``python -m var_clip.analysis.word_position --help``). Names are imported from their submodule on first use.
+(``var-clip word-position --help``). Names are imported from their submodule on first use.
 """
 
 from __future__ import annotations

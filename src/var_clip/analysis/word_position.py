@@ -16,21 +16,24 @@ embedding more than the ones at the end. This tool makes that visible for one ke
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
+from ..utils.arguments import ArgumentParser, add_option
+from ..utils.atomic import atomic_open, atomic_write
 from ..utils.device import resolve_device
-from ..utils.image_grid import default_font, make_image_grid, wrap_text
+from ..utils.image_grid import default_font, make_image_grid
+from ..utils.loading import load_clip_text_encoder, load_pipeline
 
 __all__ = [
     "CaptionVariant",
@@ -181,36 +184,14 @@ def _clip_embedder(tokenizer, text_encoder) -> Embedder:
     return embed
 
 
-def load_pipeline(model: str | os.PathLike, device: str | torch.device | None = None):
-    """A `VARCLIPPipeline` from a folder or Hub repo id, on ``device`` (default: CUDA when available)."""
-    from ..pipelines import VARCLIPPipeline
-
-    name = str(model)
-    if Path(name).exists() and not (Path(name) / "model_index.json").is_file():
-        raise ValueError(f"`model` {name!r} is not a VARCLIPPipeline folder (it has no model_index.json)")
-    try:
-        pipe = VARCLIPPipeline.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise ValueError(f"`model` {name!r} could not be loaded as a VARCLIPPipeline: {error}") from error
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(resolve_device(device))
-
-
 def load_embedder(
     pipe=None, text_encoder: str | os.PathLike | None = None, device: str | torch.device | None = None
 ) -> Embedder:
     """The caption → normalised CLIP embedding function: from ``text_encoder`` (a CLIP model folder or Hub repo id,
     e.g. ``openai/clip-vit-large-patch14``) when given, else from the pipeline's own text encoder."""
     if text_encoder is not None:
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-        try:
-            tokenizer = CLIPTokenizer.from_pretrained(str(text_encoder))
-            encoder = CLIPTextModelWithProjection.from_pretrained(str(text_encoder))
-        except (OSError, ValueError) as error:
-            raise ValueError(f"`text_encoder` {str(text_encoder)!r} could not be loaded as a CLIP tokenizer and text "
-                             f"model with projection: {error}") from error
-        return _clip_embedder(tokenizer, encoder.to(resolve_device(device)).eval())
+        encoder, tokenizer = load_clip_text_encoder(text_encoder, f"`text_encoder` {str(text_encoder)!r}")
+        return _clip_embedder(tokenizer, encoder.to(resolve_device(device)))
     if pipe is None:
         raise ValueError("pass a pipeline (`model`) or a CLIP `text_encoder` to embed the captions with")
     if pipe.text_encoder is None or pipe.tokenizer is None:
@@ -267,126 +248,63 @@ def analyze_word_position(
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# The plot, drawn with Pillow
+# The plot (matplotlib)
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _nice_step(span: float, target_ticks: int = 6) -> float:
-    raw = span / target_ticks
-    magnitude = 10 ** math.floor(math.log10(raw))
-    return next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-
-
-def _text_size(draw: ImageDraw.ImageDraw, text: str, font) -> tuple[int, int]:
-    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    return right - left, bottom - top
-
-
-def plot_similarities(
-    report: dict,
-    width: int = 900,
-    height: int = 520,
-) -> Image.Image:
+def plot_similarities(report: dict, width: int = 900, height: int = 520) -> Image.Image:
     """A line plot of the report's similarity series against the key word's position, with the captions listed below.
 
     x is the key word's position (words before it) when every variant has a distinct one, else the variant's index.
+    ``width`` × ``height`` is the plot's size in pixels; the caption list adds one line per variant under it.
     """
+    try:
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as error:
+        raise ImportError("the plot needs matplotlib: pip install 'var-clip[analysis]'") from error
+
     rows = report["variants"]
     positions = [r["position"] for r in rows]
     by_position = all(p is not None for p in positions) and len(set(positions)) == len(positions)
     xs = positions if by_position else [r["index"] for r in rows]
-    x_label = "position of the key word (words before it)" if by_position else "caption variant"
     series = {name: [r[name] for r in rows] for name in SERIES if all(r[name] is not None for r in rows)}
+    captions = [f"{x}: {r['caption']}" for x, r in zip(xs, rows)]
 
-    title_font, label_font, tick_font = default_font(18), default_font(14), default_font(12)
-    line_h = tick_font.getmetrics()[0] + tick_font.getmetrics()[1] + 3
-    list_lines = [f"{x}: {r['caption']}" for x, r in zip(xs, rows)]
-    list_height = line_h * (len(list_lines) + 1) + 10
-    image = Image.new("RGB", (width, height + list_height), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-
-    # plot area
-    left, right, top, bottom = 84, width - 24, 78, height - 64
-    values = [v for vs in series.values() for v in vs]
-    lo, hi = min(values), max(values)
-    step = _nice_step(max(hi - lo, 1e-3))  # word order can move CLIP similarities by a thousandth: keep it visible
-    num_steps = max(4, math.ceil(hi / step - 1e-9) - math.floor(lo / step + 1e-9))
-    y_max = min(1.0, math.ceil(hi / step - 1e-9) * step)  # cosine similarity never exceeds 1: the top is 1 at most
-    y_min = max(-1.0, y_max - num_steps * step)
-    num_steps = round((y_max - y_min) / step)
-    decimals = max(2, len(f"{step:.6f}".rstrip("0").split(".")[1]))
-    x_min, x_max = min(xs), max(xs)
-    x_span = max(x_max - x_min, 1)
-
-    def to_px(x: float, y: float) -> tuple[float, float]:
-        px = left + 20 + (x - x_min) / x_span * (right - left - 40)  # inset so end markers do not sit on the axes
-        py = bottom - (y - y_min) / (y_max - y_min) * (bottom - top)
-        return px, py
-
-    # title
-    key = report.get("key_word")
-    title = "Cosine similarity of the CLIP text embedding " + (f'as "{key}" moves' if key else "per caption")
-    tw, _ = _text_size(draw, title, title_font)
-    draw.text(((width - tw) / 2, 12), title, fill=(0, 0, 0), font=title_font)
-
-    # grid, ticks and axes
-    for k in range(num_steps + 1):
-        tick = y_min + k * step
-        _, py = to_px(x_min, tick)
-        draw.line([(left, py), (right, py)], fill=(225, 225, 225))
-        label = f"{tick:.{decimals}f}"
-        lw, lh = _text_size(draw, label, tick_font)
-        draw.text((left - 8 - lw, py - lh / 2 - 2), label, fill=(60, 60, 60), font=tick_font)
-    x_every = max(1, math.ceil(len(xs) / 20))
-    for x in sorted(set(xs))[::x_every]:
-        px, _ = to_px(x, y_min)
-        draw.line([(px, bottom), (px, bottom + 5)], fill=(0, 0, 0))
-        lw, _ = _text_size(draw, str(x), tick_font)
-        draw.text((px - lw / 2, bottom + 8), str(x), fill=(60, 60, 60), font=tick_font)
-    draw.line([(left, top), (left, bottom), (right, bottom)], fill=(0, 0, 0), width=1)
-
-    # axis labels: x centred below, y rotated along the left edge
-    lw, _ = _text_size(draw, x_label, label_font)
-    draw.text(((left + right - lw) / 2, bottom + 32), x_label, fill=(0, 0, 0), font=label_font)
-    y_label = "cosine similarity"
-    lw, lh = _text_size(draw, y_label, label_font)
-    label_image = Image.new("RGBA", (lw + 4, lh + 8), (255, 255, 255, 0))
-    ImageDraw.Draw(label_image).text((2, 0), y_label, fill=(0, 0, 0), font=label_font)
-    label_image = label_image.rotate(90, expand=True)
-    image.paste(label_image, (12, int((top + bottom - label_image.height) / 2)), label_image)
-
-    # the series, in order along x, drawn 4x larger and scaled down: ImageDraw does not antialias lines
-    ss = 4
-    layer = Image.new("RGBA", (width * ss, height * ss), (255, 255, 255, 0))
-    layer_draw = ImageDraw.Draw(layer)
+    dpi, line_px = 100, 17
+    list_px = line_px * (len(captions) + 1) + 10
+    fig = Figure(figsize=(width / dpi, (height + list_px) / dpi), dpi=dpi)
+    ax = fig.add_axes((84 / width, 1 - (height - 64) / (height + list_px), 1 - 108 / width,
+                       (height - 64 - 86) / (height + list_px)))
     order = sorted(range(len(xs)), key=lambda i: xs[i])
-    for name, vs in series.items():
-        color = SERIES[name][1]
-        points = [tuple(c * ss for c in to_px(xs[i], vs[i])) for i in order]
-        if len(points) > 1:
-            layer_draw.line(points, fill=color, width=2 * ss, joint="curve")
-        for px, py in points:
-            layer_draw.ellipse([px - 3.5 * ss, py - 3.5 * ss, px + 3.5 * ss, py + 3.5 * ss], fill=color)
-    layer = layer.resize((width, height), Image.Resampling.LANCZOS)
-    image.paste(layer, (0, 0), layer)
-
-    # legend, in one row under the title
-    entries = [(SERIES[name][0], SERIES[name][1]) for name in series]
-    widths = [28 + _text_size(draw, label, tick_font)[0] for label, _ in entries]
-    x = (width - (sum(widths) + 24 * (len(entries) - 1))) / 2
-    for (label, color), w in zip(entries, widths):
-        draw.line([(x, 54), (x + 20, 54)], fill=color, width=3)
-        draw.text((x + 26, 46), label, fill=(0, 0, 0), font=tick_font)
-        x += w + 24
+    for name, values in series.items():
+        label, rgb = SERIES[name]
+        ax.plot([xs[i] for i in order], [values[i] for i in order], marker="o", markersize=5, linewidth=2,
+                color=tuple(c / 255 for c in rgb), label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=20, integer=True))
+    # word order can move CLIP similarities by a thousandth: no offset notation, enough decimals to see it
+    ax.ticklabel_format(axis="y", useOffset=False)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("position of the key word (words before it)" if by_position else "caption variant")
+    ax.set_ylabel("cosine similarity")
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(series), frameon=False, fontsize=9)
+    key = report.get("key_word")
+    fig.suptitle("Cosine similarity of the CLIP text embedding " + (f'as "{key}" moves' if key else "per caption"),
+                 y=1 - 12 / (height + list_px), va="top", fontsize=14)
 
     # the captions, so each x value can be read
-    y = height + 4
-    draw.text((left, y), "captions:", fill=(0, 0, 0), font=tick_font)
-    for line in list_lines:
-        y += line_h
-        line = wrap_text(line, width - left - 24, tick_font, max_lines=1)[0]
-        draw.text((left, y), line, fill=(40, 40, 40), font=tick_font)
-    return image
+    text_y = 1 - (height + 4) / (height + list_px)
+    fig.text(84 / width, text_y, "captions:", va="top", fontsize=9)
+    max_chars = int((width - 108) / 6.2)
+    for k, line in enumerate(captions, start=1):
+        line = line if len(line) <= max_chars else line[: max_chars - 1] + "…"
+        fig.text(84 / width, text_y - k * line_px / (height + list_px), line, va="top", fontsize=9, color="0.2")
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        return image.convert("RGB")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -429,32 +347,33 @@ def _display_side(side: int, minimum: int = 128) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="word_position",
+    parser = ArgumentParser(
+        prog="var-clip word-position",
         description="How the position of a word in a caption changes VAR-CLIP's CLIP text embedding and its images.",
     )
-    parser.add_argument("--model", default=None,
+    add_option(parser, "model", default=None,
                         help="VARCLIPPipeline folder or Hub repo id (its text encoder embeds the captions; needed for "
                              "--generate)")
-    parser.add_argument("--text_encoder", default=None,
+    add_option(parser, "text-encoder", default=None,
                         help="a CLIP model folder or Hub repo id to embed the captions with instead of the "
                              "pipeline's (images still come from the pipeline's own text encoder when it has one)")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--caption", help="a caption containing --key_word; the key word is moved through it")
-    source.add_argument("--filler", help="a sentence without the key word; --key_word is inserted at every position")
-    source.add_argument("--phrases", nargs="+",
-                        help="attribute phrases; the one equal to --key_word moves through them")
-    source.add_argument("--captions", type=Path, help="a text file with one caption per line")
-    parser.add_argument("--key_word", default=None, help="the word (or phrase) whose position varies")
-    parser.add_argument("--output_dir", type=Path, required=True, help="where to write the JSON, the plot and the grid")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every generated image (default: 0)")
-    parser.add_argument("--generate", action="store_true", help="also generate one image per variant (same seed)")
-    parser.add_argument("--guidance_scale", type=float, default=4.0, help="classifier-free guidance (default: 4.0)")
-    parser.add_argument("--top_k", type=int, default=900, help="top-k sampling filter (default: 900)")
-    parser.add_argument("--top_p", type=float, default=0.95, help="nucleus sampling filter (default: 0.95)")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per pipeline call (default: 8)")
-    parser.add_argument("--cols", type=int, default=None, help="images per row in the grid (default: up to 6)")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
+    add_option(source, "caption", help="a caption containing --key-word; the key word is moved through it")
+    add_option(source, "filler", help="a sentence without the key word; --key-word is inserted at every position")
+    add_option(source, "phrases", nargs="+",
+                        help="attribute phrases; the one equal to --key-word moves through them")
+    add_option(source, "captions", type=Path, help="a text file with one caption per line")
+    add_option(parser, "key-word", default=None, help="the word (or phrase) whose position varies")
+    add_option(parser, "output-dir", type=Path, required=True, help="where to write the JSON, the plot and the grid")
+    add_option(parser, "seed", type=int, default=0, help="seed of every generated image (default: 0)")
+    add_option(parser, "generate", action="store_true", help="also generate one image per variant (same seed)")
+    add_option(parser, "guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
+               help=f"classifier-free guidance (default: {DEFAULT_GUIDANCE_SCALE})")
+    add_option(parser, "top-k", type=int, default=DEFAULT_TOP_K, help=f"top-k sampling filter (default: {DEFAULT_TOP_K})")
+    add_option(parser, "top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus sampling filter (default: {DEFAULT_TOP_P})")
+    add_option(parser, "batch-size", type=int, default=8, help="images per pipeline call (default: 8)")
+    add_option(parser, "cols", type=int, default=None, help="images per row in the grid (default: up to 6)")
+    add_option(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
     return parser
 
 
@@ -492,7 +411,10 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"`cols` must be a positive int, got {args.cols}")
 
     # 2. embeddings and similarities
-    pipe = load_pipeline(args.model, args.device) if args.model is not None else None
+    pipe = None
+    if args.model is not None:
+        pipe = load_pipeline(args.model, device=args.device, flag="--model")
+        pipe.set_progress_bar_config(disable=True)
     embed = load_embedder(pipe, args.text_encoder, args.device)
     report = analyze_word_position(variants, embed, key_word=args.key_word, filler=filler)
     report["model"] = None if args.model is None else str(args.model)
@@ -524,18 +446,13 @@ def run(args: argparse.Namespace) -> dict:
 
 def _write_outputs(output_dir: Path, report: dict, images: dict[str, Image.Image]) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".word_position.partial-", dir=output_dir))
-    try:
-        (staging / JSON_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        for name, image in images.items():
-            image.save(staging / name, format="PNG")
-        for name in (JSON_FILE, PLOT_FILE, GRID_FILE):
-            if (staging / name).exists():
-                os.replace(staging / name, output_dir / name)
-            elif (output_dir / name).exists():
-                (output_dir / name).unlink()  # a grid from an earlier run would not match this report
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for name, image in images.items():
+        atomic_write(output_dir / name, lambda tmp, image=image: image.save(tmp, format="PNG"))
+    if GRID_FILE not in images and (output_dir / GRID_FILE).exists():
+        (output_dir / GRID_FILE).unlink()  # a grid from an earlier run would not match this report
+    # the report last: whoever reads it finds the files it names
+    with atomic_open(output_dir / JSON_FILE, "w") as handle:
+        handle.write(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

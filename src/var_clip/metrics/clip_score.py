@@ -74,8 +74,7 @@ def compute_clip_score(folder: str | Path, model, processor, prompt_column: str 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="var-clip eval-clip-score", description=__doc__,
-                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="var-clip eval-clip-score", description=__doc__)
     add_option(p, "images", required=True, help="a folder written by generate-batch (images + metadata.jsonl)")
     add_option(p, "clip-model", default=DEFAULT_CLIP, help=f"CLIP folder or Hub id (default {DEFAULT_CLIP}); {CLIP_HELP}")
     add_option(p, "prompt-column", default="text", help="metadata.jsonl field with the prompt (default text)")

@@ -97,7 +97,7 @@ def compute_fid(generated: str | Path, reference: str | Path, feature: nn.Module
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="var-clip eval-fid", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="var-clip eval-fid", description=__doc__)
     add_option(p, "generated", required=True, help="generated images: a folder or an .npz (arr_0: N×H×W×3 uint8)")
     add_option(p, "reference", required=True, help="reference images: a folder or an .npz (e.g. guided-diffusion's)")
     add_option(p, "inception-weights", default=None, help=f"local Inception weights; {INCEPTION_HELP[5:]}")

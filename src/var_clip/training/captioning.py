@@ -26,8 +26,10 @@ import torch
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
+from ..utils.arguments import ArgumentParser, add_option
+from ..utils.atomic import atomic_open
 from ..utils.device import resolve_device
-from ..utils.files import atomic_write
+from ..utils.dtypes import DTYPE_NAMES, torch_dtype
 
 __all__ = [
     "DEFAULT_CAPTION_MODEL",
@@ -49,7 +51,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".
 METADATA_FILE = "metadata.jsonl"
 # Chat models (LLaVA, Qwen-VL, ...) answer an instruction rather than continue a caption prefix.
 DEFAULT_CHAT_PROMPT = "Describe this image in one sentence."
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTYPES = DTYPE_NAMES
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -128,13 +130,8 @@ def _check_record(record, path: Path, number: int) -> dict:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    atomic_write(path, write)  # the user's umask, not mkstemp's private 0600
+    with atomic_open(path, "w") as f:
+        f.write(text)
 
 
 def _load_image(root: Path, file_name: str) -> Image.Image:
@@ -155,10 +152,10 @@ def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> tor
     if dtype is None or dtype == "auto":
         # half precision halves the memory of a 2.7B-parameter model on GPU; CPU kernels are fastest in float32
         return torch.float16 if device.type == "cuda" else torch.float32
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+    if isinstance(dtype, torch.dtype) and dtype in [torch_dtype(name) for name in DTYPES]:
         return dtype
     if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
+        return torch_dtype(dtype)
     raise ValueError(f"`dtype` must be one of 'auto', {', '.join(repr(d) for d in DTYPES)}; got {dtype!r}")
 
 
@@ -389,26 +386,26 @@ def caption_images(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="caption_images",
+    parser = ArgumentParser(
+        prog="var-clip caption",
         description="Caption a folder of images with an image-to-text model into metadata.jsonl (Hugging Face "
                     "imagefolder layout). Interrupted runs resume: images already listed are skipped.",
     )
     parser.add_argument("image_dir", help="folder of images (searched recursively)")
-    parser.add_argument("--model", default=DEFAULT_CAPTION_MODEL,
+    add_option(parser, "model", default=DEFAULT_CAPTION_MODEL,
                         help="Hub repo id or local folder of an image-to-text model "
                              f"(default: {DEFAULT_CAPTION_MODEL})")
-    parser.add_argument("--batch_size", type=int, default=8, help="images per forward pass (default: 8)")
-    parser.add_argument("--prompt", default=None,
+    add_option(parser, "batch-size", type=int, default=8, help="images per forward pass (default: 8)")
+    add_option(parser, "prompt", default=None,
                         help="text the caption starts from, e.g. 'a photo of' (chat models: the instruction)")
-    parser.add_argument("--no_keep_prompt", dest="keep_prompt", action="store_false",
+    add_option(parser, "no-keep-prompt", dest="keep_prompt", action="store_false",
                         help="write only the generated continuation, without the prompt")
-    parser.add_argument("--max_new_tokens", type=int, default=30, help="longest caption in tokens (default: 30)")
-    parser.add_argument("--num_beams", type=int, default=1, help="beam search width; 1 = greedy (default: 1)")
-    parser.add_argument("--device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
+    add_option(parser, "max-new-tokens", type=int, default=30, help="longest caption in tokens (default: 30)")
+    add_option(parser, "num-beams", type=int, default=1, help="beam search width; 1 = greedy (default: 1)")
+    add_option(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
+    add_option(parser, "dtype", default="auto", choices=["auto", *DTYPES],
                         help="model precision; 'auto' = float16 on CUDA, float32 otherwise")
-    parser.add_argument("--no_progress", dest="show_progress", action="store_false", help="hide the progress bar")
+    add_option(parser, "no-progress", dest="show_progress", action="store_false", help="hide the progress bar")
     return parser
 
 

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..utils.atomic import atomic_open
+
 __all__ = [
     "CHECKPOINT_PREFIX",
     "TRAINING_STATE_NAME",
@@ -86,15 +88,10 @@ def fsync_tree(root: str | os.PathLike) -> None:
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
-    """Write JSON to ``path.tmp``, fsync, rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    """Write JSON atomically (a temporary file next to ``path``, fsync, rename over ``path``)."""
+    with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def publish_folder(staging: str | os.PathLike, output_dir: str | os.PathLike,

@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from ..utils.arguments import add_option
+from ..utils.atomic import atomic_open
 from ..utils.files import (
     MARKER_NAME,
     check_replaceable,
@@ -88,27 +90,27 @@ STAGING_NAME = ".final.tmp"
 
 def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--train_data_dir", type=str, default=None,
+    add_option(group, "train-data-dir", type=str, default=None,
                        help="an imagefolder dataset: images + metadata.jsonl with `file_name` and `text` (class "
                             "subfolders give labels)")
-    group.add_argument("--caption_file", type=str, default=None,
+    add_option(group, "caption-file", type=str, default=None,
                        help="VAR-CLIP's caption file instead: lines 'relative/path.JPEG: caption'")
-    group.add_argument("--image_root", type=str, default=None,
+    add_option(group, "image-root", type=str, default=None,
                        help="folder the caption file's paths are relative to (default: its folder or parent)")
-    group.add_argument("--image_column", type=str, default="image")
-    group.add_argument("--caption_column", type=str, default="text")
-    group.add_argument("--max_train_samples", type=int, default=None, help="use only the first N samples")
-    group.add_argument("--dataset_cache_dir", type=str, default=None, help="cache folder of `datasets`")
-    group.add_argument("--resolution", type=int, default=None,
+    add_option(group, "image-column", type=str, default="image")
+    add_option(group, "caption-column", type=str, default="text")
+    add_option(group, "max-train-samples", type=int, default=None, help="use only the first N samples")
+    add_option(group, "dataset-cache-dir", type=str, default=None, help="cache folder of `datasets`")
+    add_option(group, "resolution", type=int, default=None,
                        help="training image side (default: what the model takes)")
-    group.add_argument("--crop", choices=("center", "random"), default="center",
+    add_option(group, "crop", choices=("center", "random"), default="center",
                        help="square crop after the resize (center keeps caption positions true)")
-    group.add_argument("--resize_ratio", type=float, default=1.0,
+    add_option(group, "resize-ratio", type=float, default=1.0,
                        help="resize the shorter side to ratio × resolution before cropping (VAR uses 1.125 with "
                             "random crops)")
-    group.add_argument("--random_flip", action="store_true",
+    add_option(group, "random-flip", action="store_true",
                        help="random horizontal flips (off by default: captions name left and right)")
-    group.add_argument("--dataloader_num_workers", type=int, default=0)
+    add_option(group, "dataloader-num-workers", type=int, default=0)
 
 
 def add_training_arguments(
@@ -123,47 +125,47 @@ def add_training_arguments(
     train_batch_size: int = 16,
 ) -> None:
     """Optimisation, precision, checkpointing and logging flags (defaults differ per model)."""
-    parser.add_argument("--output_dir", type=str, required=True,
+    add_option(parser, "output-dir", type=str, required=True,
                         help="where the trained model, checkpoints, logs and samples are written")
-    parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, data order and augmentation")
+    add_option(parser, "seed", type=int, default=0, help="seeds initialisation, data order and augmentation")
 
     group = parser.add_argument_group("optimisation")
-    group.add_argument("--train_batch_size", type=int, default=train_batch_size, help="batch size per process")
-    group.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    group.add_argument("--max_train_steps", type=int, default=None,
+    add_option(group, "train-batch-size", type=int, default=train_batch_size, help="batch size per process")
+    add_option(group, "gradient-accumulation-steps", type=int, default=1)
+    add_option(group, "max-train-steps", type=int, default=None,
                        help="optimizer steps (overrides --num_train_epochs)")
-    group.add_argument("--num_train_epochs", type=int, default=1)
-    group.add_argument("--learning_rate", type=float, default=learning_rate)
-    group.add_argument("--lr_scheduler", choices=LR_SCHEDULERS, default=lr_scheduler)
-    group.add_argument("--lr_warmup_steps", type=int, default=None,
+    add_option(group, "num-train-epochs", type=int, default=1)
+    add_option(group, "learning-rate", type=float, default=learning_rate)
+    add_option(group, "lr-scheduler", choices=LR_SCHEDULERS, default=lr_scheduler)
+    add_option(group, "lr-warmup-steps", type=int, default=None,
                        help="linear warm-up steps (default: 2%% of the steps, as VAR's ep/50)")
-    group.add_argument("--adam_beta1", type=float, default=adam_beta1)
-    group.add_argument("--adam_beta2", type=float, default=adam_beta2)
-    group.add_argument("--adam_weight_decay", type=float, default=weight_decay)
-    group.add_argument("--adam_epsilon", type=float, default=1e-8)
-    group.add_argument("--max_grad_norm", type=float, default=max_grad_norm, help="0 disables clipping")
-    group.add_argument("--use_ema", action="store_true", help="keep an exponential moving average of the weights "
+    add_option(group, "adam-beta1", type=float, default=adam_beta1)
+    add_option(group, "adam-beta2", type=float, default=adam_beta2)
+    add_option(group, "adam-weight-decay", type=float, default=weight_decay)
+    add_option(group, "adam-epsilon", type=float, default=1e-8)
+    add_option(group, "max-grad-norm", type=float, default=max_grad_norm, help="0 disables clipping")
+    add_option(group, "use-ema", action="store_true", help="keep an exponential moving average of the weights "
                                                               "and export it")
-    group.add_argument("--ema_decay", type=float, default=0.9999)
+    add_option(group, "ema-decay", type=float, default=0.9999)
 
     group = parser.add_argument_group("speed")
-    group.add_argument("--mixed_precision", choices=MIXED_PRECISION_CHOICES, default="no",
+    add_option(group, "mixed-precision", choices=MIXED_PRECISION_CHOICES, default="no",
                        help="bf16 (CPU or GPU) or fp16 (GPU, with a gradient scaler)")
-    group.add_argument("--allow_tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs")
-    group.add_argument("--torch_compile", action="store_true", help="compile the trained model with torch.compile")
+    add_option(group, "allow-tf32", action="store_true", help="TF32 matmuls on Ampere+ GPUs")
+    add_option(group, "torch-compile", action="store_true", help="compile the trained model with torch.compile")
 
     group = parser.add_argument_group("checkpoints and logs")
-    group.add_argument("--checkpointing_steps", type=int, default=500,
+    add_option(group, "checkpointing-steps", type=int, default=500,
                        help="save a resumable checkpoint every N optimizer steps (0: never)")
-    group.add_argument("--checkpoints_total_limit", type=int, default=None, help="keep only the last K checkpoints")
-    group.add_argument("--resume_from_checkpoint", type=str, default=None,
+    add_option(group, "checkpoints-total-limit", type=int, default=None, help="keep only the last K checkpoints")
+    add_option(group, "resume-from-checkpoint", type=str, default=None,
                        help="'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint folder")
-    group.add_argument("--report_to", choices=REPORT_TO_CHOICES, default="none",
+    add_option(group, "report-to", choices=REPORT_TO_CHOICES, default="none",
                        help="log to TensorBoard (pip install tensorboard) besides train_log.jsonl")
-    group.add_argument("--tracker_project_name", type=str, default=None)
-    group.add_argument("--validation_steps", type=int, default=0,
+    add_option(group, "tracker-project-name", type=str, default=None)
+    add_option(group, "validation-steps", type=int, default=0,
                        help="write samples / validation metrics every N steps and at the end (0: only at the end)")
-    group.add_argument("--no_progress_bar", action="store_true", help="disable the tqdm progress bar")
+    add_option(group, "no-progress-bar", action="store_true", help="disable the tqdm progress bar")
 
 
 def check_training_arguments(args: argparse.Namespace) -> None:
@@ -272,9 +274,8 @@ class MetricsLog:
             return
         kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and _parse_step(line) is not None and _parse_step(line) <= step]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        with atomic_open(self.path, "w") as handle:
+            handle.write("".join(line + "\n" for line in kept))
 
     def reset(self) -> None:
         if self.enabled and self.path.is_file():

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..utils.atomic import atomic_write
 from ..utils.image_grid import make_image_grid
 
 __all__ = ["SAMPLES_DIR", "tensor_to_pil", "save_sample_grid"]
@@ -32,7 +33,5 @@ def save_sample_grid(images: Sequence[Image.Image], captions: Sequence[str] | No
     # small training resolutions are enlarged (pixel-exact for integer factors) so the grid is readable
     cell = None if cell_size is None or max(i.width for i in images) >= cell_size else cell_size
     grid = make_image_grid(list(images), list(captions) if captions is not None else None, cols=cols, cell_size=cell)
-    tmp = path.with_name(path.name + ".tmp")
-    grid.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: grid.save(tmp, format="PNG"))
     return path

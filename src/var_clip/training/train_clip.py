@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..utils.arguments import ArgumentParser, add_option
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset
 from .engine import (
     TrainingResult,
@@ -56,7 +57,7 @@ MAX_LOGIT_SCALE = math.log(100.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="var-clip train-clip",
         description="Train a CLIP model on image-caption pairs; writes text_encoder/, tokenizer/ and clip/.",
     )
@@ -66,34 +67,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(resolution=64)
 
     group = parser.add_argument_group("tokenizer")
-    group.add_argument("--tokenizer", type=str, default=None,
+    add_option(group, "tokenizer", type=str, default=None,
                        help="a CLIPTokenizer folder (default: build a byte-level one from the captions)")
-    group.add_argument("--tokenizer_merges", type=int, default=4000,
+    add_option(group, "tokenizer-merges", type=int, default=4000,
                        help="at most this many BPE merges learned from the captions")
-    group.add_argument("--max_text_length", type=int, default=77, help="token positions of the text tower")
+    add_option(group, "max-text-length", type=int, default=77, help="token positions of the text tower")
 
     group = parser.add_argument_group("model (when not --init_from)")
-    group.add_argument("--init_from", type=str, default=None,
+    add_option(group, "init-from", type=str, default=None,
                        help="continue from a CLIPModel folder (e.g. a previous run's clip/)")
-    group.add_argument("--projection_dim", type=int, default=64)
-    group.add_argument("--text_width", type=int, default=256)
-    group.add_argument("--text_layers", type=int, default=4)
-    group.add_argument("--text_heads", type=int, default=4)
-    group.add_argument("--vision_width", type=int, default=256)
-    group.add_argument("--vision_layers", type=int, default=4)
-    group.add_argument("--vision_heads", type=int, default=4)
-    group.add_argument("--patch_size", type=int, default=8)
+    add_option(group, "projection-dim", type=int, default=64)
+    add_option(group, "text-width", type=int, default=256)
+    add_option(group, "text-layers", type=int, default=4)
+    add_option(group, "text-heads", type=int, default=4)
+    add_option(group, "vision-width", type=int, default=256)
+    add_option(group, "vision-layers", type=int, default=4)
+    add_option(group, "vision-heads", type=int, default=4)
+    add_option(group, "patch-size", type=int, default=8)
 
     group = parser.add_argument_group("hard negatives")
-    group.add_argument("--hard_negatives", type=int, default=0,
+    add_option(group, "hard-negatives", type=int, default=0,
                        help="edited captions per image added to its image→text loss (0: plain CLIP)")
-    group.add_argument("--negative_colors", type=str, nargs="+", default=list(COLOR_WORDS),
+    add_option(group, "negative-colors", type=str, nargs="+", default=list(COLOR_WORDS),
                        help="colour words the edits may swap or substitute")
-    group.add_argument("--negative_shapes", type=str, nargs="+", default=list(SHAPE_WORDS),
+    add_option(group, "negative-shapes", type=str, nargs="+", default=list(SHAPE_WORDS),
                        help="object words the edits may swap or substitute")
 
     group = parser.add_argument_group("validation")
-    group.add_argument("--num_validation_samples", type=int, default=64,
+    add_option(group, "num-validation-samples", type=int, default=64,
                        help="retrieval accuracy among the first N samples, logged")
     return parser
 

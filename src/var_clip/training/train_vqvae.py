@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.multiscale_vq import MultiScaleVQModel
+from ..utils.arguments import ArgumentParser, add_option
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset
 from .engine import (
     TrainingResult,
@@ -40,7 +41,7 @@ __all__ = ["build_parser", "main", "train", "vqvae_loss", "ema_codebook_usage"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="var-clip train-vqvae",
         description="Train a multi-scale residual VQ-VAE (MultiScaleVQModel) on images; writes its folder.",
     )
@@ -49,29 +50,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
 
     group = parser.add_argument_group("model (when not --init_from)")
-    group.add_argument("--init_from", type=str, default=None, help="fine-tune this MultiScaleVQModel folder")
-    group.add_argument("--vocab_size", type=int, default=4096)
-    group.add_argument("--latent_channels", type=int, default=32)
-    group.add_argument("--ch", type=int, default=160)
-    group.add_argument("--ch_mult", type=int, nargs="+", default=[1, 1, 2, 2, 4],
+    add_option(group, "init-from", type=str, default=None, help="fine-tune this MultiScaleVQModel folder")
+    add_option(group, "vocab-size", type=int, default=4096)
+    add_option(group, "latent-channels", type=int, default=32)
+    add_option(group, "ch", type=int, default=160)
+    add_option(group, "ch-mult", type=int, nargs="+", default=[1, 1, 2, 2, 4],
                        help="width multipliers; the image is downsampled 2^(len-1) times")
-    group.add_argument("--num_res_blocks", type=int, default=2)
-    group.add_argument("--patch_nums", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
+    add_option(group, "num-res-blocks", type=int, default=2)
+    add_option(group, "patch-nums", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
                        help="side of each scale; image size = last × 2^(len(ch_mult)-1)")
-    group.add_argument("--no_attention", action="store_true", help="no self-attention in encoder and decoder")
-    group.add_argument("--quant_resi", type=float, default=0.5)
-    group.add_argument("--share_quant_resi", type=int, default=4)
-    group.add_argument("--beta", type=float, default=0.25, help="commitment weight")
-    group.add_argument("--using_znorm", action="store_true", help="cosine-similarity codebook search")
-    group.add_argument("--dropout", type=float, default=0.0)
+    add_option(group, "no-attention", action="store_true", help="no self-attention in encoder and decoder")
+    add_option(group, "quant-resi", type=float, default=0.5)
+    add_option(group, "share-quant-resi", type=int, default=4)
+    add_option(group, "beta", type=float, default=0.25, help="commitment weight")
+    add_option(group, "using-znorm", action="store_true", help="cosine-similarity codebook search")
+    add_option(group, "dropout", type=float, default=0.0)
 
     group = parser.add_argument_group("loss")
-    group.add_argument("--l2_weight", type=float, default=1.0)
-    group.add_argument("--l1_weight", type=float, default=1.0)
-    group.add_argument("--vq_weight", type=float, default=1.0)
+    add_option(group, "l2-weight", type=float, default=1.0)
+    add_option(group, "l1-weight", type=float, default=1.0)
+    add_option(group, "vq-weight", type=float, default=1.0)
 
     group = parser.add_argument_group("validation")
-    group.add_argument("--num_validation_images", type=int, default=8,
+    add_option(group, "num-validation-images", type=int, default=8,
                        help="reconstructions of the first N images written as a grid")
     return parser
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
-__all__ = ["OneLineParser", "add_option", "int_at_least", "is_main_process"]
+__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "add_option", "int_at_least", "is_main_process"]
 
 
 def is_main_process() -> bool:
@@ -14,21 +15,59 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
-class OneLineParser(argparse.ArgumentParser):
+# "--output-dir/--output_dir" in argparse's messages: an option and its snake-case spelling
+_TWIN_SPELLINGS = re.compile(r"(--[a-z0-9]+(?:-[a-z0-9]+)+)/(--[a-z0-9_]+)")
+
+
+def _one_spelling(message: str) -> str:
+    def one(m: re.Match) -> str:
+        kebab, snake = m.group(1), m.group(2)
+        return kebab if snake == "--" + kebab[2:].replace("-", "_") else m.group(0)
+
+    return _TWIN_SPELLINGS.sub(one, message)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """A parser whose options come in two spellings (:func:`add_option`) and whose help and errors name one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", OneSpellingHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        super().error(_one_spelling(message))
+
+
+class OneLineParser(ArgumentParser):
     """Argument errors as one line (with a pointer to --help) and exit code 2, printed by the main process only."""
 
     def error(self, message: str):
         if is_main_process():
-            print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
+            print(f"{self.prog}: error: {_one_spelling(message)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
-def add_option(group, name: str, **kwargs) -> None:
-    """Add ``--kebab-case`` (documented) and its ``--snake_case`` twin (hidden), as accelerate users type both."""
+def add_option(group, name: str, **kwargs) -> argparse.Action:
+    """Add ``--kebab-case`` (documented) with its ``--snake_case`` spelling as a second option string of the same
+    option, as accelerate users type both; :class:`OneSpellingHelpFormatter` shows only the first in ``--help``."""
     kwargs.setdefault("dest", name.replace("-", "_"))
-    group.add_argument(f"--{name}", **kwargs)
-    if "-" in name:
-        group.add_argument(f"--{name.replace('-', '_')}", **{**kwargs, "help": argparse.SUPPRESS})
+    snake = name.replace("-", "_")
+    return group.add_argument(f"--{name}", *([f"--{snake}"] if snake != name else []), **kwargs)
+
+
+class OneSpellingHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` lists ``--output-dir`` once, not also its ``--output_dir`` spelling."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        strings = action.option_strings
+        kept = [s for s in strings if not ("_" in s and s.replace("_", "-") in strings)]
+        if kept == strings:
+            return super()._format_action_invocation(action)
+        action.option_strings = kept
+        try:
+            return super()._format_action_invocation(action)
+        finally:
+            action.option_strings = strings
 
 
 def int_at_least(minimum: int):

@@ -21,8 +21,10 @@ import os
 import re
 import socket
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
+
+from .atomic import atomic_write
 
 __all__ = [
     "MARKER_NAME",
@@ -288,30 +290,6 @@ def check_writable(path: str | os.PathLike, flag: str) -> Path:
     except OSError as error:
         raise ValueError(f"{flag} {str(path)!r} cannot be written: {error.strerror or error}") from None
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path`` and rename it over ``path``.
-
-    A crash never leaves a half-written file under the final name; the file gets the permissions any new file of
-    the user gets (``0o666 & ~umask``; ``mkstemp`` alone would make it private, 0600).
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_image(image, path: str | os.PathLike, flag: str = "--output") -> None:

@@ -1,10 +1,11 @@
-"""Class-conditional VAR for diffusers apps, loaded through diffusers' custom-pipeline mechanism.
+"""VAR-CLIP text-to-image for diffusers apps, loaded through diffusers' custom-pipeline mechanism.
 
     from diffusers import DiffusionPipeline
+    from var_clip.hub import CUSTOM_PIPELINES_DIR
 
     pipe = DiffusionPipeline.from_pretrained(
-        "path/to/converted/var-d16",
-        custom_pipeline="path/to/var-clip/pipelines/pipeline_var.py",
+        "path/to/converted/var-clip-d16",
+        custom_pipeline=str(CUSTOM_PIPELINES_DIR / "pipeline_var_clip.py"),
         trust_remote_code=True,
     )
 
@@ -14,6 +15,6 @@ finds here; the components themselves are loaded from the modules named in `mode
 diffusers 0.42.1.
 """
 
-from var_clip import VARPipeline
+from var_clip import VARCLIPPipeline
 
-__all__ = ["VARPipeline"]
+__all__ = ["VARCLIPPipeline"]

@@ -1,0 +1,106 @@
+"""The shapes world: a tiny, fully specified image–caption world, its generator and its evaluator.
+
+The embedded default model is trained on this world (its normative description is the spec ``shapes_world.md``), so
+that the pipeline makes meaningful images offline and so that how faithfully an image follows its caption can be
+*measured*. One module per idea:
+
+- ``vocabulary``: the words (``COLORS``, ``SHAPES``, ``SIZES``, ``POSITIONS``, ``RELATIONS``), ``HELD_OUT_PAIRS``,
+  the spec's thresholds and its region and relation rules;
+- ``scenes``: ``ShapeObject`` / ``Scene`` and ``sample_scene``;
+- ``captions``: the caption templates and paraphrases (``caption_variants``) and ``parse_caption``;
+- ``render``: ``render_scene``; ``dataset``: ``generate_dataset``, a Hugging Face ``imagefolder`` of scenes;
+- ``evaluate``: ``detect_objects`` / ``score_image`` / ``summarize_scores``, the faithfulness evaluator;
+- ``prompts``: ``evaluation_prompts``, the report's fixed prompt sets.
+
+Coordinates are continuous canvas coordinates: pixel ``(i, j)`` (column ``i``, row ``j``) covers ``[i, i+1) x [j, j+1)``
+and ``y`` grows downward. An object's ``(cx, cy)`` is the centre of its bounding box; the evaluator measures the same
+quantity from a pixel mask as ``(x_min + x_max + 1) / 2``.
+"""
+
+from .captions import (
+    CAPTION_PREFIXES,
+    POSITION_PHRASES,
+    RELATION_PHRASES,
+    CaptionSpec,
+    ObjectSpec,
+    _article,  # noqa: F401 - used by evaluation and analysis
+    _noun_phrase,  # noqa: F401
+    caption_variants,
+    parse_caption,
+)
+from .dataset import generate_dataset
+from .evaluate import DetectedObject, _label_components, detect_objects, score_image, summarize_scores  # noqa: F401
+from .prompts import evaluation_prompts
+from .render import render_scene
+from .scenes import RandomSource, Scene, ShapeObject, sample_scene
+from .vocabulary import (
+    BACKGROUND,
+    COLOR_TOLERANCE,
+    COLORS,
+    FILL_RATIOS,
+    HELD_OUT_PAIRS,
+    IMAGE_SIZE,
+    MIN_OBJECT_AREA,
+    ONE_OBJECT_PROBABILITY,
+    PLACEMENT_MARGIN,
+    POSITION_MENTION_PROBABILITY,
+    POSITIONS,
+    REGION_HIGH,
+    REGION_LOW,
+    RELATION_MIN_OFFSET,
+    RELATIONS,
+    SHAPES,
+    SIZE_BOUNDARY_PX,
+    SIZE_MENTION_PROBABILITY,
+    SIZES,
+    SUPERSAMPLE,
+    position_holds,
+    relation_holds,
+    size_class,
+)
+
+_size_class = size_class  # the name other modules used before the split
+
+__all__ = [
+    "BACKGROUND",
+    "CAPTION_PREFIXES",
+    "COLORS",
+    "COLOR_TOLERANCE",
+    "FILL_RATIOS",
+    "HELD_OUT_PAIRS",
+    "IMAGE_SIZE",
+    "MIN_OBJECT_AREA",
+    "ONE_OBJECT_PROBABILITY",
+    "PLACEMENT_MARGIN",
+    "POSITIONS",
+    "POSITION_MENTION_PROBABILITY",
+    "POSITION_PHRASES",
+    "REGION_HIGH",
+    "REGION_LOW",
+    "RELATIONS",
+    "RELATION_MIN_OFFSET",
+    "RELATION_PHRASES",
+    "SHAPES",
+    "SIZES",
+    "SIZE_BOUNDARY_PX",
+    "SIZE_MENTION_PROBABILITY",
+    "SUPERSAMPLE",
+    "CaptionSpec",
+    "DetectedObject",
+    "ObjectSpec",
+    "RandomSource",
+    "Scene",
+    "ShapeObject",
+    "caption_variants",
+    "detect_objects",
+    "evaluation_prompts",
+    "generate_dataset",
+    "parse_caption",
+    "position_holds",
+    "relation_holds",
+    "render_scene",
+    "sample_scene",
+    "score_image",
+    "size_class",
+    "summarize_scores",
+]

@@ -1,0 +1,155 @@
+"""Captions of the shapes world: the templates and paraphrases that write them, and the parser that reads them back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .vocabulary import COLORS, HELD_OUT_PAIRS, RELATIONS, SHAPES, SIZES
+
+if TYPE_CHECKING:
+    from .scenes import Scene
+
+# Caption templates: a caption is PREFIX + noun phrase [+ position phrase], or PREFIX + np + relation phrase + np.
+# Every attribute word appears verbatim; the first phrase of each entry is the canonical one used for prompts.
+CAPTION_PREFIXES: tuple[str, ...] = ("", "there is ", "a photo of ", "an image of ")
+POSITION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("on the left", "on the left side"),
+    "right": ("on the right", "on the right side"),
+    "top": ("at the top", "near the top"),
+    "bottom": ("at the bottom", "near the bottom"),
+    "center": ("in the center", "at the center"),
+}
+RELATION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left of": ("to the left of", "left of"),
+    "right of": ("to the right of", "right of"),
+    "above": ("above",),
+    "below": ("below",),
+}
+
+
+def _article(word: str) -> str:
+    # Every word that can follow an article here starts with a letter whose sound matches its spelling.
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _noun_phrase(color: str, shape: str, size: str | None = None) -> str:
+    words = f"{size} {color} {shape}" if size else f"{color} {shape}"
+    return f"{_article(words)} {words}"
+
+
+def caption_variants(scene: Scene) -> list[str]:
+    """Every caption the templates produce for ``scene``'s objects, position, relation and size word.
+
+    One object: ``PREFIX + np [+ " " + position phrase]``; two objects: ``PREFIX + np + " " + relation phrase + " " +
+    np``, with the prefixes of ``CAPTION_PREFIXES`` and the paraphrases of ``POSITION_PHRASES``/``RELATION_PHRASES``.
+    """
+    if len(scene.objects) == 1:
+        (obj,) = scene.objects
+        noun = _noun_phrase(obj.color, obj.shape, scene.size_word)
+        tails = [f" {p}" for p in POSITION_PHRASES[scene.position]] if scene.position else [""]
+        return [f"{prefix}{noun}{tail}" for prefix in CAPTION_PREFIXES for tail in tails]
+    if len(scene.objects) == 2:
+        if scene.relation not in RELATION_PHRASES:
+            raise ValueError(f"scene.relation must be one of {list(RELATIONS)} for two objects, got {scene.relation!r}")
+        a, b = scene.objects
+        first, second = _noun_phrase(a.color, a.shape), _noun_phrase(b.color, b.shape)
+        phrases = RELATION_PHRASES[scene.relation]
+        return [f"{prefix}{first} {phrase} {second}" for prefix in CAPTION_PREFIXES for phrase in phrases]
+    raise ValueError(f"scene.objects must hold one or two objects, got {len(scene.objects)}")
+
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """One object a caption names: colour, shape and, optionally, size."""
+
+    color: str
+    shape: str
+    size: str | None = None
+
+
+@dataclass(frozen=True)
+class CaptionSpec:
+    """What a caption names: one or two objects, a position (one object) or a relation (two objects)."""
+
+    objects: tuple[ObjectSpec, ...]
+    position: str | None = None
+    relation: str | None = None
+
+    @property
+    def num_objects(self) -> int:
+        return len(self.objects)
+
+    @property
+    def colors(self) -> tuple[str, ...]:
+        return tuple(o.color for o in self.objects)
+
+    @property
+    def shapes(self) -> tuple[str, ...]:
+        return tuple(o.shape for o in self.objects)
+
+    @property
+    def size(self) -> str | None:
+        """The size named for the first object (the only one of a one-object caption)."""
+        return self.objects[0].size
+
+    @property
+    def has_held_out_pair(self) -> bool:
+        return any((o.color, o.shape) in HELD_OUT_PAIRS for o in self.objects)
+
+
+_POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bottom", "center": "center"}
+_POSITION_WORDS.update({"centre": "center", "middle": "center"})  # spellings a user may write for "center"
+
+
+def _parse_noun_phrase(tokens: list[str], caption: str) -> ObjectSpec:
+    colors = [t for t in tokens if t in COLORS]
+    shapes = [t for t in tokens if t in SHAPES]
+    sizes = [t for t in tokens if t in SIZES]
+    for kind, found in (("color", colors), ("shape", shapes)):
+        if len(found) != 1:
+            raise ValueError(
+                f"cannot parse caption {caption!r}: expected one {kind} per object, found {found or 'none'}"
+            )
+    if len(sizes) > 1:
+        raise ValueError(f"cannot parse caption {caption!r}: expected at most one size per object, found {sizes}")
+    return ObjectSpec(colors[0], shapes[0], sizes[0] if sizes else None)
+
+
+def parse_caption(caption: str) -> CaptionSpec:
+    """Read the colour(s), shape(s), size, position and relation a caption names.
+
+    Parses every caption of ``caption_variants`` and free-form ones in the spec's vocabulary, case and punctuation
+    ignored ("A small red circle, on the left."). Words outside the vocabulary are skipped. "left"/"right" followed
+    by "of", "above" and "below" are relations; "left", "right", "top", "bottom", "center" alone are positions.
+    Raises ``ValueError`` naming the caption when it names no object, several per role, or mixes a relation and a
+    position.
+    """
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be a str, got {type(caption).__name__}")
+    tokens = "".join(ch if ch.isalpha() else " " for ch in caption.lower()).split()
+
+    relations: list[tuple[int, int, str]] = []  # (first token, one past last token, relation)
+    for i, token in enumerate(tokens):
+        if token in ("left", "right") and i + 1 < len(tokens) and tokens[i + 1] == "of":
+            relations.append((i, i + 2, f"{token} of"))
+        elif token in ("above", "below"):
+            relations.append((i, i + 1, token))
+    relation_tokens = {j for start, end, _ in relations for j in range(start, end)}
+    positions = [_POSITION_WORDS[t] for j, t in enumerate(tokens) if t in _POSITION_WORDS and j not in relation_tokens]
+
+    if len(relations) > 1:
+        raise ValueError(f"cannot parse caption {caption!r}: it names several relations {[r for *_, r in relations]}")
+    if relations:
+        start, end, relation = relations[0]
+        if positions:
+            raise ValueError(
+                f"cannot parse caption {caption!r}: a two-object caption names no position, found {positions}"
+            )
+        subject = _parse_noun_phrase(tokens[:start], caption)
+        reference = _parse_noun_phrase(tokens[end:], caption)
+        return CaptionSpec((subject, reference), relation=relation)
+    if len(positions) > 1:
+        raise ValueError(f"cannot parse caption {caption!r}: it names several positions {positions}")
+    return CaptionSpec((_parse_noun_phrase(tokens, caption),), position=positions[0] if positions else None)

@@ -1,0 +1,51 @@
+"""The fixed prompt sets of the faithfulness report: seen and held-out pairs, one and two objects."""
+
+from __future__ import annotations
+
+from .captions import POSITION_PHRASES, RELATION_PHRASES, _noun_phrase
+from .vocabulary import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES
+
+
+def evaluation_prompts(held_out: bool, num_objects: int) -> list[str]:
+    """The fixed prompt set of the faithfulness report, in canonical wording (no prefix, first paraphrase).
+
+    - one object, seen (15): each pair outside ``HELD_OUT_PAIRS`` (colour-major order), position cycling through
+      ``POSITIONS``, size cycling small / large / not named;
+    - one object, held out (15): each held-out pair at each of the five positions, size cycling the same way;
+    - two objects, seen (12): the i-th seen pair, related to the next seen pair five or more steps later in the list
+      that has another colour, relation cycling through ``RELATIONS``;
+    - two objects, held out (12): each held-out pair with each relation, as subject on even prompts and as reference
+      on odd ones; its partner is a seen pair of another colour, or on every fourth prompt the next held-out pair.
+    """
+    if num_objects not in (1, 2):
+        raise ValueError(f"num_objects must be 1 or 2, got {num_objects!r}")
+    all_pairs = [(c, s) for c in COLORS for s in SHAPES]
+    seen = [p for p in all_pairs if p not in HELD_OUT_PAIRS]
+    held = [p for p in all_pairs if p in HELD_OUT_PAIRS]
+    size_cycle = ("small", "large", None)
+
+    def one(pair: tuple[str, str], position: str, size: str | None) -> str:
+        return f"{_noun_phrase(pair[0], pair[1], size)} {POSITION_PHRASES[position][0]}"
+
+    def two(a: tuple[str, str], relation: str, b: tuple[str, str]) -> str:
+        return f"{_noun_phrase(*a)} {RELATION_PHRASES[relation][0]} {_noun_phrase(*b)}"
+
+    def partner(pair: tuple[str, str], start: int) -> tuple[str, str]:
+        """The first seen pair from index ``start`` on (cyclically) whose colour differs from ``pair``'s."""
+        rotated = seen[start % len(seen) :] + seen[: start % len(seen)]
+        return next(p for p in rotated if p[0] != pair[0])
+
+    if num_objects == 1 and not held_out:
+        return [one(p, POSITIONS[i % len(POSITIONS)], size_cycle[i % 3]) for i, p in enumerate(seen)]
+    if num_objects == 1:
+        combos = [(p, pos) for p in held for pos in POSITIONS]
+        return [one(p, pos, size_cycle[i % 3]) for i, (p, pos) in enumerate(combos)]
+    if not held_out:
+        return [two(seen[i], RELATIONS[i % len(RELATIONS)], partner(seen[i], i + 5)) for i in range(12)]
+    prompts = []
+    for i in range(12):
+        target = held[i % len(held)]
+        other = held[(i + 1) % len(held)] if i % 4 == 3 else partner(target, 3 * i + 1)
+        a, b = (target, other) if i % 2 == 0 else (other, target)
+        prompts.append(two(a, RELATIONS[i % len(RELATIONS)], b))
+    return prompts

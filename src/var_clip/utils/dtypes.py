@@ -1,0 +1,25 @@
+"""The one map of weight precisions, by the names the commands take.
+
+The generation, captioning and batch commands take torch's names (``--dtype bfloat16``); the conversion takes the
+diffusers variant names (``--dtype bf16``), which are also the suffixes of the files it writes. Both resolve here.
+Torch is imported only when a name is resolved, so the command line can list the choices without loading it.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DTYPE_NAMES", "VARIANT_DTYPE_NAMES", "torch_dtype"]
+
+#: ``--dtype`` choices of the commands that load a model, torch's own names.
+DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
+#: diffusers variant name (the conversion's ``--dtype``) → torch's name.
+VARIANT_DTYPE_NAMES: dict[str, str] = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def torch_dtype(name: str):
+    """``"bfloat16"`` or ``"bf16"`` → ``torch.bfloat16``; a ValueError lists the names there are."""
+    full = VARIANT_DTYPE_NAMES.get(name, name)
+    if full not in DTYPE_NAMES:
+        raise ValueError(f"dtype must be one of {[*DTYPE_NAMES, *VARIANT_DTYPE_NAMES]}, got {name!r}")
+    import torch
+
+    return getattr(torch, full)
