@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # run from a clone without installing
+
+from var_clip.sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P  # noqa: E402
 
 # The recipe. Steps are multiplied by --scale.
 DATA = dict(num_images=20000, seed=1)
@@ -33,7 +36,7 @@ CLIP = dict(steps=1500, batch=128, lr=1e-3, width=128, layers=3, heads=4, projec
 VQVAE = dict(steps=2400, batch=32, lr=1.5e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab=512, latent=16,
              patch_nums=(1, 2, 3, 4, 5, 6, 8))
 VAR = dict(steps=3000, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0)
-EVAL = dict(samples_per_prompt=4, guidance_scale=4.0, top_k=900, top_p=0.95)
+EVAL = dict(samples_per_prompt=4, guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P)
 MAX_MB = 25.0
 
 
@@ -102,11 +105,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from var_clip import VARCLIPPipeline, shapes_world
     from var_clip.evaluation import evaluate_shapes
+    from var_clip.utils.files import MARKER_NAME, check_replaceable, resolve_output_dir, write_marker
 
-    work = Path(args.workdir)
-    if args.fresh and work.exists():
+    work = resolve_output_dir(args.workdir, "--workdir")
+    output = resolve_output_dir(args.output, "--output")
+    if output.exists():  # replaced at the end: refuse now, before hours of training, if it is not a pipeline folder
+        check_replaceable(output, "--output", protected=[work])
+    if args.fresh and work.exists():  # --fresh deletes only a workdir this recipe made (it holds the marker)
+        if not (work / MARKER_NAME).is_file() and any(work.iterdir()):
+            raise SystemExit(f"--workdir {work} was not made by this recipe (no {MARKER_NAME}); --fresh deletes only "
+                             "such a folder: remove it yourself or choose another --workdir")
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
+    write_marker(work, "build_default_model")
     log_path = work / "timings.json"
     log = json.loads(log_path.read_text()) if log_path.exists() else {}
     steps = lambda n: steps_of(args, n)  # noqa: E731
@@ -197,7 +208,7 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
     import var_clip
 
     card = render_model_card(
-        REPO / "model_cards" / "default_model.md",
+        "default_model.md",
         ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
                       tags=["var-clip", "text-to-image", "next-scale-prediction", "shapes-world"]),
         depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, patch_nums=list(tc.patch_nums),
@@ -228,4 +239,7 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ValueError as error:  # unsafe folders, bad settings: one line, not a traceback
+        sys.exit(f"build_default_model: error: {error}")

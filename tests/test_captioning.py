@@ -19,8 +19,14 @@ WORDS = "a photo of red green blue circle square triangle small large on the lef
 def _save_tiny_blip2(folder: Path) -> Path:
     """A real BLIP-2 (ViT + Q-Former + OPT) a few thousand parameters large, with a word-level tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (Blip2Config, Blip2ForConditionalGeneration, Blip2Processor, BlipImageProcessor,
-                              OPTConfig, PreTrainedTokenizerFast)
+    from transformers import (
+        Blip2Config,
+        Blip2ForConditionalGeneration,
+        Blip2Processor,
+        BlipImageProcessor,
+        OPTConfig,
+        PreTrainedTokenizerFast,
+    )
 
     vocab = {word: i for i, word in enumerate(["<pad>", "</s>", "<unk>", *WORDS.split()])}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
@@ -235,8 +241,15 @@ def test_half_precision_feeds_pixels_in_the_model_precision(blip2_dir):
 def _save_tiny_llava(folder: Path) -> Path:
     """A chat-style image-text model (LLaVA: CLIP vision tower + Llama) with a chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import (CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor, PreTrainedTokenizerFast)
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
 
     words = ["<pad>", "</s>", "<s>", "<unk>", "<image>", "USER:", "ASSISTANT:", *WORDS.split(), "describe", "image"]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(dict.fromkeys(words))}, unk_token="<unk>"))

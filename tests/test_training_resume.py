@@ -10,8 +10,8 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from var_clip.shapes_world import generate_dataset
 from var_clip import VARCLIPPipeline
+from var_clip.shapes_world import generate_dataset
 from var_clip.training import engine, train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .. import shapes_world as sw
-from ..utils.files import atomic_write
+from ..utils.atomic import atomic_write
 
 __all__ = ["PhraseVariant", "FAMILIES", "family_variants", "measure_phrase_position", "plot_phrase_position",
            "build_parser", "main"]
@@ -170,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import var_clip
+
     from ..pipelines import VARCLIPPipeline
 
     models = args.model or [var_clip.DEFAULT_MODEL]

@@ -9,6 +9,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
+from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .next_scale import EditRequest, NextScalePipelineMixin, check_components_agree
 
 
@@ -48,9 +49,9 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
         self,
         class_labels: int | list[int],
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 4.0,
-        top_k: int | list[int] = 900,
-        top_p: float | list[float] = 0.95,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        top_k: int | list[int] = DEFAULT_TOP_K,
+        top_p: float | list[float] = DEFAULT_TOP_P,
         more_smooth: bool = False,
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,
@@ -120,9 +121,9 @@ class VARInpaintPipeline(VARPipeline):
         image=None,
         mask_image=None,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 4.0,
-        top_k: int | list[int] = 900,
-        top_p: float | list[float] = 0.95,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        top_k: int | list[int] = DEFAULT_TOP_K,
+        top_p: float | list[float] = DEFAULT_TOP_P,
         more_smooth: bool = False,
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,

@@ -14,6 +14,7 @@ from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
+from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ..vocabulary import unknown_words
 from .next_scale import NextScalePipelineMixin, check_components_agree
 
@@ -258,9 +259,9 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 4.0,
-        top_k: int | list[int] = 900,
-        top_p: float | list[float] = 0.95,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        top_k: int | list[int] = DEFAULT_TOP_K,
+        top_p: float | list[float] = DEFAULT_TOP_P,
         more_smooth: bool = False,
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,

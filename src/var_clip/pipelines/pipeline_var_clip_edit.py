@@ -14,9 +14,10 @@ import PIL.Image
 import torch
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .next_scale import EditRequest
-from .windows import inpaint_in_windows
 from .pipeline_var_clip import PromptInputs, VARCLIPPipeline
+from .windows import inpaint_in_windows
 
 __all__ = ["VARCLIPInpaintPipeline", "VARCLIPImg2ImgPipeline", "prepare_outpainting"]
 
@@ -42,9 +43,9 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
         mask_image=None,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 4.0,
-        top_k: int | list[int] = 900,
-        top_p: float | list[float] = 0.95,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        top_k: int | list[int] = DEFAULT_TOP_K,
+        top_p: float | list[float] = DEFAULT_TOP_P,
         more_smooth: bool = False,
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,
@@ -134,9 +135,9 @@ class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
         strength: float = 0.6,
         negative_prompt: str | list[str] | None = None,
         num_images_per_prompt: int = 1,
-        guidance_scale: float = 4.0,
-        top_k: int | list[int] = 900,
-        top_p: float | list[float] = 0.95,
+        guidance_scale: float = DEFAULT_GUIDANCE_SCALE,
+        top_k: int | list[int] = DEFAULT_TOP_K,
+        top_p: float | list[float] = DEFAULT_TOP_P,
         more_smooth: bool = False,
         guidance_schedule: str = "linear",
         guidance_interval: tuple[int, int] | None = None,

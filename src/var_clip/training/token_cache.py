@@ -27,6 +27,8 @@ from safetensors.torch import save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from ..utils.atomic import atomic_write
+
 __all__ = [
     "dataset_fingerprint",
     "module_fingerprint",
@@ -163,9 +165,5 @@ def build_token_cache(
     else:
         tensors["labels"] = torch.cat(labels)
     metadata = {**{f"fingerprint.{k}": v for k, v in fingerprint_parts.items()}}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, tmp, metadata=metadata)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     return path
