@@ -90,7 +90,8 @@ def test_failures_exit_1_with_one_line(model_dir, tmp_path, capsys):
 def test_eval_shapes_report(model_dir, tmp_path):
     out = tmp_path / "report"
     assert main(["eval-shapes", "--model", model_dir, "--output-dir", str(out), "--samples-per-prompt", "1",
-                 "--max-prompts", "2", "--guidance-scales", "0,2", "--inpainting", "2"]) == 0
+                 "--max-prompts", "2", "--guidance-scales", "0,2", "--inpainting", "2", "--outpainting", "1",
+                 "--img2img", "1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["whole_caption_accuracy"]) == {"seen_one_object", "seen_two_objects", "held_out_one_object",
                                                      "held_out_two_objects"}
@@ -98,9 +99,11 @@ def test_eval_shapes_report(model_dir, tmp_path):
     assert set(report["guidance_sweep"]) == {"0.0", "2.0"}
     assert PIL.Image.open(out / "samples.png").width > 0
     inpainting = report["inpainting"]
-    assert inpainting["num_images"] == 2 and 0 <= inpainting["a red circle"] <= 1
+    assert inpainting["num_images"] == 2 and 0 <= inpainting["caption_with_new_object_in_mask"] <= 1
     assert inpainting["max_unmasked_change"] == 0  # the left half is never touched
     assert PIL.Image.open(out / "inpainting.png").width > 0
+    assert report["outpainting"]["output_size_kept"] and report["outpainting"]["max_original_change"] == 0
+    assert set(report["img2img"]["strengths"]) == {"0.00", "0.29", "0.43", "0.57", "0.71", "0.86", "1.00"}
 
 
 def test_console_script_help_lists_every_command():
