@@ -211,6 +211,9 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
         "default_model.md",
         ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
                       tags=["var-clip", "text-to-image", "next-scale-prediction", "shapes-world"]),
+        conditioning=("conditioned on the pooled text embedding (AdaLN, start token) and, by cross-attention in "
+                      "every block, on the caption's token states" if tc.cross_attention_dim else
+                      "conditioned on the pooled text embedding only (VAR-CLIP as published)"),
         depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, patch_nums=list(tc.patch_nums),
         image_size=pipe.vqvae.sample_size, vocab_size=vc.vocab_size, latent_channels=vc.latent_channels,
         transformer_params=count(pipe.transformer), vqvae_params=count(pipe.vqvae),
@@ -220,7 +223,9 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
         vqvae_training=f"{steps_of(args, VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
         transformer_training=f"{steps_of(args, VAR['steps'])} steps × {VAR['batch']} images, lr {VAR['lr']}, "
                              f"{int(VAR['cond_drop'] * 100)} % condition dropout",
-        training_hardware="2 CPU cores", training_time=f"{sum(log.values()) / 60:.0f} minutes (all stages)",
+        training_hardware="2 CPU cores", training_time=(f"{sum(log.values()) / 60:.0f} minutes for the stages run here (the text encoder and "
+                                       "VQ-VAE were reused from an earlier build of this recipe)" if args.components
+                                       else f"{sum(log.values()) / 60:.0f} minutes (all stages)"),
         num_samples_per_prompt=EVAL["samples_per_prompt"],
         num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
         num_heldout_prompts=sum(len(shapes_world.evaluation_prompts(True, n)) for n in (1, 2)),
