@@ -120,3 +120,25 @@ def test_layerwise_casting_fp8_storage_bf16_compute(fixture, request):
     assert (logits - reference).abs().mean() < 0.1 * reference.std()
     images = pipe("a red circle", generator=gen(), output_type="pt").images
     assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_from_pipe_keeps_dtypes_and_the_float32_modules_quietly(tiny_pipe, tmp_path, caplog):
+    import logging
+
+    tiny_pipe.save_pretrained(tmp_path)
+    bf16 = VARCLIPPipeline.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    with caplog.at_level(logging.WARNING):
+        inpaint = VARCLIPInpaintPipeline.from_pipe(bf16)
+        VARCLIPInpaintPipeline.from_pipe(tiny_pipe)
+    assert not [r for r in caplog.records if "float32" in r.getMessage()]
+    assert inpaint.transformer.dtype == torch.bfloat16 and inpaint.transformer.head.weight.dtype == torch.float32
+    assert inpaint.vqvae.quantize.embedding.weight.dtype == torch.float32
+
+
+def test_a_long_prompt_gets_one_warning_naming_the_dropped_words(tiny_pipe, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        tiny_pipe(" ".join(["red circle"] * 60), generator=gen(), output_type="tokens")
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "was dropped" in messages[0], messages

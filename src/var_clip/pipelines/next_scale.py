@@ -84,6 +84,31 @@ class NextScalePipelineMixin:
     _callback_tensor_inputs = ["f_hat", "latents", "idx_Bl", "logits_BlV", "tokens", "prompt_embeds"]
 
     @classmethod
+    def from_pipe(cls, pipeline, **kwargs):
+        """diffusers' ``from_pipe``, keeping the components' dtypes and the modules kept in float32.
+
+        diffusers casts every component to one dtype (float32 unless given), which would turn a bfloat16 pipeline
+        into float32, or cast its float32 quantizer and logits head to bfloat16, with a warning either way; here the
+        default is the pipeline's own dtype, and the float32 modules are restored afterwards.
+        """
+        import logging as std_logging
+
+        from diffusers.models import modeling_utils
+
+        if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
+            kwargs["dtype"] = pipeline.dtype
+        previous = modeling_utils.logger.level
+        modeling_utils.logger.setLevel(std_logging.ERROR)  # the warning describes what the loop below undoes
+        try:
+            new = super().from_pipe(pipeline, **kwargs)
+        finally:
+            modeling_utils.logger.setLevel(previous)
+        for component in new.components.values():
+            for name in getattr(component, "_keep_in_fp32_modules", None) or []:
+                getattr(component, name).float()
+        return new
+
+    @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
         """Fetch a pipeline repository for ``from_pretrained("owner/name")``: the requested variant, safetensors only.
 

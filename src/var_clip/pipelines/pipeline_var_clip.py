@@ -76,7 +76,8 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
         """
         max_len = self.tokenizer_max_length
         for prompt in prompts:
-            full_ids = self.tokenizer(prompt).input_ids  # with BOS and EOS, untruncated
+            # with BOS and EOS, untruncated; verbose=False: our warning below replaces transformers' generic one
+            full_ids = self.tokenizer(prompt, verbose=False).input_ids
             if len(full_ids) > max_len:
                 # truncation keeps BOS + (max_len - 2) tokens + EOS: name the words that fall off
                 dropped = self.tokenizer.decode(full_ids[max_len - 1 : -1])
