@@ -498,7 +498,7 @@ def test_default_model_card_template_renders_every_placeholder():
                          tags=["var-clip", "text-to-image", "shapes-world"])
     accuracy = {k: {m: "50.0 %" for m in ("color", "shape", "size", "position", "relation", "caption")}
                 for k in ("seen", "heldout")}
-    fields = dict(depth=4, embed_dim=256, num_heads=4, patch_nums="1,2,3,4", image_size=64, vocab_size=512,
+    fields = dict(conditioning="token-level", depth=4, embed_dim=256, num_heads=4, patch_nums="1,2,3,4", image_size=64, vocab_size=512,
                   latent_channels=16, transformer_params="3.2M", vqvae_params="1.1M", text_embed_dim=64,
                   text_encoder_description="a small CLIP text tower", num_train_images=20000, dataset_seed=0,
                   vqvae_training="…", transformer_training="…", training_hardware="2 CPU cores",
