@@ -78,3 +78,12 @@ def test_inpainting_a_red_circle_keeps_the_rest_of_the_image(pipe):
     assert summary["max_unmasked_change"] == 0
     assert summary["caption_with_new_object_in_mask"] >= INPAINTING_FLOOR, summary
     assert summary["kept_latent_psnr_median"] >= KEPT_PSNR_FLOOR, summary
+
+
+def test_the_default_model_names_words_it_never_saw(pipe, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        pipe("a red fox", generator=torch.Generator().manual_seed(0), output_type="tokens")
+    (message,) = [r.getMessage() for r in caplog.records if "never saw" in r.getMessage()]
+    assert "'fox'" in message and "circle" in message

@@ -19,12 +19,6 @@ from .conftest import REPO
 _ROOTS = ("work", "root", "home", "Users", "tmp")
 _MACHINE_PATH = re.compile(r"(?<![\w.:/~-])/(?:" + "|".join(_ROOTS) + r")/[A-Za-z0-9_.][\w.+-]*")
 
-# The embedded default model's configs record the folder they were built in; the lead's rebuild of the model
-# (scripts/build_default_model.py) removes it. Listed here so that only these files may still carry one.
-_BEING_REBUILT = {"src/var_clip/default_model/model_index.json", "src/var_clip/default_model/transformer/config.json",
-                  "src/var_clip/default_model/vqvae/config.json"}
-
-
 def _tracked_text_files() -> dict[str, str]:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("not a git checkout")
@@ -63,12 +57,5 @@ def test_pattern_finds_machine_paths_and_nothing_else():
 
 
 def test_no_tracked_file_names_a_build_machine_path():
-    found = {name: hits for name, hits in _traces(_tracked_text_files()).items() if name not in _BEING_REBUILT}
+    found = _traces(_tracked_text_files())
     assert found == {}, f"absolute paths of the build machine in tracked files: {found}"
-
-
-@pytest.mark.xfail(reason="the default model's configs name the folder they were built in, until it is rebuilt",
-                   strict=False)
-def test_default_model_configs_name_no_build_machine_path():
-    texts = _tracked_text_files()
-    assert _traces({name: texts[name] for name in _BEING_REBUILT if name in texts}) == {}

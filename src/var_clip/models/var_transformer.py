@@ -433,8 +433,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         for block in self.blocks:
             block.attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
             block.ffn.fc2.weight.div_(math.sqrt(2 * len(self.blocks)))
-            if block.cross_attn is not None:
-                block.cross_attn.proj.weight.div_(math.sqrt(2 * len(self.blocks)))
+            if block.cross_attn is not None:  # starts as identity, as the AdaLN-gated branches do (PixArt-α)
+                block.cross_attn.proj.weight.zero_()
             if block.shared_aln:
                 block.ada_gss[:, :, 2:].mul_(init_adaln)
                 block.ada_gss[:, :, :2].mul_(init_adaln_gamma)
