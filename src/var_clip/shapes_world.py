@@ -8,7 +8,9 @@ that the pipeline makes meaningful images offline and so that how faithfully an 
 - ``sample_scene`` / ``render_scene`` / ``generate_dataset``: scenes, their captions and a Hugging Face ``imagefolder``
   dataset of them;
 - ``parse_caption``: a caption back into the attributes it names;
-- ``detect_objects`` / ``score_image`` / ``evaluation_prompts`` / ``summarize_scores``: the faithfulness evaluator.
+- ``detect_objects`` / ``score_image`` / ``evaluation_prompts`` / ``summarize_scores``: the faithfulness evaluator;
+- ``WorldExtension``: words the world does not have (an extra colour, an extra size), for fine-tuning data
+  (``generate_dataset(..., extension=...)``) and a scorer that knows them. Without one, everything is the spec's world.
 
 Coordinates are continuous canvas coordinates: pixel ``(i, j)`` (column ``i``, row ``j``) covers ``[i, i+1) x [j, j+1)``
 and ``y`` grows downward. An object's ``(cx, cy)`` is the centre of its bounding box; the evaluator measures the same
@@ -25,7 +27,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,8 @@ __all__ = [
     "ObjectSpec",
     "CaptionSpec",
     "DetectedObject",
+    "WorldExtension",
+    "sample_extension_scene",
     "sample_scene",
     "caption_variants",
     "render_scene",
@@ -124,9 +128,56 @@ RandomSource = random.Random | np.random.Generator
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _size_class(size_px: float) -> str:
-    """The size word of a bounding-box side, by the evaluator's boundary."""
-    return "small" if size_px < SIZE_BOUNDARY_PX else "large"
+def _size_class(size_px: float, extension: WorldExtension | None = None) -> str:
+    """The size word of a bounding-box side, by the evaluator's boundary (``SIZE_BOUNDARY_PX``, halfway between small
+    and large); an extension's sizes add boundaries halfway between neighbouring ranges in the same way."""
+    if extension is None or not extension.sizes:
+        return "small" if size_px < SIZE_BOUNDARY_PX else "large"
+    ranges = sorted({**SIZES, **extension.sizes}.items(), key=lambda item: item[1])
+    for (word, (_, high)), (_, (next_low, _)) in zip(ranges, ranges[1:]):
+        if size_px < (high + next_low) / 2:
+            return word
+    return ranges[-1][0]
+
+
+@dataclass(frozen=True)
+class WorldExtension:
+    """Words the shapes world does not have, each with what it means on the canvas.
+
+    Attributes:
+        colors: extra palette colours, name → exact RGB (e.g. ``{"pink": (255, 105, 180)}``).
+        sizes: extra size words, name → inclusive range of the bounding-box side in px (e.g. ``{"huge": (34, 38)}``);
+            a range may not overlap another size's.
+
+    Rendering, caption parsing and scoring take one optionally; without it they are exactly the spec's.
+    """
+
+    colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        known = {*COLORS, *SHAPES, *SIZES}
+        for word in [*self.colors, *self.sizes]:
+            if not (isinstance(word, str) and word.isalpha() and word.islower()) or word in known:
+                raise ValueError(f"extension word {word!r} must be a new lower-case word (not one of {sorted(known)})")
+        for name, rgb in self.colors.items():
+            if len(rgb) != 3 or not all(isinstance(v, int) and 0 <= v <= 255 for v in rgb):
+                raise ValueError(f"colour {name!r} must be an RGB triple of ints in [0, 255], got {rgb!r}")
+        ranges = sorted({**SIZES, **self.sizes}.items(), key=lambda item: item[1])
+        for name, (low, high) in self.sizes.items():
+            if not (isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= IMAGE_SIZE):
+                raise ValueError(f"size {name!r} must be an int range (low, high) within 1..{IMAGE_SIZE}, got {(low, high)}")
+        for (a, (_, a_high)), (b, (b_low, _)) in zip(ranges, ranges[1:]):
+            if b_low <= a_high:
+                raise ValueError(f"sizes {a!r} and {b!r} overlap")
+
+    @property
+    def palette(self) -> dict[str, tuple[int, int, int]]:
+        return {**COLORS, **self.colors}
+
+    @property
+    def all_sizes(self) -> dict[str, tuple[int, int]]:
+        return {**SIZES, **self.sizes}
 
 
 @dataclass(frozen=True)
@@ -140,8 +191,8 @@ class ShapeObject:
     cy: float
 
     def __post_init__(self) -> None:
-        if self.color not in COLORS:
-            raise ValueError(f"color must be one of {list(COLORS)}, got {self.color!r}")
+        if not isinstance(self.color, str) or not self.color:  # the palette (and any extension) is checked by rendering
+            raise ValueError(f"color must be a colour name, got {self.color!r}")
         if self.shape not in SHAPES:
             raise ValueError(f"shape must be one of {list(SHAPES)}, got {self.shape!r}")
         if self.size_px <= 0:
@@ -253,13 +304,14 @@ _POSITION_AXES: dict[str | None, tuple[str | None, str | None]] = {
 
 
 def _sample_object(
-    rng: RandomSource, pair: tuple[str, str], size_word: str, position: str | None = None
+    rng: RandomSource, pair: tuple[str, str], size_word: str, position: str | None = None,
+    sizes: Mapping[str, tuple[int, int]] = SIZES,
 ) -> ShapeObject:
     """An object of the given pair and size class, its bbox centre inside ``position``'s region (anywhere if None).
 
     Edges land on whole pixels, so squares render crisp and the centre is ``edge + size / 2``.
     """
-    size_px = _randint(rng, *SIZES[size_word])
+    size_px = _randint(rng, *sizes[size_word])
     x_constraint, y_constraint = _POSITION_AXES[position]
     x0 = _randint(rng, *_corner_range(size_px, x_constraint))
     y0 = _randint(rng, *_corner_range(size_px, y_constraint))
@@ -338,6 +390,30 @@ def sample_scene(rng: RandomSource, allow_held_out: bool = False) -> Scene:
     return replace(scene, caption=_choice(rng, caption_variants(scene)))
 
 
+def sample_extension_scene(rng: RandomSource, extension: WorldExtension) -> Scene:
+    """One object that shows one of ``extension``'s words, and its caption from the world's templates.
+
+    An extension colour goes on any shape at either size (the size named in half of the captions); an extension size
+    goes on any seen colour-shape pair and is always named. The position is named in 80 % of captions, as in the
+    world. Held-out pairs never occur.
+    """
+    concepts = [("color", c) for c in extension.colors] + [("size", s) for s in extension.sizes]
+    if not concepts:
+        raise ValueError("`extension` names no colour and no size")
+    kind, word = _choice(rng, concepts)
+    if kind == "color":
+        pair = (word, _choice(rng, SHAPES))
+        size = _choice(rng, tuple(SIZES))
+        size_word = size if _uniform01(rng) < SIZE_MENTION_PROBABILITY else None
+    else:
+        pair = _choice(rng, _allowed_pairs(allow_held_out=False))
+        size = size_word = word
+    position = _choice(rng, POSITIONS) if _uniform01(rng) < POSITION_MENTION_PROBABILITY else None
+    obj = _sample_object(rng, pair, size, position, sizes=extension.all_sizes)
+    scene = Scene((obj,), "", position=position, size_word=size_word)
+    return replace(scene, caption=_choice(rng, caption_variants(scene)))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Rendering
 # ----------------------------------------------------------------------------------------------------------------------
@@ -360,15 +436,20 @@ def _coverage(obj: ShapeObject) -> np.ndarray:
     return inside.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def render_scene(scene: Scene) -> Image.Image:
+def render_scene(scene: Scene, extension: WorldExtension | None = None) -> Image.Image:
     """The scene as a 64x64 RGB image: flat background, filled antialiased shapes without outline.
 
-    Fully covered pixels carry the palette colour exactly; edge pixels blend it with what lies beneath.
+    Fully covered pixels carry the palette colour (the extension's colours included) exactly; edge pixels blend it
+    with what lies beneath.
     """
+    palette = extension.palette if extension is not None else COLORS
+    unknown = [o.color for o in scene.objects if o.color not in palette]
+    if unknown:
+        raise ValueError(f"color must be one of {list(palette)}, got {unknown[0]!r}")
     canvas_HW3 = np.broadcast_to(np.asarray(BACKGROUND, dtype=np.float64), (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     for obj in scene.objects:
         alpha_HW1 = _coverage(obj)[:, :, None]
-        canvas_HW3 = canvas_HW3 * (1 - alpha_HW1) + np.asarray(COLORS[obj.color], dtype=np.float64) * alpha_HW1
+        canvas_HW3 = canvas_HW3 * (1 - alpha_HW1) + np.asarray(palette[obj.color], dtype=np.float64) * alpha_HW1
     return Image.fromarray(np.rint(canvas_HW3).astype(np.uint8), mode="RGB")
 
 
@@ -383,6 +464,7 @@ def generate_dataset(
     seed: int,
     allow_held_out: bool = False,
     show_progress: bool = True,
+    extension: WorldExtension | None = None,
 ) -> Path:
     """Write a Hugging Face ``imagefolder`` dataset of ``num_images`` scenes and return its folder.
 
@@ -390,6 +472,9 @@ def generate_dataset(
     (``scene`` is ``Scene.to_dict()`` serialised as a JSON string, kept a string so every row has one type). The same
     ``seed`` gives byte-identical files, and the first scenes of a larger dataset with that seed are the same. The
     folder is built in a temporary sibling and renamed into place, so an interrupted run leaves no half dataset.
+
+    With ``extension`` every scene shows one of its words instead (``sample_extension_scene``): fine-tuning data
+    for a concept the world does not have.
     """
     output_dir = Path(output_dir)
     if not isinstance(num_images, int) or isinstance(num_images, bool) or num_images < 1:
@@ -406,9 +491,12 @@ def generate_dataset(
         digits = max(6, len(str(num_images - 1)))
         lines = []
         for index in tqdm(range(num_images), desc="shapes world", disable=not show_progress):
-            scene = sample_scene(rng, allow_held_out=allow_held_out)
+            if extension is None:
+                scene = sample_scene(rng, allow_held_out=allow_held_out)
+            else:
+                scene = sample_extension_scene(rng, extension)
             file_name = f"{index:0{digits}d}.png"
-            render_scene(scene).save(staging / file_name, format="PNG")
+            render_scene(scene, extension).save(staging / file_name, format="PNG")
             record = {"file_name": file_name, "text": scene.caption, "scene": json.dumps(scene.to_dict())}
             lines.append(json.dumps(record) + "\n")
         (staging / "metadata.jsonl").write_text("".join(lines), encoding="utf-8")
@@ -469,10 +557,11 @@ _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bo
 _POSITION_WORDS.update({"centre": "center", "middle": "center"})  # spellings a user may write for "center"
 
 
-def _parse_noun_phrase(tokens: list[str], caption: str) -> ObjectSpec:
-    colors = [t for t in tokens if t in COLORS]
+def _parse_noun_phrase(tokens: list[str], caption: str, extension: WorldExtension | None = None) -> ObjectSpec:
+    palette, all_sizes = (extension.palette, extension.all_sizes) if extension is not None else (COLORS, SIZES)
+    colors = [t for t in tokens if t in palette]
     shapes = [t for t in tokens if t in SHAPES]
-    sizes = [t for t in tokens if t in SIZES]
+    sizes = [t for t in tokens if t in all_sizes]
     for kind, found in (("color", colors), ("shape", shapes)):
         if len(found) != 1:
             raise ValueError(
@@ -483,14 +572,14 @@ def _parse_noun_phrase(tokens: list[str], caption: str) -> ObjectSpec:
     return ObjectSpec(colors[0], shapes[0], sizes[0] if sizes else None)
 
 
-def parse_caption(caption: str) -> CaptionSpec:
+def parse_caption(caption: str, extension: WorldExtension | None = None) -> CaptionSpec:
     """Read the colour(s), shape(s), size, position and relation a caption names.
 
     Parses every caption of ``caption_variants`` and free-form ones in the spec's vocabulary, case and punctuation
     ignored ("A small red circle, on the left."). Words outside the vocabulary are skipped. "left"/"right" followed
     by "of", "above" and "below" are relations; "left", "right", "top", "bottom", "center" alone are positions.
     Raises ``ValueError`` naming the caption when it names no object, several per role, or mixes a relation and a
-    position.
+    position. ``extension``'s colour and size words count as colours and sizes.
     """
     if not isinstance(caption, str):
         raise ValueError(f"caption must be a str, got {type(caption).__name__}")
@@ -513,12 +602,12 @@ def parse_caption(caption: str) -> CaptionSpec:
             raise ValueError(
                 f"cannot parse caption {caption!r}: a two-object caption names no position, found {positions}"
             )
-        subject = _parse_noun_phrase(tokens[:start], caption)
-        reference = _parse_noun_phrase(tokens[end:], caption)
+        subject = _parse_noun_phrase(tokens[:start], caption, extension)
+        reference = _parse_noun_phrase(tokens[end:], caption, extension)
         return CaptionSpec((subject, reference), relation=relation)
     if len(positions) > 1:
         raise ValueError(f"cannot parse caption {caption!r}: it names several positions {positions}")
-    return CaptionSpec((_parse_noun_phrase(tokens, caption),), position=positions[0] if positions else None)
+    return CaptionSpec((_parse_noun_phrase(tokens, caption, extension),), position=positions[0] if positions else None)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -630,22 +719,26 @@ def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
+def detect_objects(image: Image.Image | np.ndarray, extension: WorldExtension | None = None) -> list[DetectedObject]:
     """The objects of a 64x64 image, largest first.
 
     A pixel joins the mask of a palette colour within RGB distance 60 of it. Orange and yellow lie 60.2 apart, so a
     slightly-off orange pixel can be within 60 of both: each pixel goes to the *nearest* of the palette and the
     background, which keeps every mask a subset of the spec's and the masks disjoint. Components (8-connected) of at
-    least 20 px are objects; size is ``small`` when the longer bbox side is under 20 px.
+    least 20 px are objects; size is ``small`` when the longer bbox side is under 20 px. ``extension``'s colours join
+    the palette and its sizes the size classes (boundaries halfway between neighbouring ranges).
     """
     rgb_HW3 = _as_rgb_array(image)
-    dist2_HWK = ((rgb_HW3[:, :, None, :] - _PALETTE_K3[None, None, :, :]) ** 2).sum(axis=-1)
+    palette_K3, color_names = _PALETTE_K3, list(COLORS)
+    if extension is not None and extension.colors:
+        color_names = list(extension.palette)
+        palette_K3 = np.asarray([BACKGROUND, *extension.palette.values()], dtype=np.int64)
+    dist2_HWK = ((rgb_HW3[:, :, None, :] - palette_K3[None, None, :, :]) ** 2).sum(axis=-1)
     nearest_HW = dist2_HWK.argmin(axis=-1)
     within_HW = np.take_along_axis(dist2_HWK, nearest_HW[:, :, None], axis=-1)[:, :, 0] <= COLOR_TOLERANCE**2
     classes_HW = np.where(within_HW, nearest_HW, 0)  # 0: background or no palette colour
     labels_HW = _label_components(classes_HW)
 
-    color_names = list(COLORS)
     ids, counts = np.unique(labels_HW[classes_HW > 0], return_counts=True)
     objects = []
     for label, area in zip(ids[counts >= MIN_OBJECT_AREA], counts[counts >= MIN_OBJECT_AREA]):
@@ -657,7 +750,7 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
             DetectedObject(
                 color=color_names[int(classes_HW[rows[0], cols[0]]) - 1],
                 shape=min(FILL_RATIOS, key=lambda s: abs(FILL_RATIOS[s] - fill)),
-                size=_size_class(max(width, height)),
+                size=_size_class(max(width, height), extension),
                 area=int(area),
                 bbox=(x_min, y_min, x_max, y_max),
                 cx=(x_min + x_max + 1) / 2,
@@ -673,7 +766,8 @@ def _matches(obj: DetectedObject, spec: ObjectSpec, check_size: bool = True) -> 
     return obj.color == spec.color and obj.shape == spec.shape and (not check_size or spec.size in (None, obj.size))
 
 
-def score_image(image: Image.Image | np.ndarray, caption: str | CaptionSpec) -> dict[str, bool | None]:
+def score_image(image: Image.Image | np.ndarray, caption: str | CaptionSpec,
+                extension: WorldExtension | None = None) -> dict[str, bool | None]:
     """Score an image against its caption, per the spec; every verdict is a bool, ``None`` where not applicable.
 
     One object (judged on the largest detected object): ``color``, ``shape``, ``position`` (``None`` when not named),
@@ -685,9 +779,12 @@ def score_image(image: Image.Image | np.ndarray, caption: str | CaptionSpec) -> 
     B's colour have centres satisfying the relation (shape not required, so relation errors are told from shape
     errors); ``size`` (``None`` unless the caption names sizes) when distinct objects match colour, shape and size;
     ``caption`` when distinct objects matching A and B in full satisfy the relation. ``position`` is ``None``.
+
+    ``extension`` (a :class:`WorldExtension`) makes its colour and size words known to the caption parser and the
+    detector; without it scoring is exactly the spec's.
     """
-    spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption)
-    objects = detect_objects(image)
+    spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption, extension)
+    objects = detect_objects(image, extension)
 
     if spec.num_objects == 1:
         (named,) = spec.objects
