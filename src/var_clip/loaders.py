@@ -27,7 +27,7 @@ from diffusers.utils import logging
 from .hub import is_pickle_file
 from .utils.atomic import atomic_open
 
-__all__ = ["LORA_WEIGHT_NAME", "VARCLIPLoraLoaderMixin", "lora_config", "lora_target_modules"]
+__all__ = ["LORA_WEIGHT_NAME", "VARCLIPLoraLoaderMixin", "lora_config", "lora_target_modules", "require_peft"]
 
 logger = logging.get_logger(__name__)
 
@@ -35,6 +35,14 @@ logger = logging.get_logger(__name__)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the adapter's LoraConfig
 TRANSFORMER_PREFIX = "transformer"
+
+
+def require_peft() -> None:
+    """A one-line error when peft (the adapters' implementation) is missing."""
+    from diffusers.utils import is_peft_available
+
+    if not is_peft_available():
+        raise ValueError("LoRA adapters need peft: pip install peft (or pip install 'var-clip[lora]')")
 
 
 def lora_target_modules(transformer) -> list[str]:
@@ -59,6 +67,7 @@ def lora_config(transformer, rank: int, alpha: float | None = None, dropout: flo
     """A peft ``LoraConfig`` for ``transformer``: rank ``rank``, scaling ``alpha / rank`` (alpha defaults to the rank,
     scaling 1), the default targets of :func:`lora_target_modules` unless given. ``lora_B`` starts at zero, so a new
     adapter leaves the model's outputs unchanged until trained."""
+    require_peft()
     from peft import LoraConfig
 
     if not isinstance(rank, int) or rank < 1:
@@ -148,6 +157,7 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                           hotswap: bool = False, **kwargs) -> None:
         """Load a LoRA file into the transformer as adapter ``adapter_name`` (default ``default_<n>``) and make it
         the active one. Keys outside ``transformer.`` are ignored with a warning, as in diffusers."""
+        require_peft()
         if self.transformer is None:
             raise ValueError("this pipeline has no `transformer` to load LoRA weights into")
         state_dict, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, return_lora_metadata=True,
@@ -194,6 +204,7 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
     def save_lora_adapter_weights(self, save_directory: str | os.PathLike, adapter_name: str = "default",
                                   weight_name: str | None = None) -> Path:
         """Write one loaded or trained adapter of the transformer, with its config, as diffusers' LoRA file."""
+        require_peft()
         from peft.utils import get_peft_model_state_dict
 
         configs = getattr(self.transformer, "peft_config", {})

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..loaders import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, lora_config
+from ..loaders import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, lora_config, require_peft
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
@@ -225,6 +225,7 @@ def _check_arguments(args) -> None:
         return
     if args.lora_rank < 1:
         raise ValueError(f"`--lora_rank` must be >= 1, got {args.lora_rank}")
+    require_peft()
     if not args.pretrained_pipeline:
         raise ValueError("`--lora_rank` trains adapters on a model that exists: pass `--pretrained_pipeline`")
     if args.condition != "text":
@@ -277,6 +278,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
     _check_arguments(args)
     accelerator = create_accelerator(args, "var-clip-train-var")
+    if args.lora_rank is not None and accelerator.distributed_type.value == "FSDP":
+        raise ValueError("`--lora_rank` trains a few small matrices: use data parallelism (DDP), not FSDP")
     set_seed(args.seed)  # initialisation only: data order, augmentation and dropout have their own seeded streams
     device = accelerator.device
 
@@ -421,7 +424,7 @@ LORA_ADAPTER_NAME = "default"
 # adapters start at zero and hold few parameters: they want far larger steps than VAR's 1e-4 per 256 images
 LORA_LEARNING_RATE = 1e-3
 LORA_CARD = """---
-library_name: diffusers
+library_name: var-clip
 tags: [var-clip, lora, text-to-image]
 base_model: {base}
 ---
