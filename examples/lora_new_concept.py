@@ -2,7 +2,7 @@
 
 The shapes world's objects are 12-30 px; the concept is a new size, **huge** (34-38 px), plus a second adapter for
 **tiny** (8-10 px). Each adapter trains on 100 captioned images of its concept (``generate_dataset(...,
-extension=...)``, the world's caption templates) and 100 ordinary world images that keep the rest of the world in
+extension=...)``, the world's caption templates) and 400 ordinary world images that keep the rest of the world in
 view, with ``train-var --lora_rank``. Then, with the default sampling settings and 4 samples per prompt:
 
 - concept accuracy before and after (``evaluate_prompts`` with a scorer that knows the new word);
@@ -87,7 +87,8 @@ def vqvae_ceiling(pipe: VARCLIPPipeline, extension: sw.WorldExtension, num_image
 def seen_accuracy(pipe: VARCLIPPipeline) -> tuple[dict, list]:
     summary, records = evaluate_shapes(pipe, show_progress=False)
     seen = summary["seen"]
-    return {"seen_one": seen["one_object"]["caption"], "seen_two": seen["two_objects"]["caption"]}, records
+    return {"seen_one": seen["one_object"]["caption"], "seen_two": seen["two_objects"]["caption"],
+            "seen_all": seen["all"]["caption"]}, records
 
 
 def concept_accuracy(pipe: VARCLIPPipeline, extension: sw.WorldExtension) -> dict:
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--max_train_steps", type=int, default=500)
     parser.add_argument("--num_concept_images", type=int, default=100)
-    parser.add_argument("--num_replay_images", type=int, default=100)
+    parser.add_argument("--num_replay_images", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip_base", action="store_true", help="reuse base.json from an earlier run")
     args = parser.parse_args(argv)
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         seen, base_records = seen_accuracy(pipe)
         base_images = images_of(base_records)
-        results["base"] = {"seen": seen, **{name: concept_accuracy(pipe, ext) for name, ext in CONCEPTS.items()}}
+        results["base"] = {"seen": seen, "pink": concept_accuracy(pipe, PINK),
+                           **{name: concept_accuracy(pipe, ext) for name, ext in CONCEPTS.items()}}
         base_file.write_text(json.dumps(results["base"], indent=1))
     print("base:", results["base"], flush=True)
 
