@@ -37,8 +37,10 @@ setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7", "torchmetrics>=1.4", "jinja2>=3"],
-        "train": ["datasets>=2.20", "tensorboard>=2.15"],
+        "test": ["pytest>=8", "datasets>=2.20", "matplotlib>=3.7", "torchmetrics>=1.4", "jinja2>=3", "peft>=0.17"],
+        "train": ["datasets>=2.20", "tensorboard>=2.15", "peft>=0.17"],
+        # LoRA adapters (load_lora_weights, train-var --lora_rank); tested with peft 0.21.2
+        "lora": ["peft>=0.17"],
         "analysis": ["matplotlib>=3.7"],
         # var-clip eval-fid (torchmetrics' FID; its own Inception also needs torch-fidelity) and dataset prompt files
         "eval": ["torchmetrics>=1.4", "datasets>=2.20"],

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.loaders import PeftAdapterMixin
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
@@ -266,7 +267,7 @@ class Modulations:
         return Modulations(blocks=[m[:rows] for m in self.blocks], head=self.head[:rows])
 
 
-class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
+class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
     r"""GPT-style next-scale prediction transformer of VAR, conditioned on a text embedding (VAR-CLIP) or a class.
 
     Parameters:

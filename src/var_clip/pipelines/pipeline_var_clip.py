@@ -12,6 +12,7 @@ from diffusers.pipelines.pipeline_utils import DiffusionPipeline
 from diffusers.utils import logging
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
+from ..loaders import VARCLIPLoraLoaderMixin
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
@@ -20,12 +21,15 @@ from .next_scale import NextScalePipelineMixin, check_components_agree
 
 logger = logging.get_logger(__name__)
 
-class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline):
+class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoaderMixin):
     r"""Text-to-image generation with VAR-CLIP.
 
     The prompt is encoded by CLIP's text tower into its projected, L2-normalised embedding; the transformer predicts
     the VQ-VAE's token maps scale by scale (1×1, 2×2, … 16×16), each conditioned on all coarser ones, and the VQ-VAE
     decodes the accumulated latent.
+
+    LoRA adapters on the transformer load and combine with diffusers' API (`load_lora_weights`, `set_adapters`,
+    `fuse_lora`, `unload_lora_weights`; see :class:`~var_clip.loaders.VARCLIPLoraLoaderMixin`).
 
     Components:
         tokenizer ([`~transformers.CLIPTokenizer`], optional): the CLIP tokenizer.

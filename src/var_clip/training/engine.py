@@ -59,6 +59,7 @@ __all__ = [
     "configure_logging",
     "create_accelerator",
     "build_optimizer",
+    "trainable_parameters",
     "TrainingTask",
     "TrainingResult",
     "MetricsLog",
@@ -430,7 +431,7 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
                                  num_training_steps=max_steps * P)
     ema = None
     if args.use_ema:
-        ema = EMAModel(model.parameters(), decay=args.ema_decay)
+        ema = EMAModel(trainable_parameters(model), decay=args.ema_decay)
     if args.torch_compile:
         model.compile()
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
@@ -496,7 +497,7 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
         # one optimizer step done
         global_step += 1
         if ema is not None:
-            ema.step(unwrapped.parameters())
+            ema.step(trainable_parameters(unwrapped))
         if task.after_step is not None:
             task.after_step(unwrapped)
         record = {"step": global_step, "epoch": batch_epoch, "loss": sum(micro_losses) / len(micro_losses),
@@ -543,6 +544,12 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
     return TrainingResult(output_dir=output_dir, global_step=global_step, losses=losses)
 
 
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates (and EMA averages): those that require grad. A LoRA run freezes the base
+    model, so its EMA holds the adapters only."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def _fresh_copy(model: nn.Module) -> nn.Module:
     """A new, unsharded instance of ``model``'s class and config (diffusers and transformers models)."""
     if hasattr(type(model), "from_config") and not hasattr(model.config, "to_dict"):
@@ -558,12 +565,12 @@ class _ema_weights:
 
     def __enter__(self):
         if self.ema is not None:
-            self.ema.store(self.model.parameters())
-            self.ema.copy_to(self.model.parameters())
+            self.ema.store(trainable_parameters(self.model))
+            self.ema.copy_to(trainable_parameters(self.model))
 
     def __exit__(self, *exc):
         if self.ema is not None:
-            self.ema.restore(self.model.parameters())
+            self.ema.restore(trainable_parameters(self.model))
 
 
 def _validate(accelerator, task: TrainingTask, unwrapped: nn.Module, ema, step: int, output_dir: Path) -> None:

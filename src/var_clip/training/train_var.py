@@ -6,6 +6,10 @@ scales' accumulated latents; the condition is the caption's L2-normalised CLIP t
 (classifier-free guidance training, VAR-CLIP §3.2); the loss is cross-entropy over all L tokens with label
 smoothing 0.1, as VAR-CLIP's defaults. The result is a ``VARCLIPPipeline`` folder (``VARPipeline`` for classes).
 
+With ``--lora_rank R`` (and ``--pretrained_pipeline``) the transformer is frozen and only LoRA adapters on its
+attention projections train, by the same loop; the result is diffusers' ``pytorch_lora_weights.safetensors`` and a
+model card, which ``VARCLIPPipeline.load_lora_weights`` reads.
+
     accelerate launch -m var_clip.training.train_var --train_data_dir DATA --vqvae VQVAE \
         --text_encoder CLIP/text_encoder --tokenizer CLIP/tokenizer --output_dir OUT
 
@@ -23,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..loaders import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, lora_config, require_peft
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
@@ -81,6 +86,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="text: VAR-CLIP on captions; class: VAR on class labels (class subfolders)")
     group.add_argument("--label_column", type=str, default="label")
     group.add_argument("--num_classes", type=int, default=None, help="default: the dataset's number of classes")
+
+    group = parser.add_argument_group("LoRA (fine-tune adapters on a frozen --pretrained_pipeline)")
+    group.add_argument("--lora_rank", type=int, default=None,
+                       help="train LoRA adapters of this rank instead of the whole transformer; writes "
+                            f"{LORA_WEIGHT_NAME} and a model card")
+    group.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank)")
+    group.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapters' input")
+    group.add_argument("--lora_target_modules", type=str, nargs="+", default=None,
+                       help="module-name suffixes to adapt (default: attn.mat_qkv attn.proj, plus the "
+                            "cross-attention's to_q to_k to_v proj with --conditioning tokens models)")
 
     group = parser.add_argument_group("transformer (when training from scratch)")
     group.add_argument("--depth", type=int, default=16)
@@ -202,6 +217,23 @@ def _check_arguments(args) -> None:
         raise ValueError("`--conditioning tokens` is for `--condition text`")
     if args.condition == "class" and args.validation_prompts:
         raise ValueError("`--validation_prompts` is for `--condition text`; use `--validation_class_labels`")
+    if args.lora_rank is None:
+        given = [f"--{n}" for n in ("lora_alpha", "lora_target_modules") if getattr(args, n) is not None]
+        given += ["--lora_dropout"] if args.lora_dropout else []
+        if given:
+            raise ValueError(f"{', '.join(given)} configure LoRA training: also pass `--lora_rank`")
+        return
+    if args.lora_rank < 1:
+        raise ValueError(f"`--lora_rank` must be >= 1, got {args.lora_rank}")
+    require_peft()
+    if not args.pretrained_pipeline:
+        raise ValueError("`--lora_rank` trains adapters on a model that exists: pass `--pretrained_pipeline`")
+    if args.condition != "text":
+        raise ValueError("`--lora_rank` is for `--condition text` (VARCLIPPipeline's LoRA API)")
+    if args.lora_alpha is not None and not args.lora_alpha > 0:
+        raise ValueError(f"`--lora_alpha` must be > 0, got {args.lora_alpha}")
+    if not 0.0 <= args.lora_dropout < 1.0:
+        raise ValueError(f"`--lora_dropout` must be in [0, 1), got {args.lora_dropout}")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -246,6 +278,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
     _check_arguments(args)
     accelerator = create_accelerator(args, "var-clip-train-var")
+    if args.lora_rank is not None and accelerator.distributed_type.value == "FSDP":
+        raise ValueError("`--lora_rank` trains a few small matrices: use data parallelism (DDP), not FSDP")
     set_seed(args.seed)  # initialisation only: data order, augmentation and dropout have their own seeded streams
     device = accelerator.device
 
@@ -258,7 +292,13 @@ def train(args: argparse.Namespace) -> TrainingResult:
     tokenizer, text_encoder, transformer, vqvae = _build_components(args, num_classes)
     if args.resolution is not None and args.resolution != vqvae.sample_size:
         raise ValueError(f"`--resolution` {args.resolution} differs from the VQ-VAE's image size {vqvae.sample_size}")
-    if args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images
+    if args.lora_rank is not None:  # freeze the base model; only the adapters require grad (and reach AdamW)
+        transformer.requires_grad_(False)
+        transformer.add_adapter(lora_config(transformer, args.lora_rank, args.lora_alpha, args.lora_dropout,
+                                            args.lora_target_modules), adapter_name=LORA_ADAPTER_NAME)
+    if args.learning_rate is None and args.lora_rank is not None:
+        args.learning_rate = LORA_LEARNING_RATE
+    elif args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images
         total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
         args.learning_rate = 1e-4 * total_batch / 256
     vqvae.to(device)
@@ -343,20 +383,71 @@ def train(args: argparse.Namespace) -> TrainingResult:
         save_sample_grid(images, captions, output_dir, step)
         return {}
 
-    if args.condition == "text":  # the words the captions taught, so pipelines can flag prompts outside them
-        known = transformer.config.vocabulary or []  # fine-tuning adds to what the model already knew
+    if args.condition == "text" and args.lora_rank is None:  # the words the captions taught, so pipelines can flag
+        known = transformer.config.vocabulary or []  # prompts outside them; fine-tuning adds to what it knew
         transformer.register_to_config(vocabulary=build_vocabulary([*known, *dataset["text"]]))
 
     def export(model, folder: Path) -> None:
-        if args.condition == "text":
+        if args.lora_rank is not None:
+            _export_lora(model, folder, args, len(dataset))
+        elif args.condition == "text":
             VARCLIPPipeline(tokenizer, text_encoder, model, vqvae).save_pretrained(folder, safe_serialization=True)
         else:
             VARPipeline(model, vqvae).save_pretrained(folder, safe_serialization=True)
 
-    task = TrainingTask(name="var", model=transformer, loss_fn=loss_fn, dataset=train_dataset, export=export,
-                        validate=validate, generators={"condition_dropout": cond_generator},
-                        no_decay_keys=TRANSFORMER_NO_DECAY_KEYS, index_names=("model_index.json",))
+    index_names = ("model_index.json",) if args.lora_rank is None else (LORA_WEIGHT_NAME,)
+    task = TrainingTask(name="var" if args.lora_rank is None else "var-lora", model=transformer, loss_fn=loss_fn,
+                        dataset=train_dataset, export=export, validate=validate,
+                        generators={"condition_dropout": cond_generator}, no_decay_keys=TRANSFORMER_NO_DECAY_KEYS,
+                        index_names=index_names)
     return run_training(args, accelerator, task)
+
+
+def _export_lora(model: VARTransformer2DModel, folder: Path, args, num_samples: int) -> None:
+    """diffusers' LoRA file of the trained adapter (config in its header) and a short model card."""
+    from peft.utils import get_peft_model_state_dict
+
+    config = model.peft_config[LORA_ADAPTER_NAME]
+    layers = get_peft_model_state_dict(model, adapter_name=LORA_ADAPTER_NAME)
+    VARCLIPLoraLoaderMixin.save_lora_weights(folder, layers, transformer_lora_adapter_metadata=config.to_dict())
+    adapter = sum(t.numel() for t in layers.values())
+    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    targets = " ".join(f"`{t}`" for t in sorted(config.target_modules))
+    (folder / "README.md").write_text(LORA_CARD.format(
+        base=args.pretrained_pipeline, rank=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
+        targets=targets, adapter=adapter, base_params=base, share=100 * adapter / base, steps=args.max_train_steps or f"{args.num_train_epochs} epochs of",
+        data=args.train_data_dir or args.caption_file, samples=num_samples, lr=args.learning_rate,
+        batch=args.train_batch_size, weights=LORA_WEIGHT_NAME), encoding="utf-8")
+
+
+LORA_ADAPTER_NAME = "default"
+# adapters start at zero and hold few parameters: they want far larger steps than VAR's 1e-4 per 256 images
+LORA_LEARNING_RATE = 1e-3
+LORA_CARD = """---
+library_name: var-clip
+tags: [var-clip, lora, text-to-image]
+base_model: {base}
+---
+
+# LoRA adapter for {base}
+
+Trained with `var-clip train-var --lora_rank {rank}` on {samples} images of `{data}` ({steps} steps, batch {batch},
+learning rate {lr:g}); the base model stayed frozen.
+
+| rank | alpha | dropout | targets | adapter parameters | base transformer parameters |
+| --- | --- | --- | --- | --- | --- |
+| {rank} | {alpha:g} | {dropout:g} | {targets} | {adapter:,} | {base_params:,} ({share:.2f} %) |
+
+```python
+from var_clip import VARCLIPPipeline
+
+pipe = VARCLIPPipeline.from_pretrained("{base}")
+pipe.load_lora_weights("path/to/this/folder", adapter_name="concept")   # reads {weights}
+pipe.set_adapters(["concept"], adapter_weights=[1.0])
+image = pipe("...").images[0]
+pipe.unload_lora_weights()                                              # the base model again, exactly
+```
+"""
 
 
 def _tokenizer_digest(tokenizer) -> str:

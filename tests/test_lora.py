@@ -1,0 +1,291 @@
+"""LoRA adapters: diffusers' pipeline API on var-clip's text pipelines, the safetensors file layout, and LoRA training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors
+import torch
+from peft.tuners.lora import LoraLayer
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+
+from var_clip import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
+from var_clip.cli import main as cli_main
+from var_clip.loaders import LORA_WEIGHT_NAME, lora_config, lora_target_modules
+from var_clip.shapes_world import generate_dataset
+from var_clip.training import engine, train_var
+from var_clip.training.checkpointing import list_checkpoints
+from var_clip.training.engine import read_log
+
+from .conftest import make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
+
+PROMPTS = ["a red circle", "a blue square on the left"]
+
+
+def images(pipe: VARCLIPPipeline) -> np.ndarray:
+    generators = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+    return pipe(PROMPTS, generator=generators, output_type="np").images
+
+
+def add_random_adapter(pipe: VARCLIPPipeline, name: str, seed: int, rank: int = 4) -> None:
+    """An adapter whose B matrices are large random values (a fresh one starts at zero and changes nothing)."""
+    pipe.transformer.add_adapter(lora_config(pipe.transformer, rank), adapter_name=name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in pipe.transformer.named_parameters():
+            if f"lora_B.{name}." in param_name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 3.0)
+
+
+def saved_adapter(pipe: VARCLIPPipeline, folder: Path, name: str, seed: int) -> Path:
+    """Write a random adapter ``name`` to ``folder`` and remove it from ``pipe`` again."""
+    add_random_adapter(pipe, name, seed)
+    pipe.save_lora_adapter_weights(folder, adapter_name=name)
+    pipe.delete_adapters(name)
+    return folder
+
+
+def test_default_targets_are_the_attention_projections(tiny_pipe, tiny_token_pipe):
+    assert lora_target_modules(tiny_pipe.transformer) == ["text_proj", "attn.mat_qkv", "attn.proj"]
+    assert lora_target_modules(tiny_token_pipe.transformer)[3:] == [
+        "cross_attn.to_q", "cross_attn.to_k", "cross_attn.to_v", "cross_attn.proj"]
+    add_random_adapter(tiny_token_pipe, "words", seed=0)
+    adapted = {n for n, m in tiny_token_pipe.transformer.named_modules() if isinstance(m, LoraLayer)}
+    assert adapted == {"text_proj"} | {f"blocks.{i}.{t}" for i in range(2)
+                                       for t in lora_target_modules(tiny_token_pipe.transformer)[1:]}
+    # the self-attention's projection is called through its module, so the adapter changes what is drawn
+    assert not np.array_equal(images(tiny_token_pipe), (tiny_token_pipe.disable_lora(), images(tiny_token_pipe))[1])
+
+
+def test_save_then_load_gives_identical_images_and_unload_gives_the_base_exactly(tiny_pipe, tmp_path):
+    base = images(tiny_pipe)
+    add_random_adapter(tiny_pipe, "concept", seed=0)
+    adapted = images(tiny_pipe)
+    assert not np.array_equal(adapted, base)
+    path = tiny_pipe.save_lora_adapter_weights(tmp_path, adapter_name="concept")
+
+    # diffusers' layout: one safetensors file, keys prefixed with the component, the LoraConfig in the header
+    assert path == tmp_path / LORA_WEIGHT_NAME
+    keys = load_file(path).keys()
+    assert keys and all(k.startswith("transformer.") and (".lora_A." in k or ".lora_B." in k) for k in keys)
+    with safetensors.safe_open(path, framework="pt") as handle:
+        header = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert header["transformer.r"] == 4 and sorted(header["transformer.target_modules"]) == ["attn.mat_qkv", "attn.proj", "text_proj"]
+
+    tokenizer = make_tiny_tokenizer()
+    fresh = VARCLIPPipeline(tokenizer, make_tiny_text_encoder(tokenizer), make_tiny_transformer(), make_tiny_vqvae())
+    fresh.set_progress_bar_config(disable=True)
+    fresh.load_lora_weights(tmp_path, adapter_name="concept")
+    assert fresh.get_list_adapters() == {"transformer": ["concept"]}
+    assert np.array_equal(images(fresh), adapted)
+    fresh.load_lora_weights(path, adapter_name="by_file")  # a file path works as well as its folder
+    fresh.set_adapters(["by_file"])
+    assert np.array_equal(images(fresh), adapted)
+
+    base_weights = {k: v.clone() for k, v in make_tiny_transformer().state_dict().items()}
+    fresh.unload_lora_weights()
+    assert not any(isinstance(m, LoraLayer) for m in fresh.transformer.modules())
+    assert all(torch.equal(fresh.transformer.state_dict()[k], v) for k, v in base_weights.items())
+    assert np.array_equal(images(fresh), base)
+
+
+def test_fuse_then_unfuse_restores_the_base_images(tiny_pipe, tmp_path):
+    base = images(tiny_pipe)
+    base_weights = {k: v.clone() for k, v in tiny_pipe.transformer.state_dict().items()}
+    tiny_pipe.load_lora_weights(saved_adapter(tiny_pipe, tmp_path, "concept", seed=0), adapter_name="concept")
+    adapted = images(tiny_pipe)
+
+    tiny_pipe.fuse_lora(lora_scale=1.0)
+    assert tiny_pipe.fused_loras == {"concept"}
+    assert np.array_equal(images(tiny_pipe), adapted)
+    tiny_pipe.unfuse_lora()
+    tiny_pipe.unload_lora_weights()
+    assert np.array_equal(images(tiny_pipe), base)
+    # subtracting the merged delta is float arithmetic: the weights come back to rounding, the images exactly
+    for k, v in tiny_pipe.transformer.state_dict().items():
+        torch.testing.assert_close(v, base_weights[k], rtol=0, atol=1e-6)
+
+    # a fused scale acts like the adapter's weight
+    tiny_pipe.load_lora_weights(tmp_path, adapter_name="again")
+    tiny_pipe.set_adapters(["again"], adapter_weights=[0.5])
+    half = images(tiny_pipe)
+    tiny_pipe.set_adapters(["again"], adapter_weights=[1.0])
+    tiny_pipe.fuse_lora(lora_scale=0.5)  # a merged layer no longer adds its adapter at run time
+    assert np.array_equal(images(tiny_pipe), half)
+
+
+def test_set_adapters_combines_two_adapters_with_their_weights(tiny_pipe, tmp_path):
+    for name, seed in (("first", 0), ("second", 1)):
+        tiny_pipe.load_lora_weights(saved_adapter(tiny_pipe, tmp_path / name, name, seed), adapter_name=name)
+    assert tiny_pipe.get_active_adapters() == ["second"]  # the last one loaded, as in diffusers
+
+    tiny_pipe.set_adapters(["first", "second"], adapter_weights=[0.7, 0.3])
+    assert sorted(tiny_pipe.get_active_adapters()) == ["first", "second"]
+    layer = tiny_pipe.transformer.blocks[0].attn.mat_qkv
+    x = torch.randn(2, 5, layer.in_features, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        delta = {n: layer.lora_B[n](layer.lora_A[n](x)) for n in ("first", "second")}  # alpha = rank: scaling 1
+        torch.testing.assert_close(layer(x), layer.base_layer(x) + 0.7 * delta["first"] + 0.3 * delta["second"])
+    assert layer.scaling == {"first": 0.7, "second": 0.3}
+    both = images(tiny_pipe)
+
+    tiny_pipe.set_adapters(["first", "second"], adapter_weights=[1.0, 0.0])
+    only_first = images(tiny_pipe)
+    tiny_pipe.set_adapters("first")
+    assert np.array_equal(images(tiny_pipe), only_first)
+    assert not np.array_equal(both, only_first)
+    with pytest.raises(ValueError, match="not in the list of present adapters"):
+        tiny_pipe.set_adapters(["first", "missing"])
+
+
+def test_every_text_pipeline_has_the_lora_api(tiny_pipe, tmp_path):
+    folder = saved_adapter(tiny_pipe, tmp_path, "concept", seed=0)
+    for cls in (VARCLIPInpaintPipeline, VARCLIPImg2ImgPipeline):
+        pipe = cls(**tiny_pipe.components)
+        pipe.load_lora_weights(folder, adapter_name=cls.__name__)
+        assert cls.__name__ in pipe.get_list_adapters()["transformer"]
+        pipe.unload_lora_weights()
+
+
+def test_pickled_adapter_files_are_refused(tiny_pipe, tmp_path):
+    add_random_adapter(tiny_pipe, "concept", seed=0)
+    state = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(tiny_pipe.transformer, adapter_name="concept").items()}
+    tiny_pipe.delete_adapters("concept")
+    torch.save(state, tmp_path / "pytorch_lora_weights.bin")
+    with pytest.raises(ValueError, match="pickled file"):
+        tiny_pipe.load_lora_weights(tmp_path / "pytorch_lora_weights.bin")
+    with pytest.raises(ValueError, match=r"holds \['pytorch_lora_weights.bin'\].*pickle"):
+        tiny_pipe.load_lora_weights(tmp_path)
+    # judged by content, not by the name
+    torch.save(state, tmp_path / "disguised.safetensors")
+    with pytest.raises(ValueError, match="pickled file"):
+        tiny_pipe.load_lora_weights(tmp_path, weight_name="disguised.safetensors")
+    save_file({"transformer.blocks.0.attn.proj.weight": torch.zeros(2, 2)}, tmp_path / "not_lora.safetensors")
+    with pytest.raises(ValueError, match="not a LoRA file"):
+        tiny_pipe.load_lora_weights(tmp_path / "not_lora.safetensors")
+    assert tiny_pipe.get_list_adapters() == {}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
+
+STEPS = 4
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lora")
+    generate_dataset(root / "shapes", 8, seed=1, show_progress=False)
+    tokenizer = make_tiny_tokenizer()
+    pipe = VARCLIPPipeline(tokenizer, make_tiny_text_encoder(tokenizer), make_tiny_transformer(drop_path_rate=0.2),
+                           make_tiny_vqvae())
+    pipe.save_pretrained(root / "base", safe_serialization=True)
+    return root
+
+
+def lora_args(workdir: Path, output: str, **extra) -> list[str]:
+    """A LoRA run with every random stream of full training: condition dropout, stochastic depth, LoRA dropout, EMA,
+    gradient accumulation across an epoch boundary (8 images, 2 per batch, 2 batches per step)."""
+    args = {
+        "--train_data_dir": workdir / "shapes", "--output_dir": workdir / output,
+        "--pretrained_pipeline": workdir / "base", "--dataset_cache_dir": workdir / "hf-cache",
+        "--lora_rank": 4, "--lora_alpha": 8, "--lora_dropout": 0.1, "--cond_drop_rate": 0.5,
+        "--train_batch_size": 2, "--gradient_accumulation_steps": 2, "--max_train_steps": STEPS,
+        "--learning_rate": 1e-2, "--lr_warmup_steps": 1, "--checkpointing_steps": 2,
+    }
+    args.update({f"--{k}": v for k, v in extra.items()})
+    return [str(x) for key, value in args.items() for x in (key, value)] + ["--use_ema", "--no_progress_bar"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir) -> Path:
+    from accelerate.state import AcceleratorState, GradientState
+
+    assert train_var.main(lora_args(workdir, "full")) == 0
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return workdir / "full"
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_lora_training_writes_only_the_adapter_and_leaves_the_base_frozen(workdir, uninterrupted):
+    names = {p.name for p in uninterrupted.iterdir()}
+    assert {LORA_WEIGHT_NAME, "README.md", "train_log.jsonl"} <= names and "model_index.json" not in names
+    assert "rank | alpha" in (uninterrupted / "README.md").read_text()
+    weights = load_file(uninterrupted / LORA_WEIGHT_NAME)
+    assert all(k.startswith("transformer.") and "lora_" in k for k in weights)
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in weights.items() if "lora_B" in k)  # it trained
+
+    base = VARCLIPPipeline.from_pretrained(workdir / "base")
+    base.set_progress_bar_config(disable=True)
+    before = images(base)
+    base.load_lora_weights(uninterrupted)
+    config = base.transformer.peft_config["default_0"]
+    assert (config.r, config.lora_alpha, config.lora_dropout) == (4, 8, 0.1)
+    x = torch.randn(1, base.transformer.num_tokens - 1, 8, generator=torch.Generator().manual_seed(0))
+    embeds = base.encode_prompt("a red circle", do_classifier_free_guidance=False).prompt_embeds
+    with torch.no_grad():
+        adapted = base.transformer(x, text_embeds=embeds).logits
+        base.disable_lora()
+        assert not torch.equal(base.transformer(x, text_embeds=embeds).logits, adapted)
+    base.unload_lora_weights()
+    assert np.array_equal(images(base), before)
+    # the checkpoint's base weights are the pretrained ones: only the adapters moved
+    pretrained = load_file(workdir / "base" / "transformer" / "diffusion_pytorch_model.safetensors")
+    checkpoint = load_file(uninterrupted / "checkpoint-2" / "model.safetensors")
+    base_in_checkpoint = {k.replace(".base_layer.", "."): v for k, v in checkpoint.items() if "lora_" not in k}
+    assert base_in_checkpoint.keys() == pretrained.keys()
+    assert all(torch.equal(base_in_checkpoint[k], v) for k, v in pretrained.items())
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_interrupted_lora_run_resumes_bit_identically(workdir, uninterrupted, monkeypatch):
+    real_save = engine.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
+        path = real_save(accelerator, output_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill right after the checkpoint")
+        return path
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_var.main(lora_args(workdir, "resumed"))
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(workdir / "resumed")] == ["checkpoint-2"]
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    assert train_var.main(lora_args(workdir, "resumed", resume_from_checkpoint="latest")) == 0
+    assert [r["loss"] for r in read_log(workdir / "resumed")] == [r["loss"] for r in read_log(uninterrupted)]
+    final, expected = load_file(workdir / "resumed" / LORA_WEIGHT_NAME), load_file(uninterrupted / LORA_WEIGHT_NAME)
+    assert final.keys() == expected.keys()
+    assert all(torch.equal(final[k], expected[k]) for k in final)  # the exported EMA of the adapters
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"--lora_rank": "4"}, "pass `--pretrained_pipeline`"),
+    ({"--lora_alpha": "8"}, "--lora_alpha configure LoRA training: also pass `--lora_rank`"),
+    ({"--lora_target_modules": "attn.proj"}, "also pass `--lora_rank`"),
+    ({"--lora_rank": "0", "--pretrained_pipeline": "BASE"}, "`--lora_rank` must be >= 1"),
+    ({"--lora_rank": "4", "--pretrained_pipeline": "BASE", "--lora_dropout": "1.5"}, "`--lora_dropout` must be in"),
+    ({"--lora_rank": "4", "--pretrained_pipeline": "BASE", "--lora_target_modules": "no.such_module"},
+     "no.such_module"),
+])
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_cli_refuses_bad_lora_arguments_in_one_line(workdir, tmp_path, capsys, extra, message):
+    extra = {k: str(workdir / "base") if v == "BASE" else v for k, v in extra.items()}
+    argv = ["train-var", "--train_data_dir", str(workdir / "shapes"), "--output_dir", str(tmp_path / "out"),
+            "--vqvae", str(workdir / "base"), "--max_train_steps", "1", "--no_progress_bar",
+            *[x for kv in extra.items() for x in kv]]
+    assert cli_main(argv) == 1
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last_line.startswith("var-clip train-var: error:") and message in last_line
+    assert not (tmp_path / "out" / LORA_WEIGHT_NAME).exists()
