@@ -28,6 +28,15 @@ def is_network_error(error: BaseException) -> bool:
                for cls in type(error).__mro__[:-2])
 
 
+def _hide_loading_progress_bars() -> None:
+    """Loading a pipeline folder takes a fraction of a second: no per-component progress bars for it."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+
+
 def load_pipeline(model: str | os.PathLike | None, cls=None, dtype: str = "float32", device: str | None = "cpu",
                   flag: str = "--model"):
     """Load a pipeline folder, a Hub repo id, or (``model=None``) the embedded default model, as ``cls`` (default
@@ -53,6 +62,8 @@ def load_pipeline(model: str | os.PathLike | None, cls=None, dtype: str = "float
         if not Path(source).is_dir() and (source.count("/") != 1 or Path(source).suffix):
             raise ModelLoadError(f"{flag} {source!r} is neither a folder nor a Hub repo id (owner/name)")
     try:
+        if Path(source).is_dir():  # a download keeps its progress bars
+            _hide_loading_progress_bars()
         pipe = cls.from_pretrained(source, dtype=torch_dtype(dtype))
     except (OSError, ValueError) as e:  # missing files, a config that disagrees with its weights; not the network
         if is_network_error(e):
