@@ -43,6 +43,19 @@ def _mark_dynamic(x: torch.Tensor, *dims: int) -> None:
             torch._dynamo.maybe_mark_dynamic(x, dim)
 
 
+def _mark_block_inputs_dynamic(x_BlD: torch.Tensor, cache: KVCache) -> None:
+    """Under regional compilation: one graph of the blocks for every batch size and scale length."""
+    _mark_dynamic(x_BlD, 0, 1)
+    for ada, layer in zip(cache.modulations.blocks, cache.layers):
+        _mark_dynamic(ada, 0)
+        _mark_dynamic(layer.k, 0)
+        _mark_dynamic(layer.v, 0)
+        for t in layer.context_kv or ():
+            _mark_dynamic(t, 0, 2)
+    if cache.context_mask_B11T is not None:
+        _mark_dynamic(cache.context_mask_B11T, 0, 3)
+
+
 class LayerKVCache:
     """One layer's keys and values for one generation, allocated once for all L tokens.
 
@@ -660,17 +673,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
             grid = h_prev.transpose(1, 2).reshape(h_prev.shape[0], -1, side, side).float()
             fill_BlD = F.interpolate(grid, size=(pn, pn), mode="bicubic").flatten(2).transpose(1, 2)
             x_BlD = x_BlD.gather(1, gather_idx)
-        # under regional compilation: one graph for every batch size and scale length
-        _mark_dynamic(x_BlD, 0, 1)
-        for ada, layer in zip(cache.modulations.blocks, cache.layers):
-            _mark_dynamic(ada, 0)
-            _mark_dynamic(layer.k, 0)
-            _mark_dynamic(layer.v, 0)
-            if layer.context_kv is not None:
-                for t in layer.context_kv:
-                    _mark_dynamic(t, 0, 2)
-        if cache.context_mask_B11T is not None:
-            _mark_dynamic(cache.context_mask_B11T, 0, 3)
+        if getattr(self.blocks[0], "_compiled_call_impl", None) is not None:  # only compiled blocks read the marks
+            _mark_block_inputs_dynamic(x_BlD, cache)
         for block, ada, layer in zip(self.blocks, cache.modulations.blocks, cache.layers):
             x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=layer, context_mask_B11T=cache.context_mask_B11T)
         if keep_idx_Bk is not None:
