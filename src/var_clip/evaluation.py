@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from . import shapes_world as sw
 from .edit_evaluation import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
 
-__all__ = ["evaluate_shapes", "build_parser", "main"]
+__all__ = ["evaluate_shapes", "evaluate_prompts", "build_parser", "main"]
 
 SPLITS = {  # name -> (held_out, num_objects)
     "seen_one": (False, 1), "seen_two": (False, 2), "held_out_one": (True, 1), "held_out_two": (True, 2),
@@ -49,6 +49,37 @@ def evaluate_shapes(pipe, samples_per_prompt: int = 4, guidance_scale: float | N
         sampling_kwargs["guidance_scale"] = guidance_scale
     prompts = [(p, held_out, n) for held_out, n in SPLITS.values()
                for p in sw.evaluation_prompts(held_out=held_out, num_objects=n)[:max_prompts]]
+    records = _generate_and_score(pipe, prompts, samples_per_prompt=samples_per_prompt, seed=seed,
+                                  batch_size=batch_size, show_progress=show_progress, extension=None,
+                                  sampling_kwargs=sampling_kwargs)
+    summary = sw.summarize_scores([r[:4] for r in records])
+    return summary, records
+
+
+def evaluate_prompts(pipe, prompts: list[str], extension: sw.WorldExtension | None = None,
+                     samples_per_prompt: int = 4, seed: int = 0, batch_size: int = 16, show_progress: bool = True,
+                     **sampling_kwargs) -> tuple[dict, list]:
+    """Generate and score any one- or two-object prompts, with a scorer that knows ``extension``'s words (e.g. the
+    prompts of ``shapes_world.extension_prompts``, to measure a concept a LoRA adapter was taught).
+
+    Seeds as :func:`evaluate_shapes`; every prompt counts as seen. Returns the summary (``summary["seen"]["all"]``
+    holds the accuracies, ``summary["by_prompt"]`` each prompt's) and the records
+    ``(caption, scores, held_out, num_objects, image)``.
+    """
+    if samples_per_prompt < 1:
+        raise ValueError(f"`samples_per_prompt` must be >= 1, got {samples_per_prompt}")
+    jobs = [(p, False, sw.parse_caption(p, extension).num_objects) for p in prompts]
+    records = _generate_and_score(pipe, jobs, samples_per_prompt=samples_per_prompt, seed=seed,
+                                  batch_size=batch_size, show_progress=show_progress, extension=extension,
+                                  sampling_kwargs=sampling_kwargs)
+    return sw.summarize_scores([r[:4] for r in records]), records
+
+
+def _generate_and_score(pipe, prompts: list[tuple[str, bool, int]], *, samples_per_prompt: int, seed: int,
+                        batch_size: int, show_progress: bool, extension: sw.WorldExtension | None,
+                        sampling_kwargs: dict) -> list:
+    """``(caption, scores, held_out, num_objects, image)`` for every sample of every ``(prompt, held_out,
+    num_objects)``; sample ``j`` of prompt ``i`` is drawn with the seed ``seed + 1000·i + j``."""
     jobs = [(p, held_out, n, seed + 1000 * i + j) for i, (p, held_out, n) in enumerate(prompts) for j in range(samples_per_prompt)]
     records = []
     bar = tqdm(total=len(jobs), desc="eval-shapes", disable=not show_progress)
@@ -59,11 +90,10 @@ def evaluate_shapes(pipe, samples_per_prompt: int = 4, guidance_scale: float | N
         for (prompt, held_out, n, _), image in zip(chunk, images):
             if image.size != (sw.IMAGE_SIZE, sw.IMAGE_SIZE):  # the evaluator reads the spec's 64 × 64 canvas
                 image = image.resize((sw.IMAGE_SIZE, sw.IMAGE_SIZE), resample=PIL.Image.Resampling.BOX)
-            records.append((prompt, sw.score_image(image, prompt), held_out, n, image))
+            records.append((prompt, sw.score_image(image, prompt, extension), held_out, n, image))
         bar.update(len(chunk))
     bar.close()
-    summary = sw.summarize_scores([r[:4] for r in records])
-    return summary, records
+    return records
 
 
 def headline(summary: dict) -> dict:

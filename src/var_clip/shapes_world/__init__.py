@@ -10,7 +10,10 @@ that the pipeline makes meaningful images offline and so that how faithfully an 
 - ``captions``: the caption templates and paraphrases (``caption_variants``) and ``parse_caption``;
 - ``render``: ``render_scene``; ``dataset``: ``generate_dataset``, a Hugging Face ``imagefolder`` of scenes;
 - ``evaluate``: ``detect_objects`` / ``score_image`` / ``summarize_scores``, the faithfulness evaluator;
-- ``prompts``: ``evaluation_prompts``, the report's fixed prompt sets.
+- ``prompts``: ``evaluation_prompts``, the report's fixed prompt sets, and ``extension_prompts``;
+- ``extension``: ``WorldExtension`` (an extra colour or size, for fine-tuning data and a scorer that knows it) and
+  ``sample_extension_scene``. ``render_scene``, ``parse_caption``, ``detect_objects``, ``score_image`` and
+  ``generate_dataset`` take one as ``extension=``; without it everything is the spec's world.
 
 Coordinates are continuous canvas coordinates: pixel ``(i, j)`` (column ``i``, row ``j``) covers ``[i, i+1) x [j, j+1)``
 and ``y`` grows downward. An object's ``(cx, cy)`` is the centre of its bounding box; the evaluator measures the same
@@ -30,7 +33,8 @@ from .captions import (
 )
 from .dataset import generate_dataset
 from .evaluate import DetectedObject, _label_components, detect_objects, score_image, summarize_scores  # noqa: F401
-from .prompts import evaluation_prompts
+from .extension import MAX_EXTENSION_SIDE, MIN_EXTENSION_SIDE, WorldExtension, sample_extension_scene
+from .prompts import evaluation_prompts, extension_prompts
 from .render import render_scene
 from .scenes import RandomSource, Scene, ShapeObject, sample_scene
 from .vocabulary import (
@@ -69,6 +73,8 @@ __all__ = [
     "FILL_RATIOS",
     "HELD_OUT_PAIRS",
     "IMAGE_SIZE",
+    "MAX_EXTENSION_SIDE",
+    "MIN_EXTENSION_SIDE",
     "MIN_OBJECT_AREA",
     "ONE_OBJECT_PROBABILITY",
     "PLACEMENT_MARGIN",
@@ -91,14 +97,17 @@ __all__ = [
     "RandomSource",
     "Scene",
     "ShapeObject",
+    "WorldExtension",
     "caption_variants",
     "detect_objects",
     "evaluation_prompts",
+    "extension_prompts",
     "generate_dataset",
     "parse_caption",
     "position_holds",
     "relation_holds",
     "render_scene",
+    "sample_extension_scene",
     "sample_scene",
     "score_image",
     "size_class",

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .vocabulary import COLORS, HELD_OUT_PAIRS, RELATIONS, SHAPES, SIZES
 
 if TYPE_CHECKING:
+    from .extension import WorldExtension
     from .scenes import Scene
 
 # Caption templates: a caption is PREFIX + noun phrase [+ position phrase], or PREFIX + np + relation phrase + np.
@@ -103,10 +104,11 @@ _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bo
 _POSITION_WORDS.update({"centre": "center", "middle": "center"})  # spellings a user may write for "center"
 
 
-def _parse_noun_phrase(tokens: list[str], caption: str) -> ObjectSpec:
-    colors = [t for t in tokens if t in COLORS]
+def _parse_noun_phrase(tokens: list[str], caption: str, extension: WorldExtension | None = None) -> ObjectSpec:
+    palette, all_sizes = (COLORS, SIZES) if extension is None else (extension.palette, extension.all_sizes)
+    colors = [t for t in tokens if t in palette]
     shapes = [t for t in tokens if t in SHAPES]
-    sizes = [t for t in tokens if t in SIZES]
+    sizes = [t for t in tokens if t in all_sizes]
     for kind, found in (("color", colors), ("shape", shapes)):
         if len(found) != 1:
             raise ValueError(
@@ -117,14 +119,14 @@ def _parse_noun_phrase(tokens: list[str], caption: str) -> ObjectSpec:
     return ObjectSpec(colors[0], shapes[0], sizes[0] if sizes else None)
 
 
-def parse_caption(caption: str) -> CaptionSpec:
+def parse_caption(caption: str, extension: WorldExtension | None = None) -> CaptionSpec:
     """Read the colour(s), shape(s), size, position and relation a caption names.
 
     Parses every caption of ``caption_variants`` and free-form ones in the spec's vocabulary, case and punctuation
     ignored ("A small red circle, on the left."). Words outside the vocabulary are skipped. "left"/"right" followed
     by "of", "above" and "below" are relations; "left", "right", "top", "bottom", "center" alone are positions.
     Raises ``ValueError`` naming the caption when it names no object, several per role, or mixes a relation and a
-    position.
+    position. With ``extension`` its colour and size words count as colours and sizes.
     """
     if not isinstance(caption, str):
         raise ValueError(f"caption must be a str, got {type(caption).__name__}")
@@ -147,9 +149,9 @@ def parse_caption(caption: str) -> CaptionSpec:
             raise ValueError(
                 f"cannot parse caption {caption!r}: a two-object caption names no position, found {positions}"
             )
-        subject = _parse_noun_phrase(tokens[:start], caption)
-        reference = _parse_noun_phrase(tokens[end:], caption)
+        subject = _parse_noun_phrase(tokens[:start], caption, extension)
+        reference = _parse_noun_phrase(tokens[end:], caption, extension)
         return CaptionSpec((subject, reference), relation=relation)
     if len(positions) > 1:
         raise ValueError(f"cannot parse caption {caption!r}: it names several positions {positions}")
-    return CaptionSpec((_parse_noun_phrase(tokens, caption),), position=positions[0] if positions else None)
+    return CaptionSpec((_parse_noun_phrase(tokens, caption, extension),), position=positions[0] if positions else None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -27,6 +27,9 @@ from .vocabulary import (
     relation_holds,
     size_class,
 )
+
+if TYPE_CHECKING:
+    from .extension import WorldExtension
 
 
 @dataclass(frozen=True)
@@ -88,22 +91,28 @@ def _as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array.astype(np.int64)
 
 
-def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
+def detect_objects(image: Image.Image | np.ndarray, extension: WorldExtension | None = None) -> list[DetectedObject]:
     """The objects of a 64x64 image, largest first.
 
     A pixel joins the mask of a palette colour within RGB distance 60 of it. Orange and yellow lie 60.2 apart, so a
     slightly-off orange pixel can be within 60 of both: each pixel goes to the *nearest* of the palette and the
     background, which keeps every mask a subset of the spec's and the masks disjoint. Components (8-connected) of at
     least 20 px are objects; size is ``small`` when the longer bbox side is under 20 px.
+
+    With ``extension`` its colours join the palette (the nearest rule keeps masks disjoint) and the size is its
+    ``size_class``, whose boundaries lie halfway between neighbouring ranges as 20 px does.
     """
     rgb_HW3 = _as_rgb_array(image)
-    dist2_HWK = ((rgb_HW3[:, :, None, :] - _PALETTE_K3[None, None, :, :]) ** 2).sum(axis=-1)
+    palette_K3, color_names, size_of = _PALETTE_K3, list(COLORS), size_class
+    if extension is not None:
+        color_names, size_of = list(extension.palette), extension.size_class
+        palette_K3 = np.asarray([BACKGROUND, *extension.palette.values()], dtype=np.int64)
+    dist2_HWK = ((rgb_HW3[:, :, None, :] - palette_K3[None, None, :, :]) ** 2).sum(axis=-1)
     nearest_HW = dist2_HWK.argmin(axis=-1)
     within_HW = np.take_along_axis(dist2_HWK, nearest_HW[:, :, None], axis=-1)[:, :, 0] <= COLOR_TOLERANCE**2
     classes_HW = np.where(within_HW, nearest_HW, 0)  # 0: background or no palette colour
     labels_HW = _label_components(classes_HW)
 
-    color_names = list(COLORS)
     ids, counts = np.unique(labels_HW[classes_HW > 0], return_counts=True)
     objects = []
     for label, area in zip(ids[counts >= MIN_OBJECT_AREA], counts[counts >= MIN_OBJECT_AREA]):
@@ -115,7 +124,7 @@ def detect_objects(image: Image.Image | np.ndarray) -> list[DetectedObject]:
             DetectedObject(
                 color=color_names[int(classes_HW[rows[0], cols[0]]) - 1],
                 shape=min(FILL_RATIOS, key=lambda s: abs(FILL_RATIOS[s] - fill)),
-                size=size_class(max(width, height)),
+                size=size_of(max(width, height)),
                 area=int(area),
                 bbox=(x_min, y_min, x_max, y_max),
                 cx=(x_min + x_max + 1) / 2,
@@ -131,7 +140,9 @@ def _matches(obj: DetectedObject, spec: ObjectSpec, check_size: bool = True) -> 
     return obj.color == spec.color and obj.shape == spec.shape and (not check_size or spec.size in (None, obj.size))
 
 
-def score_image(image: Image.Image | np.ndarray, caption: str | CaptionSpec) -> dict[str, bool | None]:
+def score_image(
+    image: Image.Image | np.ndarray, caption: str | CaptionSpec, extension: WorldExtension | None = None
+) -> dict[str, bool | None]:
     """Score an image against its caption, per the spec; every verdict is a bool, ``None`` where not applicable.
 
     One object (judged on the largest detected object): ``color``, ``shape``, ``position`` (``None`` when not named),
@@ -143,9 +154,12 @@ def score_image(image: Image.Image | np.ndarray, caption: str | CaptionSpec) -> 
     B's colour have centres satisfying the relation (shape not required, so relation errors are told from shape
     errors); ``size`` (``None`` unless the caption names sizes) when distinct objects match colour, shape and size;
     ``caption`` when distinct objects matching A and B in full satisfy the relation. ``position`` is ``None``.
+
+    With ``extension`` (a :class:`WorldExtension`) the caption parser and the detector know its colour and size
+    words; without one scoring is exactly the spec's.
     """
-    spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption)
-    objects = detect_objects(image)
+    spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption, extension)
+    objects = detect_objects(image, extension)
 
     if spec.num_objects == 1:
         (named,) = spec.objects

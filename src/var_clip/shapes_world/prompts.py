@@ -1,9 +1,15 @@
-"""The fixed prompt sets of the faithfulness report: seen and held-out pairs, one and two objects."""
+"""The fixed prompt sets of the faithfulness report (seen and held-out pairs, one and two objects) and of a world
+extension's new words."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .captions import POSITION_PHRASES, RELATION_PHRASES, _noun_phrase
 from .vocabulary import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES
+
+if TYPE_CHECKING:
+    from .extension import WorldExtension
 
 
 def evaluation_prompts(held_out: bool, num_objects: int) -> list[str]:
@@ -48,4 +54,20 @@ def evaluation_prompts(held_out: bool, num_objects: int) -> list[str]:
         other = held[(i + 1) % len(held)] if i % 4 == 3 else partner(target, 3 * i + 1)
         a, b = (target, other) if i % 2 == 0 else (other, target)
         prompts.append(two(a, RELATIONS[i % len(RELATIONS)], b))
+    return prompts
+
+
+def extension_prompts(extension: WorldExtension) -> list[str]:
+    """One-object prompts that name ``extension``'s words, in canonical wording and without a position (they measure
+    the new word, not the placement):
+
+    - each extra colour on each shape, size cycling not named / small / large (3 prompts per colour);
+    - each extra size on each seen colour-shape pair, colour-major (15 prompts per size).
+    """
+    prompts = []
+    for color in extension.colors:
+        prompts += [_noun_phrase(color, shape, (None, "small", "large")[i % 3]) for i, shape in enumerate(SHAPES)]
+    seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
+    for size in extension.sizes:
+        prompts += [_noun_phrase(color, shape, size) for color, shape in seen]
     return prompts

@@ -6,11 +6,16 @@ grid, so edge pixels blend the palette colour with what lies beneath.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
 
 from .scenes import Scene, ShapeObject
 from .vocabulary import BACKGROUND, COLORS, IMAGE_SIZE, SUPERSAMPLE
+
+if TYPE_CHECKING:
+    from .extension import WorldExtension
 
 
 def _coverage(obj: ShapeObject) -> np.ndarray:
@@ -30,13 +35,18 @@ def _coverage(obj: ShapeObject) -> np.ndarray:
     return inside.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def render_scene(scene: Scene) -> Image.Image:
+def render_scene(scene: Scene, extension: WorldExtension | None = None) -> Image.Image:
     """The scene as a 64x64 RGB image: flat background, filled antialiased shapes without outline.
 
-    Fully covered pixels carry the palette colour exactly; edge pixels blend it with what lies beneath.
+    Fully covered pixels carry the palette colour exactly; edge pixels blend it with what lies beneath. With
+    ``extension`` its colours join the palette. Raises ``ValueError`` for a colour outside the palette.
     """
+    palette = COLORS if extension is None else extension.palette
+    unknown = [o.color for o in scene.objects if o.color not in palette]
+    if unknown:
+        raise ValueError(f"color must be one of {list(palette)}, got {unknown[0]!r}")
     canvas_HW3 = np.broadcast_to(np.asarray(BACKGROUND, dtype=np.float64), (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     for obj in scene.objects:
         alpha_HW1 = _coverage(obj)[:, :, None]
-        canvas_HW3 = canvas_HW3 * (1 - alpha_HW1) + np.asarray(COLORS[obj.color], dtype=np.float64) * alpha_HW1
+        canvas_HW3 = canvas_HW3 * (1 - alpha_HW1) + np.asarray(palette[obj.color], dtype=np.float64) * alpha_HW1
     return Image.fromarray(np.rint(canvas_HW3).astype(np.uint8), mode="RGB")

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from .vocabulary import (
     size_class,
 )
 
+if TYPE_CHECKING:
+    from .extension import WorldExtension
+
 RandomSource = random.Random | np.random.Generator
 
 
@@ -49,8 +52,9 @@ class ShapeObject:
     cy: float
 
     def __post_init__(self) -> None:
-        if self.color not in COLORS:
-            raise ValueError(f"color must be one of {list(COLORS)}, got {self.color!r}")
+        # any colour word: a WorldExtension may add colours; render_scene checks the word against its palette
+        if not (isinstance(self.color, str) and self.color.isalpha() and self.color.islower()):
+            raise ValueError(f"color must be a lower-case colour word such as {list(COLORS)}, got {self.color!r}")
         if self.shape not in SHAPES:
             raise ValueError(f"shape must be one of {list(SHAPES)}, got {self.shape!r}")
         if self.size_px <= 0:
@@ -83,11 +87,14 @@ class Scene:
     relation: str | None = None
     size_word: str | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of the scene (caption excluded), as written to ``metadata.jsonl``."""
+    def to_dict(self, extension: WorldExtension | None = None) -> dict[str, Any]:
+        """A JSON-ready dict of the scene (caption excluded), as written to ``metadata.jsonl``; with ``extension``
+        each object's ``size`` is its class among the extension's sizes too."""
+        size_of = size_class if extension is None else extension.size_class
         return {
             "objects": [
-                {"color": o.color, "shape": o.shape, "size": o.size, "size_px": o.size_px, "cx": o.cx, "cy": o.cy}
+                {"color": o.color, "shape": o.shape, "size": size_of(o.size_px), "size_px": o.size_px, "cx": o.cx,
+                 "cy": o.cy}
                 for o in self.objects
             ],
             "position": self.position,
@@ -158,13 +165,15 @@ _POSITION_AXES: dict[str | None, tuple[str | None, str | None]] = {
 
 
 def _sample_object(
-    rng: RandomSource, pair: tuple[str, str], size_word: str, position: str | None = None
+    rng: RandomSource, pair: tuple[str, str], size_word: str, position: str | None = None,
+    sizes: Mapping[str, tuple[int, int]] = SIZES,
 ) -> ShapeObject:
     """An object of the given pair and size class, its bbox centre inside ``position``'s region (anywhere if None).
 
-    Edges land on whole pixels, so squares render crisp and the centre is ``edge + size / 2``.
+    Edges land on whole pixels, so squares render crisp and the centre is ``edge + size / 2``. ``sizes`` maps the
+    size words to their ranges (a ``WorldExtension``'s ``all_sizes`` for its extra sizes).
     """
-    size_px = _randint(rng, *SIZES[size_word])
+    size_px = _randint(rng, *sizes[size_word])
     x_constraint, y_constraint = _POSITION_AXES[position]
     x0 = _randint(rng, *_corner_range(size_px, x_constraint))
     y0 = _randint(rng, *_corner_range(size_px, y_constraint))

@@ -1,0 +1,137 @@
+"""Words the shapes world does not have: an extra colour or an extra size, with what each means on the canvas.
+
+A :class:`WorldExtension` is how a fine-tuning experiment teaches the default model something new and measures
+whether it learned it: ``generate_dataset(..., extension=...)`` writes captioned images of the new words in the
+world's own templates (``sample_extension_scene``), and ``render_scene``, ``parse_caption``, ``detect_objects`` and
+``score_image`` take the same ``extension=`` so the evaluator knows the words too. Without an extension every one
+of them is exactly the spec's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from itertools import pairwise
+
+from .captions import caption_variants
+from .scenes import RandomSource, Scene, _allowed_pairs, _choice, _sample_object, _uniform01
+from .vocabulary import (
+    BACKGROUND,
+    COLOR_TOLERANCE,
+    COLORS,
+    PLACEMENT_MARGIN,
+    POSITION_MENTION_PROBABILITY,
+    POSITIONS,
+    REGION_LOW,
+    SHAPES,
+    SIZE_MENTION_PROBABILITY,
+    SIZES,
+)
+
+# The sides an extra size may span. At 8 px the edge pixels of a triangle that blend too far from its colour to join
+# its mask are enough of it that its fill ratio reads as a circle's (red, green, blue); from 9 px every shape in every
+# colour is detected right. Above 2 × (REGION_LOW - PLACEMENT_MARGIN) = 40 px no centre fits in the "left" (or
+# "top") region with the generator's margin.
+MIN_EXTENSION_SIDE = 9
+MAX_EXTENSION_SIDE = 2 * (REGION_LOW - PLACEMENT_MARGIN)
+
+
+@dataclass(frozen=True)
+class WorldExtension:
+    """Extra colour and size words for the shapes world, each with its meaning on the canvas.
+
+    Attributes:
+        colors: extra palette colours, word → exact RGB, e.g. ``{"pink": (255, 105, 180)}``. A colour must lie more
+            than ``COLOR_TOLERANCE`` (RGB distance) from the background and from every palette colour, so the
+            detector can tell it apart.
+        sizes: extra size words, word → inclusive range of the bounding-box side in px, e.g. ``{"huge": (34, 38)}``,
+            within ``MIN_EXTENSION_SIDE``..``MAX_EXTENSION_SIDE``; ranges may not overlap each other's or the
+            world's. The detector's size classes get boundaries halfway between neighbouring ranges, as the spec's
+            small/large boundary (20 px) lies halfway between 16 and 24.
+
+    Every word must be a new lower-case word. The mappings are copied on construction.
+    """
+
+    colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("colors", "sizes"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(f"`{name}` must be a mapping word → value, got {type(getattr(self, name)).__name__}")
+        known = {*COLORS, *SHAPES, *SIZES}
+        words = [*self.colors, *self.sizes]
+        for word in words:
+            if not (isinstance(word, str) and word.isalpha() and word.islower()) or word in known:
+                raise ValueError(f"extension word {word!r} must be a new lower-case word (not one of {sorted(known)})")
+        if len(set(words)) != len(words):
+            both = sorted(set(self.colors) & set(self.sizes))
+            raise ValueError(f"an extension word names both a colour and a size: {both}")
+        for word, rgb in self.colors.items():
+            if not (isinstance(rgb, tuple | list) and len(rgb) == 3 and all(
+                    isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb)):
+                raise ValueError(f"colour {word!r} must be an RGB triple of ints in [0, 255], got {rgb!r}")
+        neighbours = {"background": BACKGROUND, **COLORS}
+        for word, rgb in self.colors.items():
+            for other, other_rgb in neighbours.items():
+                if other != word and math.dist(rgb, other_rgb) <= COLOR_TOLERANCE:
+                    raise ValueError(f"colour {word!r} {tuple(rgb)} lies within {COLOR_TOLERANCE:g} of {other} "
+                                     f"{other_rgb}: the detector could not tell them apart")
+            neighbours[word] = tuple(rgb)
+        for word, side in self.sizes.items():
+            if not (isinstance(side, tuple | list) and len(side) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in side)
+                    and MIN_EXTENSION_SIDE <= side[0] <= side[1] <= MAX_EXTENSION_SIDE):
+                raise ValueError(f"size {word!r} must be an int range (low, high) within "
+                                 f"{MIN_EXTENSION_SIDE}..{MAX_EXTENSION_SIDE} px, got {side!r}")
+        ranges = sorted({**SIZES, **{w: tuple(s) for w, s in self.sizes.items()}}.items(), key=lambda item: item[1])
+        for (a, (_, a_high)), (b, (b_low, _)) in pairwise(ranges):
+            if b_low <= a_high:
+                raise ValueError(f"sizes {a!r} and {b!r} overlap")
+        # frozen: store private copies, so a caller's later edit of its dicts cannot change the extension
+        object.__setattr__(self, "colors", {w: tuple(rgb) for w, rgb in self.colors.items()})
+        object.__setattr__(self, "sizes", {w: tuple(s) for w, s in self.sizes.items()})
+
+    @property
+    def palette(self) -> dict[str, tuple[int, int, int]]:
+        """The world's colours, then the extension's."""
+        return {**COLORS, **self.colors}
+
+    @property
+    def all_sizes(self) -> dict[str, tuple[int, int]]:
+        """The world's sizes, then the extension's."""
+        return {**SIZES, **self.sizes}
+
+    def size_class(self, size_px: float) -> str:
+        """The size word of a measured bounding-box side: the range it falls in, with boundaries halfway between
+        neighbouring ranges (without extra sizes this is ``vocabulary.size_class``)."""
+        ranges = sorted(self.all_sizes.items(), key=lambda item: item[1])
+        for (word, (_, high)), (_, (next_low, _)) in pairwise(ranges):
+            if size_px < (high + next_low) / 2:
+                return word
+        return ranges[-1][0]
+
+
+def sample_extension_scene(rng: RandomSource, extension: WorldExtension) -> Scene:
+    """One object that shows one of ``extension``'s words, and its caption from the world's templates.
+
+    The word is drawn uniformly among the extension's colours and sizes. An extra colour goes on any shape at either
+    of the world's sizes, the size named in half of the captions; an extra size goes on a seen colour-shape pair and
+    is always named. The position is named in 80 % of captions, as in the world. Held-out pairs never occur.
+    """
+    concepts = [("color", c) for c in extension.colors] + [("size", s) for s in extension.sizes]
+    if not concepts:
+        raise ValueError("`extension` names no colour and no size")
+    kind, word = _choice(rng, concepts)
+    if kind == "color":
+        pair = (word, _choice(rng, SHAPES))
+        size = _choice(rng, tuple(SIZES))
+        size_word = size if _uniform01(rng) < SIZE_MENTION_PROBABILITY else None
+    else:
+        pair = _choice(rng, _allowed_pairs(allow_held_out=False))
+        size = size_word = word
+    position = _choice(rng, POSITIONS) if _uniform01(rng) < POSITION_MENTION_PROBABILITY else None
+    obj = _sample_object(rng, pair, size, position, sizes=extension.all_sizes)
+    scene = Scene((obj,), "", position=position, size_word=size_word)
+    return replace(scene, caption=_choice(rng, caption_variants(scene)))
