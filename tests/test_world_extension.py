@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -134,3 +137,15 @@ def test_evaluate_prompts_scores_extension_prompts(tiny_pipe):
     with pytest.raises(ValueError, match="expected one color"):
         evaluate_prompts(tiny_pipe, ["a pink circle"], HUGE, show_progress=False)
 
+
+@pytest.mark.slow
+def test_lora_new_concept_example_runs_quick(tmp_path):
+    """The measurement script end to end with two training steps per concept (about half a minute)."""
+    pytest.importorskip("peft")
+    script = Path(__file__).resolve().parents[1] / "examples" / "lora_new_concept.py"
+    run = subprocess.run([sys.executable, str(script), "--workdir", str(tmp_path / "run"), "--quick"],
+                         check=False, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["unloaded_huge_identical"] and results["unloaded_tiny_identical"]
+    assert set(results["with_both"]) == {"seen", "huge", "tiny"} and "| seen prompts, all |" in run.stdout
