@@ -253,7 +253,10 @@ class AdaLNSelfAttnBlock(nn.Module):
             if context_kv is None:
                 context_kv = kv_cache.context_kv
             h = self.cross_attn(self.norm_cross(x_BLD), context_kv, context_mask_B11T)
-            x_BLD = x_BLD + _drop_path(h, self.drop_path, self.training)
+            # gated like the self-attention's output: VAR starts every residual branch nearly closed (gates ~1e-5), and
+            # an ungated cross-attention, the only open branch, held training on the unigram plateau for twice as
+            # many steps as the pooled model (loss 5.37 vs 4.74 at step 200 of 700, three seeds each)
+            x_BLD = x_BLD + _drop_path(h.mul(gamma1), self.drop_path, self.training)
         h = self.ffn(self.ln_wo_grad(x_BLD).mul(scale2 + 1).add(shift2))
         return x_BLD + _drop_path(h.mul(gamma2), self.drop_path, self.training)
 
