@@ -153,6 +153,10 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = 
 
     kwargs = dict(prompt_embeds=embeds.to(device), guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K,
                   top_p=DEFAULT_TOP_P, output_type="pt")
+    if pipe.transformer.uses_text_tokens:  # token-level conditioning: a caption's worth of token states too
+        H, T = pipe.transformer.config.cross_attention_dim, 12
+        kwargs.update(prompt_token_embeds=torch.randn(batch, T, H, generator=torch.Generator().manual_seed(1)).to(device),
+                      prompt_attention_mask=torch.ones(batch, T, dtype=torch.long, device=device))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

@@ -187,9 +187,12 @@ def ship_folder(folder: Path) -> None:
     weights = folder / "transformer" / "diffusion_pytorch_model.safetensors"
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(weights).items()}
     save_file(state, weights, metadata={"format": "pt"})
-    for config in folder.glob("*/config.json"):
+    # the folder it was saved from (``_name_or_path``), and the tokenizer's load-time `local_files_only` (it records
+    # whether HF_HUB_OFFLINE was set on the build machine)
+    for config in [folder / "model_index.json", *folder.glob("*/config.json"), *folder.glob("*/tokenizer_config.json")]:
         data = json.loads(config.read_text())
-        if data.pop("_name_or_path", None) is not None:
+        dropped = [data.pop(key) for key in ("_name_or_path", "local_files_only") if key in data]
+        if dropped:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
