@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -173,8 +174,11 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         if not any(k.startswith(f"{TRANSFORMER_PREFIX}.") for k in state_dict):
             raise ValueError(f"no `{TRANSFORMER_PREFIX}.` keys in this LoRA file (found e.g. "
                              f"{next(iter(state_dict))!r}): var-clip adapters live on the transformer")
-        self.transformer.load_lora_adapter(state_dict, prefix=TRANSFORMER_PREFIX, adapter_name=adapter_name,
-                                           metadata=metadata, _pipeline=self, hotswap=hotswap)
+        with warnings.catch_warnings():  # a second named adapter is what set_adapters is for: peft's "Already
+            # found a `peft_config`" warning about it says nothing the caller did not ask for
+            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+            self.transformer.load_lora_adapter(state_dict, prefix=TRANSFORMER_PREFIX, adapter_name=adapter_name,
+                                               metadata=metadata, _pipeline=self, hotswap=hotswap)
 
     @classmethod
     def save_lora_weights(cls, save_directory: str | os.PathLike,
