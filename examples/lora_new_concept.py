@@ -183,7 +183,7 @@ def train(workdir: Path, name: str, data: Path, steps: int, model: str, args) ->
                "--lora_rank", str(args.lora_rank), "--train_batch_size", str(args.train_batch_size),
                "--max_train_steps", str(steps), "--checkpointing_steps", str(steps),
                "--resume_from_checkpoint", "latest", "--mixed_precision", args.mixed_precision, "--seed",
-               str(args.seed), "--no_progress_bar"]
+               str(args.seed), "--label_smoothing", str(args.label_smoothing), "--no_progress_bar"]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
@@ -252,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"optimizer steps per concept (in the order {', '.join(CONCEPTS)}), or one value for all "
                         f"(default {' '.join(map(str, FULL['max_train_steps']))})")
     p.add_argument("--mixed_precision", choices=("no", "bf16"), default="bf16")
+    p.add_argument("--label_smoothing", type=float, default=0.0,
+                   help="as the base model was trained (the default model's recipe: 0; train-var's default is 0.1)")
     p.add_argument("--num_concept_images", type=int, default=None, help=f"default {FULL['num_concept_images']}")
     p.add_argument("--num_replay_images", type=int, default=None, help=f"default {FULL['num_replay_images']}")
     p.add_argument("--replay", choices=("prior", "world", "none"), default="prior",
