@@ -45,6 +45,8 @@ import var_clip
 from var_clip import shapes_world as sw
 from var_clip.evaluation import evaluate_prompts
 from var_clip.loaders import LORA_WEIGHT_NAME
+from var_clip.pipelines.next_scale import image_to_tensor
+from var_clip.training.samples import tensor_to_pil
 from var_clip.utils.atomic import atomic_open
 from var_clip.utils.loading import load_pipeline
 
@@ -138,10 +140,8 @@ def vqvae_ceiling(pipe, extension: sw.WorldExtension, num_images: int, seed: int
         image = sw.render_scene(scene, extension)
         if side != sw.IMAGE_SIZE:  # a model of another resolution: its VQ-VAE sees the scene at its own side
             image = image.resize((side, side), resample=PIL.Image.Resampling.BICUBIC)
-        x_13HW = torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-        decoded_13HW = pipe.vqvae.decode_indices(pipe.vqvae.encode_indices(x_13HW.to(pipe.vqvae.device)))
-        rgb_HW3 = ((decoded_13HW[0].float().cpu() + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
-        redrawn = PIL.Image.fromarray(rgb_HW3)
+        x_13HW = image_to_tensor(image) * 2 - 1
+        (redrawn,) = tensor_to_pil(pipe.vqvae.decode_indices(pipe.vqvae.encode_indices(x_13HW.to(pipe.vqvae.device))))
         if side != sw.IMAGE_SIZE:  # the evaluator reads the spec's 64 × 64 canvas
             redrawn = redrawn.resize((sw.IMAGE_SIZE, sw.IMAGE_SIZE), resample=PIL.Image.Resampling.BOX)
         correct += bool(sw.score_image(redrawn, scene.caption, extension)["caption"])
