@@ -55,11 +55,13 @@ CONCEPTS = {
     "tiny": sw.WorldExtension(sizes={"tiny": (9, 11)}),
 }
 PINK = sw.WorldExtension(colors={"pink": (255, 105, 180)})
+# the nearest size the base model knows: its accuracy on the concept's prompts with this word is the reference
+KNOWN_NEIGHBOUR = {"huge": "large", "tiny": "small"}
 
 # defaults of the measurement and of a --quick smoke run; a flag given on the command line wins over both
-FULL = {"max_train_steps": [600, 300], "train_batch_size": 16, "num_concept_images": 100, "num_replay_images": 400,
+FULL = {"max_train_steps": [600, 300], "train_batch_size": 16, "num_concept_images": 100, "concept_repeats": 1, "num_replay_images": 400,
         "samples_per_prompt": 4, "max_prompts": None, "ceiling_images": 100}
-QUICK = {"max_train_steps": [2], "train_batch_size": 4, "num_concept_images": 8, "num_replay_images": 8,
+QUICK = {"max_train_steps": [2], "train_batch_size": 4, "num_concept_images": 8, "concept_repeats": 1, "num_replay_images": 8,
          "samples_per_prompt": 1, "max_prompts": 2, "ceiling_images": 8}
 
 
@@ -97,8 +99,9 @@ def prior_samples(pipe, folder: Path, num_images: int, seed: int) -> Path:
 
 
 def build_data(workdir: Path, name: str, extension: sw.WorldExtension, num_concept: int, replay: Path | None,
-               seed: int) -> Path:
-    """One imagefolder: ``num_concept`` images of the concept and a copy of the ``replay`` imagefolder."""
+               seed: int, repeats: int = 1) -> Path:
+    """One imagefolder: ``num_concept`` images of the concept, each ``repeats`` times (the concept's share of the
+    batches, without more images of it), and a copy of the ``replay`` imagefolder."""
     folder = workdir / f"data-{name}"
     if (folder / "metadata.jsonl").is_file():
         return folder
@@ -113,11 +116,13 @@ def build_data(workdir: Path, name: str, extension: sw.WorldExtension, num_conce
     staging.mkdir(parents=True)
     lines = []
     for prefix, part in parts.items():
-        for line in (part / "metadata.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            shutil.copy(part / record["file_name"], staging / f"{prefix}-{record['file_name']}")
-            record["file_name"] = f"{prefix}-{record['file_name']}"
-            lines.append(json.dumps(record) + "\n")
+        for copy in range(repeats if prefix == "concept" else 1):
+            tag = f"{prefix}{copy}" if prefix == "concept" else prefix
+            for line in (part / "metadata.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                shutil.copy(part / record["file_name"], staging / f"{tag}-{record['file_name']}")
+                record["file_name"] = f"{tag}-{record['file_name']}"
+                lines.append(json.dumps(record) + "\n")
     (staging / "metadata.jsonl").write_text("".join(lines))
     os.replace(staging, folder)
     shutil.rmtree(concept)
@@ -168,6 +173,16 @@ def concept_accuracy(pipe, extension: sw.WorldExtension, args) -> dict:
     return {key: row[key] for key in ("caption", "size", "color", "shape", "num_samples")}
 
 
+def reference_accuracy(pipe, name: str, args) -> dict:
+    """The base model on the concept's prompts with the nearest size it knows ("a large red circle" for "a huge red
+    circle"): how often it gets a caption of this kind right with a word it was trained on."""
+    prompts = [p.replace(name, KNOWN_NEIGHBOUR[name]) for p in sw.extension_prompts(CONCEPTS[name])][: args.max_prompts]
+    summary, _ = evaluate_prompts(pipe, prompts, samples_per_prompt=args.samples_per_prompt, seed=args.seed,
+                                  show_progress=False)
+    row = summary["seen"]["all"]
+    return {key: row[key] for key in ("caption", "size", "color", "shape", "num_samples")}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Training
 # ----------------------------------------------------------------------------------------------------------------------
@@ -184,6 +199,8 @@ def train(workdir: Path, name: str, data: Path, steps: int, model: str, args) ->
                "--max_train_steps", str(steps), "--checkpointing_steps", str(steps),
                "--resume_from_checkpoint", "latest", "--mixed_precision", args.mixed_precision, "--seed",
                str(args.seed), "--label_smoothing", str(args.label_smoothing), "--no_progress_bar"]
+    command += ["--train_text_encoder"] if args.train_text_encoder else []
+    command += ["--learning_rate", str(args.learning_rate)] if args.learning_rate is not None else []
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
@@ -229,6 +246,9 @@ def table(results: dict) -> str:
                      f"{100 * size['share']:.2f} % of the transformer ({size['transformer_bytes'] / 2**20:.1f} MiB); "
                      f"images after `unload_lora_weights()` identical to the base model's: "
                      f"{results[f'unloaded_{name}_identical']}")
+    for name, ref in results["base"].get("reference", {}).items():
+        lines.append(f"- reference: the base model on the same prompts with '{KNOWN_NEIGHBOUR[name]}' instead of "
+                     f"'{name}': whole caption {pct(ref['caption'])}, size right {pct(ref['size'])}")
     lines.append("- VQ-VAE ceiling (re-encoded concept images still correct): " + ", ".join(
         f"{name} {pct(v)}" for name, v in results["vqvae_ceiling"].items()))
     return "\n".join(lines)
@@ -255,6 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label_smoothing", type=float, default=0.0,
                    help="as the base model was trained (the default model's recipe: 0; train-var's default is 0.1)")
     p.add_argument("--num_concept_images", type=int, default=None, help=f"default {FULL['num_concept_images']}")
+    p.add_argument("--concept_repeats", type=int, default=None,
+                   help="each concept image appears this many times in the training data, which sets the concept's "
+                        f"share of the batches (default {FULL['concept_repeats']})")
+    p.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=True,
+                   help="adapters on the text encoder too (train-var --train_text_encoder): it has never read the "
+                        "new word")
+    p.add_argument("--learning_rate", type=float, default=None, help="train-var's default for LoRA unless given")
     p.add_argument("--num_replay_images", type=int, default=None, help=f"default {FULL['num_replay_images']}")
     p.add_argument("--replay", choices=("prior", "world", "none"), default="prior",
                    help="prior: the base model's own samples for world captions (prior preservation); world: "
@@ -277,7 +304,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if len(args.max_train_steps) not in (1, len(CONCEPTS)):
         parser.error(f"--max_train_steps takes one value or {len(CONCEPTS)} (one per concept)")
-    for key in ("lora_rank", "train_batch_size", "num_concept_images", "samples_per_prompt", "ceiling_images"):
+    for key in ("lora_rank", "train_batch_size", "num_concept_images", "concept_repeats", "samples_per_prompt",
+                "ceiling_images"):
         if getattr(args, key) < 1:
             parser.error(f"--{key} must be >= 1")
     if min(args.max_train_steps) < 1 or (args.max_prompts is not None and args.max_prompts < 1):
@@ -314,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     if not base_file.is_file():
         seen, digests = seen_accuracy(pipe, args)
         base = {"seen": seen, "pink": concept_accuracy(pipe, PINK, args),
-                **{name: concept_accuracy(pipe, ext, args) for name, ext in CONCEPTS.items()}}
+                **{name: concept_accuracy(pipe, ext, args) for name, ext in CONCEPTS.items()},
+                "reference": {name: reference_accuracy(pipe, name, args) for name in CONCEPTS}}
         write_json(base_file, {**base, "images": digests})
     results["base"] = json.loads(base_file.read_text())
     base_images = results["base"].pop("images")
@@ -334,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.max_train_steps * len(CONCEPTS) if len(args.max_train_steps) == 1 else args.max_train_steps
     adapters = {}
     for (name, ext), num_steps in zip(CONCEPTS.items(), steps):
-        data = build_data(workdir, name, ext, args.num_concept_images, replay, args.seed)
+        data = build_data(workdir, name, ext, args.num_concept_images, replay, args.seed, args.concept_repeats)
         adapters[name], seconds = train(workdir, name, data, num_steps, model, args)
         results.setdefault("train_seconds", {})[name] = seconds
         print(f"trained {name} ({num_steps} steps) in {seconds:.0f} s", flush=True)

@@ -16,7 +16,13 @@ from safetensors.torch import load_file, save_file
 
 from var_clip import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
 from var_clip.cli import main as cli_main
-from var_clip.loaders import LORA_WEIGHT_NAME, lora_config, lora_target_modules
+from var_clip.loaders import (
+    LORA_WEIGHT_NAME,
+    add_text_encoder_adapter,
+    lora_config,
+    lora_target_modules,
+    text_encoder_lora_config,
+)
 from var_clip.shapes_world import generate_dataset
 from var_clip.training import engine, train_var
 from var_clip.training.checkpointing import list_checkpoints
@@ -42,9 +48,21 @@ def add_random_adapter(pipe: VARCLIPPipeline, name: str, seed: int, rank: int = 
                 param.copy_(torch.randn(param.shape, generator=generator) * 3.0)
 
 
-def saved_adapter(pipe: VARCLIPPipeline, folder: Path, name: str, seed: int) -> Path:
-    """Write a random adapter ``name`` to ``folder`` and remove it from ``pipe`` again."""
+def add_random_text_encoder_adapter(pipe: VARCLIPPipeline, name: str, seed: int, rank: int = 4) -> None:
+    add_text_encoder_adapter(pipe.text_encoder, text_encoder_lora_config(rank), name)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param_name, param in pipe.text_encoder.named_parameters():
+            if f"lora_B.{name}." in param_name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+
+
+def saved_adapter(pipe: VARCLIPPipeline, folder: Path, name: str, seed: int, text_encoder: bool = False) -> Path:
+    """Write a random adapter ``name`` (on the text encoder too, with ``text_encoder``) to ``folder`` and remove it from
+    ``pipe`` again."""
     add_random_adapter(pipe, name, seed)
+    if text_encoder:
+        add_random_text_encoder_adapter(pipe, name, seed + 100)
     pipe.save_lora_adapter_weights(folder, adapter_name=name)
     pipe.delete_adapters(name)
     return folder
@@ -144,6 +162,82 @@ def test_set_adapters_combines_two_adapters_with_their_weights(tiny_pipe, tmp_pa
     assert not np.array_equal(both, only_first)
     with pytest.raises(ValueError, match="not in the list of present adapters"):
         tiny_pipe.set_adapters(["first", "missing"])
+
+
+def prompt_states(pipe: VARCLIPPipeline) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.encode_prompt(PROMPTS, do_classifier_free_guidance=False).prompt_embeds
+
+
+def test_an_adapter_on_the_text_encoder_too_round_trips_and_unloads_exactly(tiny_pipe, tmp_path):
+    base, base_text = images(tiny_pipe), prompt_states(tiny_pipe)
+    base_encoder = {k: v.clone() for k, v in tiny_pipe.text_encoder.state_dict().items()}
+    add_random_adapter(tiny_pipe, "concept", seed=0)
+    add_random_text_encoder_adapter(tiny_pipe, "concept", seed=1)
+    adapted, adapted_text = images(tiny_pipe), prompt_states(tiny_pipe)
+    assert not torch.equal(adapted_text, base_text)
+    path = tiny_pipe.save_lora_adapter_weights(tmp_path, adapter_name="concept")
+    tiny_pipe.unload_lora_weights()
+
+    keys = load_file(path).keys()
+    assert {k.split(".")[0] for k in keys} == {"transformer", "text_encoder"}
+    with safetensors.safe_open(path, framework="pt") as handle:
+        header = json.loads(handle.metadata()["lora_adapter_metadata"])
+    assert sorted(header["text_encoder.target_modules"]) == ["k_proj", "out_proj", "q_proj", "v_proj"]
+
+    tiny_pipe.load_lora_weights(tmp_path, adapter_name="loaded")
+    assert tiny_pipe.get_list_adapters() == {"transformer": ["loaded"], "text_encoder": ["loaded"]}
+    assert torch.equal(prompt_states(tiny_pipe), adapted_text)
+    assert np.array_equal(images(tiny_pipe), adapted)
+    with pytest.raises(ValueError, match="already loaded"):
+        tiny_pipe.load_lora_weights(tmp_path, adapter_name="loaded")
+
+    tiny_pipe.fuse_lora()  # both components by default
+    assert np.array_equal(images(tiny_pipe), adapted)
+    tiny_pipe.unfuse_lora()
+    tiny_pipe.delete_adapters("loaded")  # both parts go
+    assert not any(tiny_pipe.get_list_adapters().values())
+    assert np.array_equal(images(tiny_pipe), base)
+    tiny_pipe.unload_lora_weights()
+    assert not any(isinstance(m, LoraLayer) for m in tiny_pipe.text_encoder.modules())
+    for k, v in tiny_pipe.text_encoder.state_dict().items():
+        torch.testing.assert_close(v, base_encoder[k], rtol=0, atol=1e-6)
+    # fuse and unfuse were float arithmetic: the encoder's outputs come back to rounding, the images exactly
+    torch.testing.assert_close(prompt_states(tiny_pipe), base_text, rtol=0, atol=1e-6)
+    assert np.array_equal(images(tiny_pipe), base)
+
+
+def test_set_adapters_routes_each_adapter_to_the_components_it_adapts(tiny_pipe, tmp_path):
+    base_text = prompt_states(tiny_pipe)
+    tiny_pipe.load_lora_weights(saved_adapter(tiny_pipe, tmp_path / "both", "both", 0, text_encoder=True),
+                                adapter_name="both")
+    with_text = prompt_states(tiny_pipe)
+    tiny_pipe.load_lora_weights(saved_adapter(tiny_pipe, tmp_path / "only", "only", 1), adapter_name="only")
+    # the last loaded is active, in every component: the text encoder, which "only" does not adapt, runs its base
+    assert tiny_pipe.get_active_adapters() == ["only"]
+    assert torch.equal(prompt_states(tiny_pipe), base_text)
+    tiny_pipe.set_adapters(["both", "only"], adapter_weights=[{"transformer": 1.0, "text_encoder": 0.5}, 1.0])
+    assert tiny_pipe.get_active_adapters() == ["both", "only"]
+    assert tiny_pipe.text_encoder.text_model.encoder.layers[0].self_attn.q_proj.scaling == {"both": 0.5}
+    tiny_pipe.set_adapters("both", adapter_weights=1.0)
+    assert torch.equal(prompt_states(tiny_pipe), with_text)
+    tiny_pipe.disable_lora()
+    assert torch.equal(prompt_states(tiny_pipe), base_text)
+    tiny_pipe.enable_lora()
+    assert torch.equal(prompt_states(tiny_pipe), with_text)
+    tiny_pipe.unload_lora_weights()
+    assert tiny_pipe.get_list_adapters() == {}
+
+
+def test_a_text_encoder_part_that_does_not_fit_is_refused(tiny_pipe, tmp_path):
+    path = saved_adapter(tiny_pipe, tmp_path, "concept", 0, text_encoder=True) / LORA_WEIGHT_NAME
+    tensors = load_file(path)
+    save_file({k: v for k, v in tensors.items() if "layers.0." not in k or "transformer." in k}, tmp_path / "cut.safetensors")
+    with pytest.raises(ValueError, match="does not fit this text encoder"):
+        tiny_pipe.load_lora_weights(tmp_path / "cut.safetensors", adapter_name="cut")
+    without_encoder = VARCLIPPipeline(None, None, tiny_pipe.transformer, tiny_pipe.vqvae)
+    with pytest.raises(ValueError, match="has no `text_encoder`"):
+        without_encoder.load_lora_weights(path, adapter_name="x")
 
 
 def test_every_text_pipeline_has_the_lora_api(tiny_pipe, tmp_path):
@@ -274,8 +368,54 @@ def test_interrupted_lora_run_resumes_bit_identically(workdir, uninterrupted, mo
     assert all(torch.equal(final[k], expected[k]) for k in final)  # the exported EMA of the adapters
 
 
+@pytest.mark.usefixtures("fresh_accelerate_state")
+@pytest.mark.parametrize("cache", [False, True], ids=["images", "token-cache"])
+def test_text_encoder_adapters_train_with_the_transformer_and_resume_bit_identically(workdir, monkeypatch, cache):
+    from accelerate.state import AcceleratorState, GradientState
+
+    extra = {"cache_dir": workdir / f"cache-{cache}"} if cache else {}
+    flags = ["--train_text_encoder"]
+    assert train_var.main(lora_args(workdir, f"te-full-{cache}", **extra) + flags) == 0
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    full = workdir / f"te-full-{cache}"
+    weights = load_file(full / LORA_WEIGHT_NAME)
+    assert {k.split(".")[0] for k in weights} == {"transformer", "text_encoder"}
+    moved = [k for k, v in weights.items() if k.startswith("text_encoder.") and "lora_B" in k and v.abs().sum() > 0]
+    assert moved, "the text encoder's adapters did not train"
+    assert "text encoder has adapters too" in (full / "README.md").read_text()
+
+    real_save = engine.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
+        path = real_save(accelerator, output_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill right after the checkpoint")
+        return path
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_var.main(lora_args(workdir, f"te-resumed-{cache}", **extra) + flags)
+    monkeypatch.undo()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    assert train_var.main(lora_args(workdir, f"te-resumed-{cache}", resume_from_checkpoint="latest", **extra)
+                          + flags) == 0
+    assert [r["loss"] for r in read_log(workdir / f"te-resumed-{cache}")] == [r["loss"] for r in read_log(full)]
+    resumed = load_file(workdir / f"te-resumed-{cache}" / LORA_WEIGHT_NAME)
+    assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
+
+    # the pipeline reads both parts, and the text encoder's part changes what it encodes
+    pipe = VARCLIPPipeline.from_pretrained(workdir / "base")
+    pipe.set_progress_bar_config(disable=True)
+    before = prompt_states(pipe)
+    pipe.load_lora_weights(full, adapter_name="trained")
+    assert not torch.equal(prompt_states(pipe), before)
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ({"--lora_rank": "4"}, "pass `--pretrained_pipeline`"),
+    ({"--train_text_encoder": None}, "--train_text_encoder configure LoRA training: also pass `--lora_rank`"),
     ({"--lora_alpha": "8"}, "--lora_alpha configure LoRA training: also pass `--lora_rank`"),
     ({"--lora_target_modules": "attn.proj"}, "also pass `--lora_rank`"),
     ({"--lora_rank": "0", "--pretrained_pipeline": "BASE"}, "`--lora_rank` must be >= 1"),
@@ -288,7 +428,7 @@ def test_cli_refuses_bad_lora_arguments_in_one_line(workdir, tmp_path, capsys, e
     extra = {k: str(workdir / "base") if v == "BASE" else v for k, v in extra.items()}
     argv = ["train-var", "--train_data_dir", str(workdir / "shapes"), "--output_dir", str(tmp_path / "out"),
             "--vqvae", str(workdir / "base"), "--max_train_steps", "1", "--no_progress_bar",
-            *[x for kv in extra.items() for x in kv]]
+            *[x for kv in extra.items() for x in kv if x is not None]]
     assert cli_main(argv) == 1
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith("var-clip train-var: error:") and message in last_line

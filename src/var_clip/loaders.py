@@ -1,4 +1,4 @@
-"""LoRA adapters for the VAR-CLIP transformer, with diffusers' pipeline API.
+"""LoRA adapters for the VAR-CLIP transformer (and, optionally, its CLIP text encoder), with diffusers' pipeline API.
 
 The transformer is a diffusers ``PeftAdapterMixin`` model (``add_adapter``, ``set_adapter``, ``disable_adapters``,
 ``save_lora_adapter`` / ``load_lora_adapter``); :class:`VARCLIPLoraLoaderMixin` adds diffusers' pipeline-level API
@@ -6,8 +6,9 @@ The transformer is a diffusers ``PeftAdapterMixin`` model (``add_adapter``, ``se
 ``save_lora_weights``) to :class:`VARCLIPPipeline` and, through it, to the inpainting and image-to-image pipelines.
 
 Files follow diffusers' layout: one ``pytorch_lora_weights.safetensors`` whose keys are
-``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` and whose header holds the peft ``LoraConfig``
-(``lora_adapter_metadata``, each key prefixed ``transformer.``), so rank, alpha and targets travel with the weights.
+``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (and ``text_encoder.<module>...`` when the adapter also
+adapts the text encoder) and whose header holds each part's peft ``LoraConfig`` (``lora_adapter_metadata``, each key
+prefixed with its component), so rank, alpha and targets travel with the weights.
 Only safetensors are read: a pickled adapter (``.bin``, ``torch.save``) is refused, whatever its suffix, because
 unpickling runs code.
 """
@@ -22,13 +23,16 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
-from diffusers.loaders.lora_base import LoraBaseMixin
+from diffusers.loaders import PeftAdapterMixin
+from diffusers.loaders.lora_base import LoraBaseMixin, set_adapters_for_text_encoder
 from diffusers.utils import logging
+from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
 from .hub import is_pickle_file
 from .utils.atomic import atomic_open
 
-__all__ = ["LORA_WEIGHT_NAME", "VARCLIPLoraLoaderMixin", "lora_config", "lora_target_modules", "require_peft"]
+__all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "add_text_encoder_adapter",
+           "lora_config", "lora_target_modules", "require_peft", "text_encoder_lora_config"]
 
 logger = logging.get_logger(__name__)
 
@@ -36,6 +40,9 @@ logger = logging.get_logger(__name__)
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the adapter's LoraConfig
 TRANSFORMER_PREFIX = "transformer"
+TEXT_ENCODER_PREFIX = "text_encoder"
+#: the CLIP text encoder's default LoRA targets, as diffusers' text-encoder LoRA trainings: every attention projection
+TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
 def require_peft() -> None:
@@ -79,6 +86,8 @@ def lora_config(transformer, rank: int, alpha: float | None = None, dropout: flo
     require_peft()
     from peft import LoraConfig
 
+    if target_modules is None and transformer is None:
+        raise ValueError("pass `target_modules` or the `transformer` whose default targets to use")
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"`rank` must be a positive int, got {rank!r}")
     if not 0.0 <= dropout < 1.0:
@@ -87,6 +96,82 @@ def lora_config(transformer, rank: int, alpha: float | None = None, dropout: flo
         raise ValueError(f"`alpha` must be > 0, got {alpha}")
     return LoraConfig(r=rank, lora_alpha=alpha if alpha is not None else rank, lora_dropout=dropout,
                       target_modules=list(target_modules or lora_target_modules(transformer)))
+
+
+def text_encoder_lora_config(rank: int, alpha: float | None = None, dropout: float = 0.0,
+                             target_modules: Sequence[str] | None = None):
+    """A peft ``LoraConfig`` for the CLIP text encoder (default targets :data:`TEXT_ENCODER_LORA_TARGETS`).
+
+    Why adapt the text encoder at all: a word it never saw in training reaches it as sub-word pieces whose embeddings
+    it never learned to read, so its pooled embedding barely moves ("a huge red circle" and "a red circle": cosine 0.98
+    on the default model). Adapting its attention lets the new word change what the caption means, where the
+    transformer alone could only amplify a faint trace of it.
+    """
+    return lora_config(None, rank, alpha, dropout, target_modules or TEXT_ENCODER_LORA_TARGETS)
+
+
+def add_text_encoder_adapter(text_encoder, config, adapter_name: str = "default") -> None:
+    """Add a LoRA adapter ``adapter_name`` with peft ``config`` to a transformers text encoder.
+
+    peft's own injection, as diffusers' ``add_adapter`` does for its models; transformers' ``add_adapter`` would ask
+    for a newer peft than var-clip needs. The encoder's ``peft_config`` and transformers' flag are kept as
+    transformers keeps them, so diffusers' ``delete_adapters`` / ``unload_lora_weights`` treat it as their own.
+    """
+    require_peft()
+    from peft import inject_adapter_in_model
+
+    configs = dict(getattr(text_encoder, "peft_config", None) or {})
+    if adapter_name in configs:
+        raise ValueError(f"the text encoder already has an adapter named {adapter_name!r}")
+    with warnings.catch_warnings():  # a second named adapter is asked for: peft's "Already found" warning is noise
+        warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+        inject_adapter_in_model(config, text_encoder, adapter_name=adapter_name)
+    text_encoder.peft_config = {**configs, adapter_name: config}
+    text_encoder._hf_peft_config_loaded = True
+
+
+def _lora_config_from(state_dict: Mapping[str, torch.Tensor], metadata: dict | None):
+    """The ``LoraConfig`` of one component's part of a LoRA file: from its header when it has one, else read off the
+    tensors (rank from ``lora_B``, targets from the module names, alpha = rank)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
+    if metadata:
+        fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
+        kwargs = {k: v for k, v in metadata.items() if k in fields and k not in ("peft_type", "task_type")}
+        return LoraConfig(**kwargs)
+    ranks = {k.rsplit(".lora_B", 1)[0]: v.shape[1] for k, v in state_dict.items() if ".lora_B" in k}
+    if len(set(ranks.values())) > 1:
+        raise ValueError(f"this LoRA file mixes ranks {sorted(set(ranks.values()))} without the header that says how")
+    rank = next(iter(ranks.values()))
+    return LoraConfig(r=rank, lora_alpha=rank, target_modules=sorted({name.rsplit(".", 1)[-1] for name in ranks}))
+
+
+def _load_text_encoder_adapter(text_encoder, state_dict: Mapping[str, torch.Tensor], metadata: dict | None,
+                               adapter_name: str) -> None:
+    """Add the ``text_encoder.`` part of a LoRA file to ``text_encoder`` as ``adapter_name``; every tensor must land."""
+    from peft.utils import set_peft_model_state_dict
+
+    prefix = f"{TEXT_ENCODER_PREFIX}."
+    part = {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
+    if not hasattr(text_encoder, "text_model"):  # a flattened CLIPTextModel reads keys without `text_model.`
+        part = {k.removeprefix("text_model."): v for k, v in part.items()}
+    config = _lora_config_from(part, {k.removeprefix(prefix): v for k, v in (metadata or {}).items()
+                                      if k.startswith(prefix)})
+    add_text_encoder_adapter(text_encoder, config, adapter_name)
+    result = set_peft_model_state_dict(text_encoder, part, adapter_name=adapter_name)
+    unexpected = [k for k in result.unexpected_keys if "lora_" in k]
+    expected = {n for n, _ in text_encoder.named_parameters() if f".{adapter_name}." in n}
+    loaded = {k.replace(".weight", f".{adapter_name}.weight") for k in part}
+    if unexpected or expected - loaded:
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        delete_adapter_layers(text_encoder, adapter_name)
+        raise ValueError(f"this LoRA file's text-encoder part does not fit this text encoder: "
+                         f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:2]}), "
+                         f"{len(expected - loaded)} adapter tensors missing (e.g. {sorted(expected - loaded)[:2]})")
+    text_encoder.to(device=text_encoder.device, dtype=text_encoder.dtype)
 
 
 def _local_lora_file(path: Path, weight_name: str | None) -> Path:
@@ -107,7 +192,8 @@ def _local_lora_file(path: Path, weight_name: str | None) -> Path:
 
 
 class VARCLIPLoraLoaderMixin(LoraBaseMixin):
-    """diffusers' LoRA API for var-clip's text pipelines; adapters live on the ``transformer``.
+    """diffusers' LoRA API for var-clip's text pipelines; adapters live on the ``transformer`` and, optionally, on the
+    ``text_encoder`` (one adapter name covers both parts).
 
     ``load_lora_weights(path_or_repo, adapter_name=...)`` adds an adapter (several can be loaded; the last one loaded
     is active), ``set_adapters([...], adapter_weights=[...])`` activates and weights them, ``fuse_lora(lora_scale=...)``
@@ -117,8 +203,9 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
     ``enable_lora``, ``delete_adapters``, ``get_active_adapters`` and ``get_list_adapters`` come from diffusers.
     """
 
-    _lora_loadable_modules = [TRANSFORMER_PREFIX]
+    _lora_loadable_modules = [TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX]
     transformer_name = TRANSFORMER_PREFIX
+    text_encoder_name = TEXT_ENCODER_PREFIX
 
     @classmethod
     def lora_state_dict(cls, pretrained_model_name_or_path_or_dict: str | os.PathLike | Mapping[str, torch.Tensor],
@@ -164,47 +251,78 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
                           hotswap: bool = False, **kwargs) -> None:
-        """Load a LoRA file into the transformer as adapter ``adapter_name`` (default ``default_<n>``) and make it
-        the active one. Keys outside ``transformer.`` are ignored with a warning, as in diffusers."""
+        """Load a LoRA file as adapter ``adapter_name`` (default ``default_<n>``) and make it the active one.
+
+        Its ``transformer.`` keys go to the transformer, its ``text_encoder.`` keys (if any) to the text encoder, under
+        the same adapter name; a file with neither is refused.
+        """
         require_peft()
-        if self.transformer is None:
-            raise ValueError("this pipeline has no `transformer` to load LoRA weights into")
         state_dict, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, return_lora_metadata=True,
                                                     **kwargs)
-        if not any(k.startswith(f"{TRANSFORMER_PREFIX}.") for k in state_dict):
-            raise ValueError(f"no `{TRANSFORMER_PREFIX}.` keys in this LoRA file (found e.g. "
-                             f"{next(iter(state_dict))!r}): var-clip adapters live on the transformer")
-        with warnings.catch_warnings():  # a second named adapter is what set_adapters is for: peft's "Already
-            # found a `peft_config`" warning about it says nothing the caller did not ask for
-            warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-            self.transformer.load_lora_adapter(state_dict, prefix=TRANSFORMER_PREFIX, adapter_name=adapter_name,
-                                               metadata=metadata, _pipeline=self, hotswap=hotswap)
+        parts = {prefix: any(k.startswith(f"{prefix}.") for k in state_dict)
+                 for prefix in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX)}
+        if not any(parts.values()):
+            raise ValueError(f"no `{TRANSFORMER_PREFIX}.` or `{TEXT_ENCODER_PREFIX}.` keys in this LoRA file (found e.g. "
+                             f"{next(iter(state_dict))!r}): var-clip adapters live on the transformer and the text "
+                             "encoder")
+        for prefix, present in parts.items():
+            if present and getattr(self, prefix, None) is None:
+                raise ValueError(f"this LoRA file adapts the {prefix}, and this pipeline has no `{prefix}`")
+        if adapter_name is None:  # one name for both parts, so set_adapters and delete_adapters treat them as one
+            from diffusers.utils.peft_utils import get_adapter_name
+
+            adapter_name = get_adapter_name(self.transformer if parts[TRANSFORMER_PREFIX] else self.text_encoder)
+        taken = [c for c in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX)
+                 if adapter_name in getattr(getattr(self, c, None), "peft_config", {})]
+        if taken and not hotswap:
+            raise ValueError(f"an adapter named {adapter_name!r} is already loaded ({', '.join(taken)}): pass another "
+                             "`adapter_name`, or `delete_adapters` it first")
+        if parts[TRANSFORMER_PREFIX]:
+            with warnings.catch_warnings():  # a second named adapter is what set_adapters is for: peft's "Already
+                # found a `peft_config`" warning about it says nothing the caller did not ask for
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+                self.transformer.load_lora_adapter(state_dict, prefix=TRANSFORMER_PREFIX, adapter_name=adapter_name,
+                                                   metadata=metadata, _pipeline=self, hotswap=hotswap)
+        if parts[TEXT_ENCODER_PREFIX]:
+            if hotswap:
+                raise ValueError("`hotswap` replaces transformer adapters only; this file also adapts the text "
+                                 "encoder: load it under a new `adapter_name`")
+            _load_text_encoder_adapter(self.text_encoder, state_dict, metadata, adapter_name)
+        # a newly loaded adapter is the active one, in every component it adapts and no other
+        self.set_adapters(adapter_name)
 
     @classmethod
     def save_lora_weights(cls, save_directory: str | os.PathLike,
                           transformer_lora_layers: Mapping[str, torch.Tensor] | torch.nn.Module | None = None,
+                          text_encoder_lora_layers: Mapping[str, torch.Tensor] | torch.nn.Module | None = None,
                           is_main_process: bool = True, weight_name: str | None = None,
                           transformer_lora_adapter_metadata: dict | None = None,
+                          text_encoder_lora_adapter_metadata: dict | None = None,
                           safe_serialization: bool = True) -> Path:
-        """Write ``transformer_lora_layers`` (peft's ``get_peft_model_state_dict(transformer, adapter_name=...)``) as
-        diffusers' ``pytorch_lora_weights.safetensors`` in ``save_directory``, atomically; returns the file.
+        """Write ``transformer_lora_layers`` and/or ``text_encoder_lora_layers`` (peft's
+        ``get_peft_model_state_dict(module, adapter_name=...)``) as diffusers' ``pytorch_lora_weights.safetensors`` in
+        ``save_directory``, atomically; returns the file.
 
-        ``transformer_lora_adapter_metadata`` is the adapter's ``LoraConfig.to_dict()``; with it the file loads
-        with the same rank, alpha and targets anywhere.
+        ``*_lora_adapter_metadata`` is each part's ``LoraConfig.to_dict()``; with it the file loads with the same rank,
+        alpha and targets anywhere.
         """
         if not safe_serialization:
             raise ValueError("var-clip writes LoRA weights as safetensors only (`safe_serialization=True`)")
-        if not transformer_lora_layers:
-            raise ValueError("pass `transformer_lora_layers`, e.g. "
+        parts = {TRANSFORMER_PREFIX: (transformer_lora_layers, transformer_lora_adapter_metadata),
+                 TEXT_ENCODER_PREFIX: (text_encoder_lora_layers, text_encoder_lora_adapter_metadata)}
+        if not transformer_lora_layers and not text_encoder_lora_layers:
+            raise ValueError("pass `transformer_lora_layers` (and/or `text_encoder_lora_layers`), e.g. "
                              "peft.utils.get_peft_model_state_dict(pipe.transformer, adapter_name=...)")
-        layers = transformer_lora_layers
-        if isinstance(layers, torch.nn.Module):
-            layers = layers.state_dict()
-        tensors = {f"{TRANSFORMER_PREFIX}.{k}": v.detach().contiguous().cpu() for k, v in layers.items()}
+        tensors, packed = {}, {}
+        for prefix, (layers, config) in parts.items():
+            if not layers:
+                continue
+            if isinstance(layers, torch.nn.Module):
+                layers = layers.state_dict()
+            tensors.update({f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in layers.items()})
+            packed.update({f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in (config or {}).items()})
         header = {"format": "pt"}
-        if transformer_lora_adapter_metadata:
-            packed = {f"{TRANSFORMER_PREFIX}.{k}": sorted(v) if isinstance(v, set) else v
-                      for k, v in transformer_lora_adapter_metadata.items()}
+        if packed:
             header[LORA_METADATA_KEY] = json.dumps(packed, indent=2, sort_keys=True, default=str)
         path = Path(save_directory) / (weight_name or LORA_WEIGHT_NAME)
         if is_main_process:
@@ -215,23 +333,89 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
 
     def save_lora_adapter_weights(self, save_directory: str | os.PathLike, adapter_name: str = "default",
                                   weight_name: str | None = None) -> Path:
-        """Write one loaded or trained adapter of the transformer, with its config, as diffusers' LoRA file."""
+        """Write one loaded or trained adapter, with its config, as diffusers' LoRA file: its transformer part and, when
+        it adapts the text encoder too, that part."""
         require_peft()
         from peft.utils import get_peft_model_state_dict
 
-        configs = getattr(self.transformer, "peft_config", {})
-        if adapter_name not in configs:
-            raise ValueError(f"no adapter {adapter_name!r} on the transformer (it has {sorted(configs)})")
-        layers = get_peft_model_state_dict(self.transformer, adapter_name=adapter_name)
-        return self.save_lora_weights(save_directory, layers, weight_name=weight_name,
-                                      transformer_lora_adapter_metadata=configs[adapter_name].to_dict())
+        parts = {}
+        for prefix in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX):
+            module = getattr(self, prefix, None)
+            configs = getattr(module, "peft_config", None) or {}
+            if adapter_name in configs:
+                parts[f"{prefix}_lora_layers"] = get_peft_model_state_dict(module, adapter_name=adapter_name)
+                parts[f"{prefix}_lora_adapter_metadata"] = configs[adapter_name].to_dict()
+        if not parts:
+            raise ValueError(f"no adapter {adapter_name!r} in this pipeline (it has {self.get_list_adapters()})")
+        return self.save_lora_weights(save_directory, weight_name=weight_name, **parts)
 
-    def fuse_lora(self, components: Sequence[str] = (TRANSFORMER_PREFIX,), lora_scale: float = 1.0,
+    def set_adapters(self, adapter_names: list[str] | str,
+                     adapter_weights: float | dict | list[float] | list[dict] | None = None) -> None:
+        """Activate ``adapter_names`` with ``adapter_weights`` (one per adapter, default 1.0; a dict per adapter may
+        weigh its components apart, e.g. ``{"transformer": 1.0, "text_encoder": 0.5}``).
+
+        Each component runs the named adapters it holds; a component that holds none of them runs without adapters
+        (diffusers' own ``set_adapters`` asks every component for every name). Like diffusers', it does not undo
+        ``disable_lora()``: ``enable_lora()`` does.
+        """
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
+        if len(weights) != len(names):
+            raise ValueError(f"{len(names)} adapter names but {len(weights)} `adapter_weights`")
+        present = self.get_list_adapters()
+        missing = sorted(set(names) - {n for held in present.values() for n in held})
+        if missing:
+            raise ValueError(f"Adapter name(s) {missing} not in the list of present adapters: {present}")
+        for component in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX):
+            module = getattr(self, component, None)
+            if module is None or component not in present:
+                continue
+            here = [(n, w.get(component, 1.0) if isinstance(w, dict) else w)
+                    for n, w in zip(names, weights) if n in present[component]]
+            if not here:  # no active adapter in this component: it computes exactly what its base weights do
+                set_weights_and_activate_adapters(module, [], [])
+            elif isinstance(module, PeftAdapterMixin):  # the diffusers transformer
+                module.set_adapters([n for n, _ in here], [w for _, w in here])
+            else:  # the transformers text encoder
+                set_adapters_for_text_encoder([n for n, _ in here], module, [w for _, w in here])
+
+    def delete_adapters(self, adapter_names: list[str] | str) -> None:
+        """Remove adapters (all their parts) from the pipeline."""
+        from diffusers.utils.peft_utils import delete_adapter_layers
+
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        present = self.get_list_adapters()
+        missing = sorted(set(names) - {n for held in present.values() for n in held})
+        if missing:
+            raise ValueError(f"Adapter name(s) {missing} not in the list of present adapters: {present}")
+        for component, held in present.items():
+            here = [n for n in names if n in held]
+            if not here:
+                continue
+            module = getattr(self, component)
+            if isinstance(module, PeftAdapterMixin):
+                module.delete_adapters(here)
+            else:
+                for name in here:
+                    delete_adapter_layers(module, name)
+
+    def get_active_adapters(self) -> list[str]:
+        """The adapters active in any component, in the order they were activated."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        active: list[str] = []
+        for component in self._lora_loadable_modules:
+            module = getattr(self, component, None)
+            layer = next((m for m in module.modules() if isinstance(m, BaseTunerLayer)), None) if module else None
+            active += [n for n in (layer.active_adapters if layer is not None else []) if n not in active]
+        return active
+
+    def fuse_lora(self, components: Sequence[str] = (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX), lora_scale: float = 1.0,
                   safe_fusing: bool = False, adapter_names: list[str] | None = None, **kwargs) -> None:
-        """Merge the active adapters (or ``adapter_names``), times ``lora_scale``, into the transformer's weights."""
+        """Merge the active adapters (or ``adapter_names``), times ``lora_scale``, into the weights of ``components``."""
         super().fuse_lora(components=list(components), lora_scale=lora_scale, safe_fusing=safe_fusing,
                           adapter_names=adapter_names, **kwargs)
 
-    def unfuse_lora(self, components: Sequence[str] = (TRANSFORMER_PREFIX,), **kwargs) -> None:
+    def unfuse_lora(self, components: Sequence[str] = (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX), **kwargs) -> None:
         """Subtract what :meth:`fuse_lora` merged."""
         super().unfuse_lora(components=list(components), **kwargs)

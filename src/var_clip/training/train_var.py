@@ -7,8 +7,9 @@ scales' accumulated latents; the condition is the caption's L2-normalised CLIP t
 smoothing 0.1, as VAR-CLIP's defaults. The result is a ``VARCLIPPipeline`` folder (``VARPipeline`` for classes).
 
 With ``--lora_rank R`` (and ``--pretrained_pipeline``) the transformer is frozen and only LoRA adapters on its
-attention projections train, by the same loop; the result is diffusers' ``pytorch_lora_weights.safetensors`` and a
-model card, which ``VARCLIPPipeline.load_lora_weights`` reads.
+attention projections train, by the same loop (``--train_text_encoder``: adapters on the CLIP text encoder's attention
+too, trained jointly); the result is diffusers' ``pytorch_lora_weights.safetensors`` and a model card, which
+``VARCLIPPipeline.load_lora_weights`` reads.
 
     accelerate launch -m var_clip.training.train_var --train_data_dir DATA --vqvae VQVAE \
         --text_encoder CLIP/text_encoder --tokenizer CLIP/tokenizer --output_dir OUT
@@ -27,7 +28,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..loaders import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, lora_config, require_peft
+from ..loaders import (
+    LORA_WEIGHT_NAME,
+    TEXT_ENCODER_LORA_TARGETS,
+    VARCLIPLoraLoaderMixin,
+    add_text_encoder_adapter,
+    lora_config,
+    require_peft,
+    text_encoder_lora_config,
+)
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
@@ -96,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--lora_target_modules", type=str, nargs="+", default=None,
                        help="module-name suffixes to adapt (default: attn.mat_qkv attn.proj, plus the "
                             "cross-attention's to_q to_k to_v proj with --conditioning tokens models)")
+    group.add_argument("--train_text_encoder", action="store_true",
+                       help="also train adapters (same rank, alpha, dropout) on the CLIP text encoder's "
+                            f"{' '.join(TEXT_ENCODER_LORA_TARGETS)}: for words it never saw, whose pieces it cannot "
+                            "read yet; the adapter file then holds both parts")
 
     group = parser.add_argument_group("transformer (when training from scratch)")
     group.add_argument("--depth", type=int, default=16)
@@ -220,6 +233,7 @@ def _check_arguments(args) -> None:
     if args.lora_rank is None:
         given = [f"--{n}" for n in ("lora_alpha", "lora_target_modules") if getattr(args, n) is not None]
         given += ["--lora_dropout"] if args.lora_dropout else []
+        given += ["--train_text_encoder"] if args.train_text_encoder else []
         if given:
             raise ValueError(f"{', '.join(given)} configure LoRA training: also pass `--lora_rank`")
         return
@@ -265,6 +279,43 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         metrics = {"accuracy": hits_BL.float().mean().item() * 100,
                    "accuracy_last_scale": hits_BL[:, -last_l:].float().mean().item() * 100}
     return loss, metrics
+
+
+class TextEncoderAndTransformer(torch.nn.Module):
+    """The trainable modules of ``--train_text_encoder``: the captions' encoding and the transformer in one forward,
+    so that data parallelism sees (and averages) the gradients of both adapters.
+
+    The captions are encoded by ``VARCLIPPipeline._encode_text`` (what ``encode_prompt`` uses), in the text encoder's
+    own dtype as at inference, so training conditions on exactly what the pipeline will feed the transformer.
+    """
+
+    def __init__(self, text_pipe: VARCLIPPipeline, transformer: VARTransformer2DModel):
+        super().__init__()
+        self.text_encoder, self.transformer = text_pipe.text_encoder, transformer
+        self._text_pipe = text_pipe  # not a module: a plain reference to the tokenizer and the encoding code
+
+    def forward(self, x_BLC_wo_first_l: torch.Tensor, captions: list[str], cond_drop_mask: torch.BoolTensor):
+        with torch.autocast(x_BLC_wo_first_l.device.type, enabled=False):
+            embeds_BE, states_BTH, mask_BT = self._text_pipe._encode_text(list(captions), x_BLC_wo_first_l.device)
+        condition = {"text_embeds": embeds_BE}
+        if self.transformer.uses_text_tokens:
+            condition.update(encoder_hidden_states=states_BTH, encoder_attention_mask=mask_BT)
+        return self.transformer(x_BLC_wo_first_l, **condition, cond_drop_mask=cond_drop_mask)
+
+
+class _WithCaptions(torch.utils.data.Dataset):
+    """Cached rows with their captions instead of the cached (frozen-encoder) text embeddings."""
+
+    def __init__(self, rows: TokenCacheDataset, captions: list[str]):
+        self.rows, self.captions = rows, captions
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key):
+        row = {k: v for k, v in self.rows[key].items() if not k.startswith("text_")}
+        row["text"] = self.captions[int(row["index"])]
+        return row
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -340,8 +391,16 @@ def train(args: argparse.Namespace) -> TrainingResult:
                               show_progress=not args.no_progress_bar)
         accelerator.wait_for_everyone()
         train_dataset = TokenCacheDataset(load_token_cache(token_cache_path(args.cache_dir, parts)))
+        if args.train_text_encoder:  # the text encoder learns: its outputs change every step and cannot be cached
+            train_dataset = _WithCaptions(train_dataset, list(dataset["text"]))
     else:
         train_dataset = examples
+    trainable = transformer
+    if args.train_text_encoder:  # after the cache, whose key is the frozen encoder's fingerprint
+        add_text_encoder_adapter(text_encoder,
+                                 text_encoder_lora_config(args.lora_rank, args.lora_alpha, args.lora_dropout),
+                                 LORA_ADAPTER_NAME)
+        trainable = TextEncoderAndTransformer(text_pipe, transformer)
 
     # 3. the loss on one batch
     cond_generator = torch.Generator().manual_seed(args.seed + 1_000_003 * accelerator.process_index)
@@ -353,6 +412,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
             idx_BL = encode_images(batch["pixel_values"])
         if args.condition == "class":
             condition = {"class_labels": batch["label"].to(device)}
+        elif args.train_text_encoder:
+            condition = {"captions": list(batch["text"])}
         else:
             text = {k: batch[k] for k in ("text_embeds", "text_states", "text_mask") if k in batch}
             if "text_embeds" not in text:
@@ -366,7 +427,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
     # 4. samples and export
     def validate(model, step: int, output_dir: Path) -> dict[str, float]:
         if args.condition == "text" and args.validation_prompts:
-            pipe = VARCLIPPipeline(tokenizer, text_encoder, model, vqvae)
+            pipe = VARCLIPPipeline(tokenizer, text_encoder, getattr(model, "transformer", model), vqvae)
             conditions, captions = {"prompt": list(args.validation_prompts)}, list(args.validation_prompts)
         elif args.condition == "class" and args.validation_class_labels:
             pipe = VARPipeline(model, vqvae)
@@ -396,28 +457,40 @@ def train(args: argparse.Namespace) -> TrainingResult:
             VARPipeline(model, vqvae).save_pretrained(folder, safe_serialization=True)
 
     index_names = ("model_index.json",) if args.lora_rank is None else (LORA_WEIGHT_NAME,)
-    task = TrainingTask(name="var" if args.lora_rank is None else "var-lora", model=transformer, loss_fn=loss_fn,
+    task = TrainingTask(name="var" if args.lora_rank is None else "var-lora", model=trainable, loss_fn=loss_fn,
                         dataset=train_dataset, export=export, validate=validate,
                         generators={"condition_dropout": cond_generator}, no_decay_keys=TRANSFORMER_NO_DECAY_KEYS,
                         index_names=index_names)
     return run_training(args, accelerator, task)
 
 
-def _export_lora(model: VARTransformer2DModel, folder: Path, args, num_samples: int) -> None:
-    """diffusers' LoRA file of the trained adapter (config in its header) and a short model card."""
+def _export_lora(model: torch.nn.Module, folder: Path, args, num_samples: int) -> None:
+    """diffusers' LoRA file of the trained adapter(s) (configs in its header) and a short model card. ``model`` is the
+    transformer, or a :class:`TextEncoderAndTransformer` under ``--train_text_encoder``."""
     from peft.utils import get_peft_model_state_dict
 
-    config = model.peft_config[LORA_ADAPTER_NAME]
-    layers = get_peft_model_state_dict(model, adapter_name=LORA_ADAPTER_NAME)
-    VARCLIPLoraLoaderMixin.save_lora_weights(folder, layers, transformer_lora_adapter_metadata=config.to_dict())
-    adapter = sum(t.numel() for t in layers.values())
-    base = sum(p.numel() for n, p in model.named_parameters() if "lora_" not in n)
+    transformer = getattr(model, "transformer", model)
+    parts = {}
+    for prefix, module in (("transformer", transformer), ("text_encoder", getattr(model, "text_encoder", None))):
+        if module is not None and LORA_ADAPTER_NAME in (getattr(module, "peft_config", None) or {}):
+            parts[f"{prefix}_lora_layers"] = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER_NAME)
+            parts[f"{prefix}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER_NAME].to_dict()
+    VARCLIPLoraLoaderMixin.save_lora_weights(folder, **parts)
+    config = transformer.peft_config[LORA_ADAPTER_NAME]
+    adapter = sum(t.numel() for t in parts["transformer_lora_layers"].values())
+    base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
     targets = " ".join(f"`{t}`" for t in sorted(config.target_modules))
+    text_part = ""
+    if "text_encoder_lora_layers" in parts:
+        text_config = model.text_encoder.peft_config[LORA_ADAPTER_NAME]
+        text_params = sum(t.numel() for t in parts["text_encoder_lora_layers"].values())
+        text_part = (f"\nThe text encoder has adapters too (`--train_text_encoder`): rank {text_config.r} on "
+                     f"{' '.join(f'`{t}`' for t in sorted(text_config.target_modules))}, {text_params:,} parameters.\n")
     (folder / "README.md").write_text(LORA_CARD.format(
         base=args.pretrained_pipeline, rank=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
         targets=targets, adapter=adapter, base_params=base, share=100 * adapter / base, steps=args.max_train_steps or f"{args.num_train_epochs} epochs of",
         data=args.train_data_dir or args.caption_file, samples=num_samples, lr=args.learning_rate,
-        batch=args.train_batch_size, weights=LORA_WEIGHT_NAME), encoding="utf-8")
+        batch=args.train_batch_size, weights=LORA_WEIGHT_NAME, text_part=text_part), encoding="utf-8")
 
 
 LORA_ADAPTER_NAME = "default"
@@ -437,7 +510,7 @@ learning rate {lr:g}); the base model stayed frozen.
 | rank | alpha | dropout | targets | adapter parameters | base transformer parameters |
 | --- | --- | --- | --- | --- | --- |
 | {rank} | {alpha:g} | {dropout:g} | {targets} | {adapter:,} | {base_params:,} ({share:.2f} %) |
-
+{text_part}
 ```python
 from var_clip import VARCLIPPipeline
 
