@@ -413,8 +413,79 @@ def test_text_encoder_adapters_train_with_the_transformer_and_resume_bit_identic
     assert not torch.equal(prompt_states(pipe), before)
 
 
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_token_embedding_adapter_learns_new_words_and_leaves_known_prompts_bit_identical(workdir):
+    base = VARCLIPPipeline.from_pretrained(workdir / "base")
+    base.transformer.register_to_config(vocabulary=["a", "red", "circle"])  # the words the base model was taught
+    base.save_pretrained(workdir / "base-vocab", safe_serialization=True)
+    argv = lora_args(workdir, "te-emb", pretrained_pipeline=workdir / "base-vocab", lora_dropout=0.0)
+    assert train_var.main(argv + ["--train_text_encoder", "--text_encoder_lora_target_modules", "token_embedding"]) == 0
+    weights = load_file(workdir / "te-emb" / LORA_WEIGHT_NAME)
+    assert sorted(k for k in weights if k.startswith("text_encoder.")) == [
+        "text_encoder.text_model.embeddings.token_embedding.lora_embedding_A",
+        "text_encoder.text_model.embeddings.token_embedding.lora_embedding_B"]
+
+    base.set_progress_bar_config(disable=True)
+    known, new = ["a red circle"], ["a blue square on the left"]  # the second one's letters are new tokens
+
+    def encoded(prompts):
+        with torch.no_grad():
+            e = base.encode_prompt(prompts, do_classifier_free_guidance=False)
+        return e.prompt_embeds
+
+    before_known, before_new = encoded(known), encoded(new)
+    base.load_lora_weights(workdir / "te-emb", adapter_name="words")
+    assert torch.equal(encoded(known), before_known)  # rows of known tokens stayed exactly zero
+    assert not torch.equal(encoded(new), before_new)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_keep_known_captions_holds_the_adapter_to_the_base_models_predictions(workdir):
+    from accelerate.state import AcceleratorState, GradientState
+    from datasets import load_dataset
+
+    from var_clip.vocabulary import build_vocabulary
+
+    captions = load_dataset("imagefolder", data_dir=str(workdir / "shapes"), split="train",
+                            cache_dir=str(workdir / "hf-cache"))["text"]
+    base = VARCLIPPipeline.from_pretrained(workdir / "base")
+    base.transformer.register_to_config(vocabulary=build_vocabulary(captions))  # every caption is known
+    base.save_pretrained(workdir / "base-known", safe_serialization=True)
+    runs = {}
+    for name, flags in (("plain", []), ("keep", ["--keep_known_captions"])):
+        argv = lora_args(workdir, f"known-{name}", pretrained_pipeline=workdir / "base-known", lora_dropout=0.0,
+                         max_train_steps=8, checkpointing_steps=8)
+        argv.remove("--use_ema")  # the adapters as trained, not their slow average
+        assert train_var.main(argv + flags) == 0
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        runs[name] = workdir / f"known-{name}"
+    assert all("kl_kept" in record for record in read_log(runs["keep"]))
+
+    # how far each adapter moved the model's next-token distributions on these captions, from the base model's
+    base.set_progress_bar_config(disable=True)
+    x = torch.randn(4, base.transformer.num_tokens - 1, 8, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        embeds = base.encode_prompt(list(captions[:4]), do_classifier_free_guidance=False).prompt_embeds
+        reference = base.transformer(x, text_embeds=embeds).logits.log_softmax(-1)
+        moved = {}
+        for name, folder in runs.items():
+            base.load_lora_weights(folder, adapter_name=name)
+            logits = base.transformer(x, text_embeds=embeds).logits.log_softmax(-1)
+            moved[name] = (reference.exp() * (reference - logits)).sum(-1).mean().item()
+            base.unload_lora_weights()
+    assert moved["keep"] < 0.2 * moved["plain"], moved
+
+    # without a recorded vocabulary there is no telling which captions are known
+    with pytest.raises(ValueError, match="records none"):
+        train_var.main(lora_args(workdir, "known-none") + ["--keep_known_captions"])
+
+
 @pytest.mark.parametrize(("extra", "message"), [
     ({"--lora_rank": "4"}, "pass `--pretrained_pipeline`"),
+    ({"--keep_known_captions": None}, "also pass `--lora_rank`"),
+    ({"--lora_rank": "4", "--pretrained_pipeline": "BASE", "--text_encoder_lora_target_modules": "q_proj"},
+     "chooses what `--train_text_encoder` adapts"),
     ({"--train_text_encoder": None}, "--train_text_encoder configure LoRA training: also pass `--lora_rank`"),
     ({"--lora_alpha": "8"}, "--lora_alpha configure LoRA training: also pass `--lora_rank`"),
     ({"--lora_target_modules": "attn.proj"}, "also pass `--lora_rank`"),

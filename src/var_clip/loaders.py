@@ -141,7 +141,8 @@ def _lora_config_from(state_dict: Mapping[str, torch.Tensor], metadata: dict | N
         fields = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
         kwargs = {k: v for k, v in metadata.items() if k in fields and k not in ("peft_type", "task_type")}
         return LoraConfig(**kwargs)
-    ranks = {k.rsplit(".lora_B", 1)[0]: v.shape[1] for k, v in state_dict.items() if ".lora_B" in k}
+    ranks = {k.rsplit(".lora_", 1)[0]: v.shape[1] for k, v in state_dict.items()
+             if ".lora_B" in k or ".lora_embedding_B" in k}
     if len(set(ranks.values())) > 1:
         raise ValueError(f"this LoRA file mixes ranks {sorted(set(ranks.values()))} without the header that says how")
     rank = next(iter(ranks.values()))
@@ -163,7 +164,8 @@ def _load_text_encoder_adapter(text_encoder, state_dict: Mapping[str, torch.Tens
     result = set_peft_model_state_dict(text_encoder, part, adapter_name=adapter_name)
     unexpected = [k for k in result.unexpected_keys if "lora_" in k]
     expected = {n for n, _ in text_encoder.named_parameters() if f".{adapter_name}." in n}
-    loaded = {k.replace(".weight", f".{adapter_name}.weight") for k in part}
+    loaded = {k.removesuffix(".weight") + f".{adapter_name}" + (".weight" if k.endswith(".weight") else "")
+              for k in part}
     if unexpected or expected - loaded:
         from diffusers.utils.peft_utils import delete_adapter_layers
 
@@ -243,8 +245,9 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
             except safetensors.SafetensorError as error:
                 raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
             metadata = json.loads(raw) if raw else None
-        if not state_dict or not all("lora_A" in k or "lora_B" in k for k in state_dict):
-            odd = [k for k in state_dict if "lora_A" not in k and "lora_B" not in k][:3]
+        is_lora = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
+        if not state_dict or not all(any(part in k for part in is_lora) for k in state_dict):
+            odd = [k for k in state_dict if not any(part in k for part in is_lora)][:3]
             raise ValueError(f"not a LoRA file in diffusers' peft layout (keys `...lora_A.weight` / "
                              f"`...lora_B.weight`): {'it is empty' if not state_dict else f'found {odd}'}")
         return (state_dict, metadata) if return_lora_metadata else state_dict

@@ -20,8 +20,10 @@ Legend: B batch · L = Σ pn² · V codebook size · C latent channels · E text
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +43,7 @@ from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
-from ..vocabulary import build_vocabulary
+from ..vocabulary import build_vocabulary, unknown_words
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset, num_classes_of
 from .engine import (
     TrainingResult,
@@ -105,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--lora_target_modules", type=str, nargs="+", default=None,
                        help="module-name suffixes to adapt (default: attn.mat_qkv attn.proj, plus the "
                             "cross-attention's to_q to_k to_v proj with --conditioning tokens models)")
+    group.add_argument("--text_encoder_lora_target_modules", type=str, nargs="+", default=None,
+                       help="with --train_text_encoder: module-name suffixes of the text encoder to adapt (default: "
+                            f"{' '.join(TEXT_ENCODER_LORA_TARGETS)}); `token_embedding` adapts the embeddings of "
+                            "tokens the base model never read (the pieces of new words) and no others")
+    group.add_argument("--keep_known_captions", action="store_true",
+                       help="learning without forgetting: for captions made only of words the base model knows (its "
+                            "recorded vocabulary), and for the rows trained without condition, the loss is the KL "
+                            "divergence to the frozen base model's predictions instead of cross-entropy to the image; "
+                            "captions with new words learn from their images. Use replay images of the base model's "
+                            "world with it")
     group.add_argument("--train_text_encoder", action="store_true",
                        help="also train adapters (same rank, alpha, dropout) on the CLIP text encoder's "
                             f"{' '.join(TEXT_ENCODER_LORA_TARGETS)}: for words it never saw, whose pieces it cannot "
@@ -234,6 +246,8 @@ def _check_arguments(args) -> None:
         given = [f"--{n}" for n in ("lora_alpha", "lora_target_modules") if getattr(args, n) is not None]
         given += ["--lora_dropout"] if args.lora_dropout else []
         given += ["--train_text_encoder"] if args.train_text_encoder else []
+        given += ["--text_encoder_lora_target_modules"] if args.text_encoder_lora_target_modules else []
+        given += ["--keep_known_captions"] if args.keep_known_captions else []
         if given:
             raise ValueError(f"{', '.join(given)} configure LoRA training: also pass `--lora_rank`")
         return
@@ -244,6 +258,8 @@ def _check_arguments(args) -> None:
         raise ValueError("`--lora_rank` trains adapters on a model that exists: pass `--pretrained_pipeline`")
     if args.condition != "text":
         raise ValueError("`--lora_rank` is for `--condition text` (VARCLIPPipeline's LoRA API)")
+    if args.text_encoder_lora_target_modules and not args.train_text_encoder:
+        raise ValueError("`--text_encoder_lora_target_modules` chooses what `--train_text_encoder` adapts: pass it too")
     if args.lora_alpha is not None and not args.lora_alpha > 0:
         raise ValueError(f"`--lora_alpha` must be > 0, got {args.lora_alpha}")
     if not 0.0 <= args.lora_dropout < 1.0:
@@ -257,12 +273,18 @@ def _check_arguments(args) -> None:
 
 def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel, idx_BL: torch.LongTensor,
              condition: dict[str, torch.Tensor], label_smoothing: float,
-             generator: torch.Generator | None) -> tuple[torch.Tensor, dict[str, float]]:
+             generator: torch.Generator | None, keep_B: torch.BoolTensor | None = None,
+             teacher: Callable[[torch.Tensor, torch.BoolTensor], torch.Tensor] | None = None,
+             ) -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced next-scale cross-entropy over all L tokens, with condition dropout.
 
     ``model`` is the (possibly wrapped) trainable transformer, ``transformer`` the unwrapped one; ``condition`` its
     condition arguments (``text_embeds`` and, with token-level conditioning, ``encoder_hidden_states`` /
     ``encoder_attention_mask``; or ``class_labels``).
+
+    With ``keep_B`` and ``teacher`` (``(inputs, cond_drop_mask) -> logits`` of a frozen model), the rows in
+    ``keep_B`` and the rows trained without condition are instead pulled to the teacher's predictions: the KL
+    divergence from its next-token distributions, per token (learning without forgetting).
     """
     B = idx_BL.shape[0]
     V = transformer.config.vocab_size
@@ -272,13 +294,49 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         x_BLC_wo_first_l = vqvae.indices_to_teacher_input(idx_per_scale)
     drop_B = transformer.condition_dropout_mask(B, generator=generator, device=idx_BL.device)
     logits_BLV = model(x_BLC_wo_first_l, **condition, cond_drop_mask=drop_B).logits
-    loss = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing)
+    metrics = {}
+    if keep_B is None:
+        loss = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing)
+    else:
+        keep_B = keep_B.to(drop_B.device).bool() | drop_B
+        ce_BL = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing,
+                                reduction="none").view(B, -1)
+        loss_BL = ce_BL
+        if keep_B.any():
+            with torch.no_grad():
+                target_BLV = teacher(x_BLC_wo_first_l, drop_B).float().log_softmax(dim=-1)
+            log_p_BLV = logits_BLV.float().log_softmax(dim=-1)
+            kl_BL = (target_BLV.exp() * (target_BLV - log_p_BLV)).sum(dim=-1)
+            loss_BL = torch.where(keep_B[:, None], kl_BL, ce_BL)
+            metrics["kl_kept"] = kl_BL[keep_B].mean().item()
+        loss = loss_BL.mean()
     with torch.no_grad():
         hits_BL = logits_BLV.argmax(dim=-1) == idx_BL
         last_l = transformer.config.patch_nums[-1] ** 2
-        metrics = {"accuracy": hits_BL.float().mean().item() * 100,
-                   "accuracy_last_scale": hits_BL[:, -last_l:].float().mean().item() * 100}
+        metrics.update(accuracy=hits_BL.float().mean().item() * 100,
+                       accuracy_last_scale=hits_BL[:, -last_l:].float().mean().item() * 100)
     return loss, metrics
+
+
+def _train_new_token_rows_only(text_encoder, tokenizer, vocabulary: list[str] | None) -> None:
+    """Let an adapter on the token embedding move only the rows of tokens the base model never read.
+
+    The rows of the words in the base model's recorded ``vocabulary`` (and the special tokens) get no gradient, and
+    a LoRA embedding adapter starts at zero: so they stay exactly zero, and every prompt made of known words is
+    encoded bit for bit as by the base model. Only the pieces of new words learn (textual inversion, in LoRA's form).
+    Without a recorded vocabulary every row trains.
+    """
+    from peft.tuners.lora import Embedding
+
+    if not vocabulary:
+        return
+    known = {i for word in vocabulary for i in tokenizer(word).input_ids} | set(tokenizer.all_special_ids)
+    for module in text_encoder.modules():
+        if isinstance(module, Embedding):
+            for param in module.lora_embedding_A.values():  # (rank, num_embeddings): one column per token
+                mask = torch.ones(param.shape[1], device=param.device, dtype=param.dtype)
+                mask[sorted(known)] = 0
+                param.register_hook(lambda grad, mask=mask: grad * mask)
 
 
 class TextEncoderAndTransformer(torch.nn.Module):
@@ -303,18 +361,20 @@ class TextEncoderAndTransformer(torch.nn.Module):
         return self.transformer(x_BLC_wo_first_l, **condition, cond_drop_mask=cond_drop_mask)
 
 
-class _WithCaptions(torch.utils.data.Dataset):
-    """Cached rows with their captions instead of the cached (frozen-encoder) text embeddings."""
+class _WithColumns(torch.utils.data.Dataset):
+    """Rows of ``rows`` with per-sample ``columns`` added (by dataset index); ``drop_text_cache`` removes the cached
+    (frozen-encoder) text embeddings, for a text encoder that trains."""
 
-    def __init__(self, rows: TokenCacheDataset, captions: list[str]):
-        self.rows, self.captions = rows, captions
+    def __init__(self, rows, columns: dict[str, list], drop_text_cache: bool = False):
+        self.rows, self.columns, self.drop_text_cache = rows, columns, drop_text_cache
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, key):
-        row = {k: v for k, v in self.rows[key].items() if not k.startswith("text_")}
-        row["text"] = self.captions[int(row["index"])]
+        index = key if isinstance(key, int) else key[0]
+        row = {k: v for k, v in self.rows[key].items() if not (self.drop_text_cache and k.startswith("text_"))}
+        row.update({name: values[int(index)] for name, values in self.columns.items()})
         return row
 
 
@@ -343,6 +403,15 @@ def train(args: argparse.Namespace) -> TrainingResult:
     tokenizer, text_encoder, transformer, vqvae = _build_components(args, num_classes)
     if args.resolution is not None and args.resolution != vqvae.sample_size:
         raise ValueError(f"`--resolution` {args.resolution} differs from the VQ-VAE's image size {vqvae.sample_size}")
+    teacher = None
+    if args.keep_known_captions:  # the frozen base model, copied before any adapter is added
+        if not transformer.config.vocabulary:
+            raise ValueError("`--keep_known_captions` needs the words the base model was trained on, and "
+                             f"{args.pretrained_pipeline!r} records none (its transformer config has no `vocabulary`)")
+        teacher = copy.deepcopy(transformer).requires_grad_(False).eval().to(device)
+        if args.train_text_encoder:  # with the base text encoder, as the teacher read the captions
+            teacher_text = copy.deepcopy(text_encoder).requires_grad_(False).to(device)
+            teacher = TextEncoderAndTransformer(VARCLIPPipeline(tokenizer, teacher_text, None, None), teacher)
     if args.lora_rank is not None:  # freeze the base model; only the adapters require grad (and reach AdamW)
         transformer.requires_grad_(False)
         transformer.add_adapter(lora_config(transformer, args.lora_rank, args.lora_alpha, args.lora_dropout,
@@ -391,15 +460,26 @@ def train(args: argparse.Namespace) -> TrainingResult:
                               show_progress=not args.no_progress_bar)
         accelerator.wait_for_everyone()
         train_dataset = TokenCacheDataset(load_token_cache(token_cache_path(args.cache_dir, parts)))
-        if args.train_text_encoder:  # the text encoder learns: its outputs change every step and cannot be cached
-            train_dataset = _WithCaptions(train_dataset, list(dataset["text"]))
     else:
         train_dataset = examples
+    columns = {}
+    if args.train_text_encoder and args.cache_dir:  # the text encoder learns: its outputs change every step
+        columns["text"] = list(dataset["text"])
+    if args.keep_known_captions:
+        vocabulary = transformer.config.vocabulary
+        columns["known"] = [not unknown_words([caption], vocabulary) for caption in dataset["text"]]
+        logger.info("--keep_known_captions: %d of %d captions use only words the base model knows; they keep its "
+                    "predictions, the other %d learn from their images", sum(columns["known"]), len(dataset),
+                    len(dataset) - sum(columns["known"]))
+    if columns:
+        train_dataset = _WithColumns(train_dataset, columns, drop_text_cache=args.train_text_encoder)
     trainable = transformer
     if args.train_text_encoder:  # after the cache, whose key is the frozen encoder's fingerprint
         add_text_encoder_adapter(text_encoder,
-                                 text_encoder_lora_config(args.lora_rank, args.lora_alpha, args.lora_dropout),
+                                 text_encoder_lora_config(args.lora_rank, args.lora_alpha, args.lora_dropout,
+                                                          args.text_encoder_lora_target_modules),
                                  LORA_ADAPTER_NAME)
+        _train_new_token_rows_only(text_encoder, tokenizer, transformer.config.vocabulary)
         trainable = TextEncoderAndTransformer(text_pipe, transformer)
 
     # 3. the loss on one batch
@@ -422,7 +502,10 @@ def train(args: argparse.Namespace) -> TrainingResult:
             if use_tokens:
                 condition.update(encoder_hidden_states=text["text_states"].to(device),
                                  encoder_attention_mask=text["text_mask"].to(device))
-        return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator)
+        if teacher is None:
+            return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator)
+        return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
+                        keep_B=batch["known"], teacher=lambda x, drop: teacher(x, **condition, cond_drop_mask=drop).logits)
 
     # 4. samples and export
     def validate(model, step: int, output_dir: Path) -> dict[str, float]:
