@@ -1,13 +1,15 @@
 """Teach the embedded default model a word it never saw with a LoRA adapter, and measure what it learned and forgot.
 
 The shapes world's objects are 12-30 px; the concept is a new size, **huge** (34-38 px), plus a second adapter for
-**tiny** (9-11 px). Each adapter trains with ``train-var --lora_rank`` on captioned images of its concept in the
-world's caption templates (``shapes_world.generate_dataset(..., extension=WorldExtension(sizes=...))``) plus replay
-images that keep the rest of the world in view: by default the base model's own samples for ordinary world captions
-(prior preservation, as DreamBooth). Then, with the pipeline's default sampling settings:
+**tiny** (9-11 px). Each adapter trains with ``train-var --lora_rank 8 --train_text_encoder --keep_known_captions``
+on 100 captioned images of its concept in the world's caption templates
+(``shapes_world.generate_dataset(..., extension=WorldExtension(sizes=...))``), each repeated ``--concept_repeats``
+times, plus 2000 rendered world images that keep the rest of the world in view (``--replay world``; ``prior`` replays
+the base model's own samples instead, as DreamBooth). Then, with the pipeline's default sampling settings:
 
 - concept accuracy before and after (``evaluation.evaluate_prompts`` on ``shapes_world.extension_prompts``, scored by
-  an evaluator that knows the new word);
+  an evaluator that knows the new word), and the base model's accuracy on the same prompts with the nearest size
+  it knows ("large" for huge) as the reference;
 - whole-caption accuracy on the seen prompts of ``var-clip eval-shapes`` (same prompts, same seeds) before, with
   the adapter, and after ``unload_lora_weights()``, whose images must equal the base model's bit for bit: forgetting;
 - both adapters at once with ``set_adapters``;
@@ -19,7 +21,7 @@ Every stage is kept in ``--workdir`` (base measurement, replay images, data, ada
 an interrupted one stopped; a workdir written with other settings is refused. The results go to ``results.json``
 and a markdown table to the terminal.
 
-    python examples/lora_new_concept.py --workdir runs/lora_concept                 # the measurement (hours on CPU)
+    python examples/lora_new_concept.py --workdir runs/lora_concept                 # the measurement (~30 min on CPU)
     python examples/lora_new_concept.py --workdir runs/lora_quick --quick           # smoke run (about a minute)
 """
 
@@ -59,10 +61,10 @@ PINK = sw.WorldExtension(colors={"pink": (255, 105, 180)})
 KNOWN_NEIGHBOUR = {"huge": "large", "tiny": "small"}
 
 # defaults of the measurement and of a --quick smoke run; a flag given on the command line wins over both
-FULL = {"max_train_steps": [600, 300], "train_batch_size": 16, "num_concept_images": 100, "concept_repeats": 1, "num_replay_images": 400,
-        "samples_per_prompt": 4, "max_prompts": None, "ceiling_images": 100}
-QUICK = {"max_train_steps": [2], "train_batch_size": 4, "num_concept_images": 8, "concept_repeats": 1, "num_replay_images": 8,
-         "samples_per_prompt": 1, "max_prompts": 2, "ceiling_images": 8}
+FULL = {"max_train_steps": [600, 600], "train_batch_size": 16, "num_concept_images": 100, "concept_repeats": 10,
+        "num_replay_images": 2000, "samples_per_prompt": 8, "max_prompts": None, "ceiling_images": 100}
+QUICK = {"max_train_steps": [2], "train_batch_size": 4, "num_concept_images": 8, "concept_repeats": 2,
+         "num_replay_images": 8, "samples_per_prompt": 1, "max_prompts": 2, "ceiling_images": 8}
 
 
 def write_json(path: Path, data) -> None:
@@ -200,6 +202,7 @@ def train(workdir: Path, name: str, data: Path, steps: int, model: str, args) ->
                "--resume_from_checkpoint", "latest", "--mixed_precision", args.mixed_precision, "--seed",
                str(args.seed), "--label_smoothing", str(args.label_smoothing), "--no_progress_bar"]
     command += ["--train_text_encoder"] if args.train_text_encoder else []
+    command += ["--keep_known_captions"] if args.keep_known_captions else []
     command += ["--learning_rate", str(args.learning_rate)] if args.learning_rate is not None else []
     start = time.perf_counter()
     subprocess.run(command, check=True)
@@ -281,9 +284,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train_text_encoder", action=argparse.BooleanOptionalAction, default=True,
                    help="adapters on the text encoder too (train-var --train_text_encoder): it has never read the "
                         "new word")
+    p.add_argument("--keep_known_captions", action=argparse.BooleanOptionalAction, default=True,
+                   help="train-var --keep_known_captions: replay captions keep the base model's predictions")
     p.add_argument("--learning_rate", type=float, default=None, help="train-var's default for LoRA unless given")
     p.add_argument("--num_replay_images", type=int, default=None, help=f"default {FULL['num_replay_images']}")
-    p.add_argument("--replay", choices=("prior", "world", "none"), default="prior",
+    p.add_argument("--replay", choices=("prior", "world", "none"), default="world",
                    help="prior: the base model's own samples for world captions (prior preservation); world: "
                         "rendered world images; none: concept images only")
     p.add_argument("--samples_per_prompt", type=int, default=None, help=f"default {FULL['samples_per_prompt']}")

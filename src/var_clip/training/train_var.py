@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank)")
     group.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapters' input")
     group.add_argument("--lora_target_modules", type=str, nargs="+", default=None,
-                       help="module-name suffixes to adapt (default: attn.mat_qkv attn.proj, plus the "
-                            "cross-attention's to_q to_k to_v proj with --conditioning tokens models)")
+                       help="module-name suffixes to adapt (default: text_proj attn.mat_qkv attn.proj, plus the "
+                            "cross-attention's to_q to_k to_v proj with --conditioning tokens models); `none` with "
+                            "--train_text_encoder leaves the transformer as it is")
     group.add_argument("--text_encoder_lora_target_modules", type=str, nargs="+", default=None,
                        help="with --train_text_encoder: module-name suffixes of the text encoder to adapt (default: "
                             f"{' '.join(TEXT_ENCODER_LORA_TARGETS)}); `token_embedding` adapts the embeddings of "
@@ -258,6 +259,10 @@ def _check_arguments(args) -> None:
         raise ValueError("`--lora_rank` trains adapters on a model that exists: pass `--pretrained_pipeline`")
     if args.condition != "text":
         raise ValueError("`--lora_rank` is for `--condition text` (VARCLIPPipeline's LoRA API)")
+    if args.lora_target_modules and "none" in args.lora_target_modules and (
+            len(args.lora_target_modules) > 1 or not args.train_text_encoder):
+        raise ValueError("`--lora_target_modules none` (no adapter on the transformer) stands alone and needs "
+                         "`--train_text_encoder`: an adapter must live somewhere")
     if args.text_encoder_lora_target_modules and not args.train_text_encoder:
         raise ValueError("`--text_encoder_lora_target_modules` chooses what `--train_text_encoder` adapts: pass it too")
     if args.lora_alpha is not None and not args.lora_alpha > 0:
@@ -283,8 +288,10 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
     ``encoder_attention_mask``; or ``class_labels``).
 
     With ``keep_B`` and ``teacher`` (``(inputs, cond_drop_mask) -> logits`` of a frozen model), the rows in
-    ``keep_B`` and the rows trained without condition are instead pulled to the teacher's predictions: the KL
-    divergence from its next-token distributions, per token (learning without forgetting).
+    ``keep_B`` and the rows trained without condition are instead pulled to the teacher's predictions (learning
+    without forgetting): the KL divergence from its next-token distributions, averaged per scale and then over
+    scales. A mean over tokens would give the 1×1 scale 1/L of the weight, yet the coarse scales decide the layout
+    and are where an adapter drifts most; balanced, each scale is held as firmly as the others.
     """
     B = idx_BL.shape[0]
     V = transformer.config.vocab_size
@@ -301,15 +308,19 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         keep_B = keep_B.to(drop_B.device).bool() | drop_B
         ce_BL = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing,
                                 reduction="none").view(B, -1)
-        loss_BL = ce_BL
         if keep_B.any():
             with torch.no_grad():
                 target_BLV = teacher(x_BLC_wo_first_l, drop_B).float().log_softmax(dim=-1)
             log_p_BLV = logits_BLV.float().log_softmax(dim=-1)
             kl_BL = (target_BLV.exp() * (target_BLV - log_p_BLV)).sum(dim=-1)
-            loss_BL = torch.where(keep_B[:, None], kl_BL, ce_BL)
-            metrics["kl_kept"] = kl_BL[keep_B].mean().item()
-        loss = loss_BL.mean()
+            patch_nums = transformer.config.patch_nums
+            scale_weight_L = torch.cat([torch.full((pn * pn,), 1.0 / (len(patch_nums) * pn * pn)) for pn in patch_nums])
+            kl_B = (kl_BL * scale_weight_L.to(kl_BL.device)).sum(dim=1)
+            loss_B = torch.where(keep_B, kl_B, ce_BL.mean(dim=1))
+            metrics["kl_kept"] = kl_B[keep_B].mean().item()
+        else:
+            loss_B = ce_BL.mean(dim=1)
+        loss = loss_B.mean()
     with torch.no_grad():
         hits_BL = logits_BLV.argmax(dim=-1) == idx_BL
         last_l = transformer.config.patch_nums[-1] ** 2
@@ -414,8 +425,9 @@ def train(args: argparse.Namespace) -> TrainingResult:
             teacher = TextEncoderAndTransformer(VARCLIPPipeline(tokenizer, teacher_text, None, None), teacher)
     if args.lora_rank is not None:  # freeze the base model; only the adapters require grad (and reach AdamW)
         transformer.requires_grad_(False)
-        transformer.add_adapter(lora_config(transformer, args.lora_rank, args.lora_alpha, args.lora_dropout,
-                                            args.lora_target_modules), adapter_name=LORA_ADAPTER_NAME)
+        if args.lora_target_modules != ["none"]:
+            transformer.add_adapter(lora_config(transformer, args.lora_rank, args.lora_alpha, args.lora_dropout,
+                                                args.lora_target_modules), adapter_name=LORA_ADAPTER_NAME)
     if args.learning_rate is None and args.lora_rank is not None:
         args.learning_rate = LORA_LEARNING_RATE
     elif args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images
@@ -559,19 +571,21 @@ def _export_lora(model: torch.nn.Module, folder: Path, args, num_samples: int) -
             parts[f"{prefix}_lora_layers"] = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER_NAME)
             parts[f"{prefix}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER_NAME].to_dict()
     VARCLIPLoraLoaderMixin.save_lora_weights(folder, **parts)
-    config = transformer.peft_config[LORA_ADAPTER_NAME]
-    adapter = sum(t.numel() for t in parts["transformer_lora_layers"].values())
     base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
-    targets = " ".join(f"`{t}`" for t in sorted(config.target_modules))
+    config = transformer.peft_config.get(LORA_ADAPTER_NAME) if hasattr(transformer, "peft_config") else None
+    adapter = sum(t.numel() for t in parts.get("transformer_lora_layers", {}).values())
+    targets = " ".join(f"`{t}`" for t in sorted(config.target_modules)) if config else "none"
     text_part = ""
     if "text_encoder_lora_layers" in parts:
         text_config = model.text_encoder.peft_config[LORA_ADAPTER_NAME]
         text_params = sum(t.numel() for t in parts["text_encoder_lora_layers"].values())
         text_part = (f"\nThe text encoder has adapters too (`--train_text_encoder`): rank {text_config.r} on "
                      f"{' '.join(f'`{t}`' for t in sorted(text_config.target_modules))}, {text_params:,} parameters.\n")
+        config = config or text_config
     (folder / "README.md").write_text(LORA_CARD.format(
         base=args.pretrained_pipeline, rank=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-        targets=targets, adapter=adapter, base_params=base, share=100 * adapter / base, steps=args.max_train_steps or f"{args.num_train_epochs} epochs of",
+        targets=targets, adapter=adapter, base_params=base, share=100 * adapter / base,
+        steps=args.max_train_steps or f"{args.num_train_epochs} epochs of",
         data=args.train_data_dir or args.caption_file, samples=num_samples, lr=args.learning_rate,
         batch=args.train_batch_size, weights=LORA_WEIGHT_NAME, text_part=text_part), encoding="utf-8")
 
