@@ -296,6 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use only the first N prompts of each prompt set (default: all)")
     p.add_argument("--ceiling_images", type=int, default=None, help=f"default {FULL['ceiling_images']}")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--evaluate", type=Path, default=None, metavar="ADAPTER",
+                   help="only score one adapter folder or file (or `base`) on --concept's prompts and the seen prompts, "
+                        "and print one JSON line (e.g. an adapter trained by hand on this workdir's data-<concept>)")
+    p.add_argument("--concept", choices=tuple(CONCEPTS), default="huge", help="the concept --evaluate scores")
     p.add_argument("--prepare_only", action="store_true",
                    help="measure the base model and write the replay images, then stop (a rerun reuses both)")
     return p
@@ -320,8 +324,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def evaluate_one(args) -> int:
+    """``--evaluate``: the concept's and the seen prompts' accuracy with one adapter (or none), as one JSON line."""
+    pipe = load_pipeline(args.model, device=args.device)
+    pipe.set_progress_bar_config(disable=True)
+    logging.getLogger("var_clip.pipelines.pipeline_var_clip").setLevel(logging.ERROR)
+    if str(args.evaluate) != "base":
+        pipe.load_lora_weights(args.evaluate, adapter_name="evaluated")
+    seen, _ = seen_accuracy(pipe, args)
+    print(json.dumps({"adapter": str(args.evaluate), args.concept: concept_accuracy(pipe, CONCEPTS[args.concept], args),
+                      "seen": seen}))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.evaluate is not None:
+        return evaluate_one(args)
     workdir = args.workdir
     workdir.mkdir(parents=True, exist_ok=True)
     settings = {k: v for k, v in vars(args).items() if k not in ("workdir", "device", "prepare_only")}

@@ -302,13 +302,38 @@ def lora_args(workdir: Path, output: str, **extra) -> list[str]:
     return [str(x) for key, value in args.items() for x in (key, value)] + ["--use_ema", "--no_progress_bar"]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(workdir) -> Path:
+def reset_accelerate() -> None:
+    """accelerate keeps its state in singletons: a second training in one process starts from a clean one."""
     from accelerate.state import AcceleratorState, GradientState
 
-    assert train_var.main(lora_args(workdir, "full")) == 0
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+def killed_then_resumed(workdir: Path, output: str, monkeypatch, flags: list[str], **extra) -> Path:
+    """Run ``output`` until just after its step-2 checkpoint, kill it, and resume it to the end."""
+    real_save = engine.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
+        path = real_save(accelerator, output_dir, step, *args, **kwargs)
+        if step == 2:
+            raise KeyboardInterrupt("simulated kill right after the checkpoint")
+        return path
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_var.main(lora_args(workdir, output, **extra) + flags)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(workdir / output)] == ["checkpoint-2"]
+    reset_accelerate()
+    assert train_var.main(lora_args(workdir, output, resume_from_checkpoint="latest", **extra) + flags) == 0
+    return workdir / output
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(workdir) -> Path:
+    assert train_var.main(lora_args(workdir, "full")) == 0
+    reset_accelerate()
     return workdir / "full"
 
 
@@ -345,25 +370,7 @@ def test_lora_training_writes_only_the_adapter_and_leaves_the_base_frozen(workdi
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_interrupted_lora_run_resumes_bit_identically(workdir, uninterrupted, monkeypatch):
-    real_save = engine.save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
-        path = real_save(accelerator, output_dir, step, *args, **kwargs)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill right after the checkpoint")
-        return path
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_var.main(lora_args(workdir, "resumed"))
-    monkeypatch.undo()
-    assert [p.name for p in list_checkpoints(workdir / "resumed")] == ["checkpoint-2"]
-
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    assert train_var.main(lora_args(workdir, "resumed", resume_from_checkpoint="latest")) == 0
+    killed_then_resumed(workdir, "resumed", monkeypatch, [])
     assert [r["loss"] for r in read_log(workdir / "resumed")] == [r["loss"] for r in read_log(uninterrupted)]
     final, expected = load_file(workdir / "resumed" / LORA_WEIGHT_NAME), load_file(uninterrupted / LORA_WEIGHT_NAME)
     assert final.keys() == expected.keys()
@@ -373,13 +380,10 @@ def test_interrupted_lora_run_resumes_bit_identically(workdir, uninterrupted, mo
 @pytest.mark.usefixtures("fresh_accelerate_state")
 @pytest.mark.parametrize("cache", [False, True], ids=["images", "token-cache"])
 def test_text_encoder_adapters_train_with_the_transformer_and_resume_bit_identically(workdir, monkeypatch, cache):
-    from accelerate.state import AcceleratorState, GradientState
-
     extra = {"cache_dir": workdir / f"cache-{cache}"} if cache else {}
     flags = ["--train_text_encoder"]
     assert train_var.main(lora_args(workdir, f"te-full-{cache}", **extra) + flags) == 0
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate()
     full = workdir / f"te-full-{cache}"
     weights = load_file(full / LORA_WEIGHT_NAME)
     assert {k.split(".")[0] for k in weights} == {"transformer", "text_encoder"}
@@ -387,22 +391,7 @@ def test_text_encoder_adapters_train_with_the_transformer_and_resume_bit_identic
     assert moved, "the text encoder's adapters did not train"
     assert "text encoder has adapters too" in (full / "README.md").read_text()
 
-    real_save = engine.save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
-        path = real_save(accelerator, output_dir, step, *args, **kwargs)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill right after the checkpoint")
-        return path
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_var.main(lora_args(workdir, f"te-resumed-{cache}", **extra) + flags)
-    monkeypatch.undo()
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    assert train_var.main(lora_args(workdir, f"te-resumed-{cache}", resume_from_checkpoint="latest", **extra)
-                          + flags) == 0
+    killed_then_resumed(workdir, f"te-resumed-{cache}", monkeypatch, flags, **extra)
     assert [r["loss"] for r in read_log(workdir / f"te-resumed-{cache}")] == [r["loss"] for r in read_log(full)]
     resumed = load_file(workdir / f"te-resumed-{cache}" / LORA_WEIGHT_NAME)
     assert resumed.keys() == weights.keys() and all(torch.equal(resumed[k], weights[k]) for k in weights)
@@ -446,7 +435,6 @@ def test_a_token_embedding_adapter_learns_new_words_and_leaves_known_prompts_bit
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
 def test_keep_known_captions_holds_the_adapter_to_the_base_models_predictions(workdir):
-    from accelerate.state import AcceleratorState, GradientState
     from datasets import load_dataset
 
     from var_clip.vocabulary import build_vocabulary
@@ -462,8 +450,7 @@ def test_keep_known_captions_holds_the_adapter_to_the_base_models_predictions(wo
                          max_train_steps=8, checkpointing_steps=8)
         argv.remove("--use_ema")  # the adapters as trained, not their slow average
         assert train_var.main(argv + flags) == 0
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate()
         runs[name] = workdir / f"known-{name}"
     assert all("kl_kept" in record for record in read_log(runs["keep"]))
 
