@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from safetensors.torch import load_file
 
 from var_clip import shapes_world as sw
 from var_clip.evaluation import evaluate_prompts
@@ -149,3 +150,8 @@ def test_lora_new_concept_example_runs_quick(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["unloaded_huge_identical"] and results["unloaded_tiny_identical"]
     assert set(results["with_both"]) == {"seen", "huge", "tiny"} and "| seen prompts, all |" in run.stdout
+    assert set(results["base"]["reference"]) == {"huge", "tiny"}
+    weights = load_file(tmp_path / "run" / "lora-huge" / "pytorch_lora_weights.safetensors")
+    assert {k.split(".")[0] for k in weights} == {"transformer", "text_encoder"}  # --train_text_encoder by default
+    with Image.open(tmp_path / "run" / "concepts.png") as picture:
+        assert picture.width > 4 * 128  # base, each adapter, both
