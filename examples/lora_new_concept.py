@@ -204,7 +204,7 @@ def train(workdir: Path, name: str, data: Path, steps: int, model: str, args) ->
                str(args.seed), "--label_smoothing", str(args.label_smoothing), "--no_progress_bar"]
     command += ["--train_text_encoder"] if args.train_text_encoder else []
     command += ["--keep_known_captions"] if args.keep_known_captions else []
-    command += ["--learning_rate", str(args.learning_rate)] if args.learning_rate is not None else []
+    command += ["--learning_rate", str(args.learning_rate)]
     start = time.perf_counter()
     subprocess.run(command, check=True)
     seconds = time.perf_counter() - start
@@ -309,7 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "new word")
     p.add_argument("--keep_known_captions", action=argparse.BooleanOptionalAction, default=True,
                    help="train-var --keep_known_captions: replay captions keep the base model's predictions")
-    p.add_argument("--learning_rate", type=float, default=None, help="train-var's default for LoRA unless given")
+    p.add_argument("--learning_rate", type=float, default=2e-3,
+                   help="twice train-var's LoRA default: --keep_known_captions holds the known captions, so the "
+                        "concept can move faster (measured: 1e-3 learns less, 4e-3 forgets more)")
     p.add_argument("--num_replay_images", type=int, default=None, help=f"default {FULL['num_replay_images']}")
     p.add_argument("--replay", choices=("prior", "world", "none"), default="world",
                    help="prior: the base model's own samples for world captions (prior preservation); world: "
