@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -118,3 +120,24 @@ def fresh_accelerate_state():
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@contextmanager
+def killed_after_checkpoint(monkeypatch, step: int) -> Iterator[None]:
+    """A training run inside the block dies (KeyboardInterrupt) right after it has saved checkpoint-``step``."""
+    from var_clip.training import engine
+
+    real_save = engine.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, saved_step, *args, **kwargs):
+        path = real_save(accelerator, output_dir, saved_step, *args, **kwargs)
+        if saved_step == step:
+            raise KeyboardInterrupt("simulated kill right after the checkpoint")
+        return path
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.undo()

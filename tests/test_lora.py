@@ -24,11 +24,17 @@ from var_clip.loaders import (
     text_encoder_lora_config,
 )
 from var_clip.shapes_world import generate_dataset
-from var_clip.training import engine, train_var
+from var_clip.training import train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log
 
-from .conftest import make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
+from .conftest import (
+    killed_after_checkpoint,
+    make_tiny_text_encoder,
+    make_tiny_tokenizer,
+    make_tiny_transformer,
+    make_tiny_vqvae,
+)
 
 PROMPTS = ["a red circle", "a blue square on the left"]
 
@@ -312,18 +318,8 @@ def reset_accelerate() -> None:
 
 def killed_then_resumed(workdir: Path, output: str, monkeypatch, flags: list[str], **extra) -> Path:
     """Run ``output`` until just after its step-2 checkpoint, kill it, and resume it to the end."""
-    real_save = engine.save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
-        path = real_save(accelerator, output_dir, step, *args, **kwargs)
-        if step == 2:
-            raise KeyboardInterrupt("simulated kill right after the checkpoint")
-        return path
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, step=2):
         train_var.main(lora_args(workdir, output, **extra) + flags)
-    monkeypatch.undo()
     assert [p.name for p in list_checkpoints(workdir / output)] == ["checkpoint-2"]
     reset_accelerate()
     assert train_var.main(lora_args(workdir, output, resume_from_checkpoint="latest", **extra) + flags) == 0

@@ -12,11 +12,11 @@ from safetensors.torch import load_file
 
 from var_clip import VARCLIPPipeline
 from var_clip.shapes_world import generate_dataset
-from var_clip.training import engine, train_var
+from var_clip.training import train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log
 
-from .conftest import make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_vqvae
+from .conftest import killed_after_checkpoint, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_vqvae
 
 STEPS = 6
 
@@ -75,18 +75,8 @@ def assert_same_result(run: Path, reference: Path) -> None:
 
 
 def test_interrupted_then_resumed_run_matches_the_uninterrupted_one(workdir, uninterrupted, monkeypatch):
-    real_save = engine.save_checkpoint
-
-    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
-        path = real_save(accelerator, output_dir, step, *args, **kwargs)
-        if step == 3:
-            raise KeyboardInterrupt("simulated kill right after the checkpoint")
-        return path
-
-    monkeypatch.setattr(engine, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_checkpoint(monkeypatch, step=3):
         train_var.main(var_args(workdir, "resumed", checkpointing_steps=3))
-    monkeypatch.undo()
     assert [p.name for p in list_checkpoints(workdir / "resumed")] == ["checkpoint-3"]
     state = json.loads((workdir / "resumed" / "checkpoint-3" / "training_state.json").read_text())
     assert state["position"] == {"epoch": 1, "batch_index": 2}  # 6 batches of 4 consumed: mid-epoch
