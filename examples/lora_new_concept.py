@@ -168,22 +168,23 @@ def seen_accuracy(pipe, args) -> tuple[dict, list[str]]:
     return accuracy, [hashlib.sha256(np.asarray(r[4]).tobytes()).hexdigest() for r in records]
 
 
-def concept_accuracy(pipe, extension: sw.WorldExtension, args) -> dict:
-    prompts = sw.extension_prompts(extension)[: args.max_prompts]
+def prompt_accuracy(pipe, prompts: list[str], extension: sw.WorldExtension | None, args) -> dict:
+    """Accuracy over ``prompts`` (``args.samples_per_prompt`` each, the measurement's seed), per attribute."""
     summary, _ = evaluate_prompts(pipe, prompts, extension, samples_per_prompt=args.samples_per_prompt,
                                   seed=args.seed, show_progress=False)
     row = summary["seen"]["all"]
     return {key: row[key] for key in ("caption", "size", "color", "shape", "num_samples")}
 
 
+def concept_accuracy(pipe, extension: sw.WorldExtension, args) -> dict:
+    return prompt_accuracy(pipe, sw.extension_prompts(extension)[: args.max_prompts], extension, args)
+
+
 def reference_accuracy(pipe, name: str, args) -> dict:
     """The base model on the concept's prompts with the nearest size it knows ("a large red circle" for "a huge red
     circle"): how often it gets a caption of this kind right with a word it was trained on."""
     prompts = [p.replace(name, KNOWN_NEIGHBOUR[name]) for p in sw.extension_prompts(CONCEPTS[name])][: args.max_prompts]
-    summary, _ = evaluate_prompts(pipe, prompts, samples_per_prompt=args.samples_per_prompt, seed=args.seed,
-                                  show_progress=False)
-    row = summary["seen"]["all"]
-    return {key: row[key] for key in ("caption", "size", "color", "shape", "num_samples")}
+    return prompt_accuracy(pipe, prompts, None, args)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

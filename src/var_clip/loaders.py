@@ -31,8 +31,8 @@ from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 from .hub import is_pickle_file
 from .utils.atomic import atomic_open
 
-__all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "add_text_encoder_adapter",
-           "lora_config", "lora_target_modules", "require_peft", "text_encoder_lora_config"]
+__all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "adapter_parts",
+           "add_text_encoder_adapter", "lora_config", "lora_target_modules", "require_peft", "text_encoder_lora_config"]
 
 logger = logging.get_logger(__name__)
 
@@ -174,6 +174,21 @@ def _load_text_encoder_adapter(text_encoder, state_dict: Mapping[str, torch.Tens
                          f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:2]}), "
                          f"{len(expected - loaded)} adapter tensors missing (e.g. {sorted(expected - loaded)[:2]})")
     text_encoder.to(device=text_encoder.device, dtype=text_encoder.dtype)
+
+
+def adapter_parts(components: Mapping[str, torch.nn.Module | None], adapter_name: str) -> dict:
+    """The keyword arguments of :meth:`VARCLIPLoraLoaderMixin.save_lora_weights` for adapter ``adapter_name``:
+    ``<component>_lora_layers`` and ``<component>_lora_adapter_metadata`` of each component (``{"transformer": ...,
+    "text_encoder": ...}``) that holds it."""
+    from peft.utils import get_peft_model_state_dict
+
+    parts = {}
+    for prefix, module in components.items():
+        configs = getattr(module, "peft_config", None) or {}
+        if adapter_name in configs:
+            parts[f"{prefix}_lora_layers"] = get_peft_model_state_dict(module, adapter_name=adapter_name)
+            parts[f"{prefix}_lora_adapter_metadata"] = configs[adapter_name].to_dict()
+    return parts
 
 
 def _local_lora_file(path: Path, weight_name: str | None) -> Path:
@@ -339,18 +354,20 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         """Write one loaded or trained adapter, with its config, as diffusers' LoRA file: its transformer part and, when
         it adapts the text encoder too, that part."""
         require_peft()
-        from peft.utils import get_peft_model_state_dict
-
-        parts = {}
-        for prefix in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX):
-            module = getattr(self, prefix, None)
-            configs = getattr(module, "peft_config", None) or {}
-            if adapter_name in configs:
-                parts[f"{prefix}_lora_layers"] = get_peft_model_state_dict(module, adapter_name=adapter_name)
-                parts[f"{prefix}_lora_adapter_metadata"] = configs[adapter_name].to_dict()
+        parts = adapter_parts({c: getattr(self, c, None) for c in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX)},
+                              adapter_name)
         if not parts:
             raise ValueError(f"no adapter {adapter_name!r} in this pipeline (it has {self.get_list_adapters()})")
         return self.save_lora_weights(save_directory, weight_name=weight_name, **parts)
+
+    def _loaded(self, adapter_names: list[str] | str) -> tuple[list[str], dict[str, list[str]]]:
+        """``adapter_names`` as a list, and the adapters each component holds; an error naming any not loaded."""
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        present = self.get_list_adapters()
+        missing = sorted(set(names) - {n for held in present.values() for n in held})
+        if missing:
+            raise ValueError(f"Adapter name(s) {missing} not in the list of present adapters: {present}")
+        return names, present
 
     def set_adapters(self, adapter_names: list[str] | str,
                      adapter_weights: float | dict | list[float] | list[dict] | None = None) -> None:
@@ -361,14 +378,10 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         (diffusers' own ``set_adapters`` asks every component for every name). Like diffusers', it does not undo
         ``disable_lora()``: ``enable_lora()`` does.
         """
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        names, present = self._loaded(adapter_names)
         weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
         if len(weights) != len(names):
             raise ValueError(f"{len(names)} adapter names but {len(weights)} `adapter_weights`")
-        present = self.get_list_adapters()
-        missing = sorted(set(names) - {n for held in present.values() for n in held})
-        if missing:
-            raise ValueError(f"Adapter name(s) {missing} not in the list of present adapters: {present}")
         for component in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX):
             module = getattr(self, component, None)
             if module is None or component not in present:
@@ -386,11 +399,7 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         """Remove adapters (all their parts) from the pipeline."""
         from diffusers.utils.peft_utils import delete_adapter_layers
 
-        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
-        present = self.get_list_adapters()
-        missing = sorted(set(names) - {n for held in present.values() for n in held})
-        if missing:
-            raise ValueError(f"Adapter name(s) {missing} not in the list of present adapters: {present}")
+        names, present = self._loaded(adapter_names)
         for component, held in present.items():
             here = [n for n in names if n in held]
             if not here:

@@ -34,6 +34,7 @@ from ..loaders import (
     LORA_WEIGHT_NAME,
     TEXT_ENCODER_LORA_TARGETS,
     VARCLIPLoraLoaderMixin,
+    adapter_parts,
     add_text_encoder_adapter,
     lora_config,
     require_peft,
@@ -562,14 +563,9 @@ def train(args: argparse.Namespace) -> TrainingResult:
 def _export_lora(model: torch.nn.Module, folder: Path, args, num_samples: int) -> None:
     """diffusers' LoRA file of the trained adapter(s) (configs in its header) and a short model card. ``model`` is the
     transformer, or a :class:`TextEncoderAndTransformer` under ``--train_text_encoder``."""
-    from peft.utils import get_peft_model_state_dict
-
     transformer = getattr(model, "transformer", model)
-    parts = {}
-    for prefix, module in (("transformer", transformer), ("text_encoder", getattr(model, "text_encoder", None))):
-        if module is not None and LORA_ADAPTER_NAME in (getattr(module, "peft_config", None) or {}):
-            parts[f"{prefix}_lora_layers"] = get_peft_model_state_dict(module, adapter_name=LORA_ADAPTER_NAME)
-            parts[f"{prefix}_lora_adapter_metadata"] = module.peft_config[LORA_ADAPTER_NAME].to_dict()
+    parts = adapter_parts({"transformer": transformer, "text_encoder": getattr(model, "text_encoder", None)},
+                          LORA_ADAPTER_NAME)
     VARCLIPLoraLoaderMixin.save_lora_weights(folder, **parts)
     base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
     config = transformer.peft_config.get(LORA_ADAPTER_NAME) if hasattr(transformer, "peft_config") else None
