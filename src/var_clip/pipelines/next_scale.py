@@ -18,6 +18,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import SamplingSchedule, gumbel_smooth_probs, resolve_schedule, sample_tokens
+from ..utils.threads import intra_op_threads
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent", "tokens")
 
@@ -375,6 +376,19 @@ class NextScalePipelineMixin:
         """Decode a partial latent (from a `callback_on_step_end`) into a coarse-to-fine preview image."""
         images = self.vqvae.decode_latent(f_hat).float()
         return self.image_processor.postprocess(images, output_type=output_type)
+
+    @torch.no_grad()
+    def decode_reproducibly(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Decode one image at a time on one thread: images in [-1, 1] that depend on the latent alone.
+
+        oneDNN chooses its convolution kernels, and with them the order of the sums, by the batch size and the thread
+        count; the decoded pixels then differ in the last bits (and a few uint8 values by one) between a batch and
+        single images. Batch 1 on one thread runs the same kernels whatever the caller's batch, process count or
+        thread setting, so every image is bit for bit the same on a given machine. The thread count is process-wide:
+        this is for commands that own their process (``generate-batch``), not for a server sharing it.
+        """
+        with intra_op_threads(1):
+            return torch.cat([self.vqvae.decode_latent(f_1Chw).float() for f_1Chw in f_hat.split(1)])
 
     # -- output --------------------------------------------------------------------------------------------------------
 
