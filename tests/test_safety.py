@@ -532,3 +532,110 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path):
     with pytest.raises(OSError, match="No space left"):
         save_image(Broken(), path)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["o.png"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# No file runs code: weights checked by content before any library unpickles them, no code downloaded or trusted
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class _RunsCode:
+    """Unpickling this touches ``path``: the proof that a file ran code while it was loaded."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_eval_fid_never_hands_a_pickle_to_torch_fidelity(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torchmetrics")
+    import pickle
+
+    import torchmetrics.image.fid
+
+    from var_clip.metrics import fid as fid_cli
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=images)
+    argv = ["--generated", str(tmp_path / "a.npz"), "--reference", str(tmp_path / "a.npz"), "--no-progress-bar"]
+    ran = tmp_path / "ran"
+    received = []
+
+    class LikeTorchFidelity:  # torch-fidelity is not installed here; it unpickles the file as this does
+        def __init__(self, feature, feature_extractor_weights_path, **kwargs):
+            received.append(torch.load(feature_extractor_weights_path, weights_only=False))
+            raise OSError("stop here")
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setattr(torchmetrics.image.fid, "FrechetInceptionDistance", LikeTorchFidelity)
+    (tmp_path / "evil.pth").write_bytes(pickle.dumps({"w": _RunsCode(ran)}))
+    torch.save({"w": torch.ones(2), "bad": _RunsCode(ran)}, tmp_path / "evil_zip.pth")
+    torch.save({"w": _RunsCode(ran)}, tmp_path / "evil.pt")  # not TorchScript: refused before torch.jit.load
+    for name in ("evil.pth", "evil_zip.pth", "evil.pt"):
+        assert fid_cli.main([*argv, "--inception-weights", str(tmp_path / name)]) == 1
+        err = capsys.readouterr().err
+        assert "--inception-weights" in err and len(err.strip().splitlines()) == 1, err
+    assert not ran.exists() and received == []
+
+    # plain tensors reach torch-fidelity as a copy var-clip wrote (from a .pth or a .safetensors)
+    import safetensors.torch
+
+    torch.save({"w": torch.arange(3.0)}, tmp_path / "good.pth")
+    safetensors.torch.save_file({"w": torch.arange(3.0)}, tmp_path / "good.safetensors")
+    for name in ("good.pth", "good.safetensors"):
+        assert fid_cli.main([*argv, "--inception-weights", str(tmp_path / name)]) == 1  # our stand-in stops there
+        assert "could not get the Inception weights" in capsys.readouterr().err
+    assert len(received) == 2 and all(torch.equal(r["w"], torch.arange(3.0)) for r in received)
+
+
+@pytest.fixture
+def saved_pipeline(tmp_path):
+    from .conftest import make_tiny_text_encoder, make_tiny_tokenizer
+    from var_clip import VARCLIPPipeline
+
+    tokenizer = make_tiny_tokenizer()
+    VARCLIPPipeline(tokenizer=tokenizer, text_encoder=make_tiny_text_encoder(tokenizer),
+                    transformer=make_tiny_transformer(), vqvae=make_tiny_vqvae()).save_pretrained(tmp_path / "pipe")
+    return tmp_path / "pipe"
+
+
+def test_trust_remote_code_only_for_var_clips_own_code(saved_pipeline, tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from var_clip import VARCLIPPipeline
+
+    folder = hub.check_no_remote_code(saved_pipeline)
+    pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=hub.custom_pipeline_file(folder),
+                                             trust_remote_code=True)
+    assert type(pipe) is VARCLIPPipeline
+
+    # a component whose code ships with the folder: diffusers would import transformer/evil.py
+    index = json.loads((saved_pipeline / "model_index.json").read_text())
+    (saved_pipeline / "model_index.json").write_text(json.dumps({**index, "transformer": ["evil", "Model"]}))
+    (saved_pipeline / "transformer" / "evil.py").write_text("import os\n")
+    (saved_pipeline / "text_encoder" / "helper.so").write_bytes(b"\x7fELF")
+    config = json.loads((saved_pipeline / "text_encoder" / "config.json").read_text())
+    (saved_pipeline / "text_encoder" / "config.json").write_text(json.dumps({**config, "auto_map": {"AutoModel": "x.Y"}}))
+    torch.save({"w": torch.zeros(1)}, saved_pipeline / "vqvae" / "extra.safetensors.json")
+    with pytest.raises(ValueError) as info:
+        hub.check_no_remote_code(saved_pipeline)
+    message = str(info.value)
+    for found in ("'transformer' comes from 'evil'", "transformer/evil.py is code", "text_encoder/helper.so is code",
+                  "text_encoder/config.json has an `auto_map`", "vqvae/extra.safetensors.json is a pickle"):
+        assert found in message, message
+    (saved_pipeline / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionPipeline"}))
+    with pytest.raises(ValueError, match="names the pipeline 'StableDiffusionPipeline'"):
+        hub.check_no_remote_code(saved_pipeline)
+
+
+def test_snapshot_selects_no_code_files():
+    files = ["model_index.json", "README.md", "transformer/config.json",
+             "transformer/diffusion_pytorch_model.safetensors", "transformer/modeling.py", "pipeline.py",
+             "tokenizer/spiece.model", "lib/_ext.so", "run.sh", "notebook.ipynb", "docs/sample.png",
+             "tokenizer/vocab.json", "tokenizer/merges.txt", "__pycache__/x.cpython-312.pyc", ".hidden.json"]
+    chosen = hub.select_files(files)
+    assert chosen == ["README.md", "docs/sample.png", "model_index.json", "tokenizer/merges.txt",
+                      "tokenizer/spiece.model", "tokenizer/vocab.json", "transformer/config.json",
+                      "transformer/diffusion_pytorch_model.safetensors"]

@@ -28,7 +28,8 @@ from huggingface_hub import HfApi, snapshot_download
 
 from .utils.files import LOCK_NAME, MARKER_NAME
 
-__all__ = ["CUSTOM_PIPELINES_DIR", "push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "is_pickle_file", "diffusers_download"]
+__all__ = ["CUSTOM_PIPELINES_DIR", "push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "is_pickle_file",
+           "diffusers_download", "check_no_remote_code", "custom_pipeline_file"]
 
 #: The diffusers custom-pipeline files that ship with the package: ``pipeline_var_clip.py`` (VARCLIPPipeline) and
 #: ``pipeline_var.py`` (VARPipeline), for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=...)``.
@@ -36,8 +37,16 @@ CUSTOM_PIPELINES_DIR = Path(__file__).resolve().parent / "custom_pipelines"
 
 # Weight formats that unpickle (run code) when loaded; never downloaded, never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")
-# Weight formats of other frameworks; not needed by var-clip.
-OTHER_WEIGHT_SUFFIXES = (".msgpack", ".h5", ".onnx", ".pb", ".ot", ".gguf", ".tflite")
+# What a pipeline folder may hold besides its safetensors: configurations, tokenizer vocabularies, the model card and
+# its pictures. Everything else (a `.py` that `trust_remote_code` would import, a shared library, a script) is never
+# downloaded.
+DATA_SUFFIXES = (".json", ".txt", ".model", ".md", ".png", ".jpg", ".jpeg", ".webp", ".gif")
+# Files a Python process could import or execute: their presence in a folder is what `trust_remote_code` opts into.
+CODE_SUFFIXES = (".py", ".pyc", ".pyo", ".pyd", ".pyw", ".so", ".dll", ".dylib", ".sh", ".ipynb")
+# The libraries a var-clip folder's components may come from: its own modules and the two diffusers loads itself.
+TRUSTED_LIBRARIES = ("diffusers", "transformers")
+#: model_index.json's `_class_name` → the custom-pipeline file that builds it in a diffusers app.
+CUSTOM_PIPELINE_FILES = {"VARCLIPPipeline": "pipeline_var_clip.py", "VARPipeline": "pipeline_var.py"}
 # `name.safetensors`, `name.fp16.safetensors`, `name-00001-of-00002.safetensors`, `name.fp16-00001-of-00002...`
 _WEIGHTS = re.compile(r"^(?P<stem>[^.]+?)(?:\.(?P<variant>[A-Za-z0-9_]+))?(?:-\d+-of-\d+)?\.safetensors$")
 # `name.safetensors.index.json`, `name.safetensors.index.fp16.json`
@@ -57,8 +66,9 @@ def _variant_of(filename: str) -> tuple[bool, str | None]:
 def select_files(filenames: Iterable[str], variant: str | None = None) -> list[str]:
     """The files of a pipeline (or model) repository that loading ``variant`` needs.
 
-    Every configuration, tokenizer and card file; per folder, the safetensors weights of ``variant`` (or, where a
-    folder has none of that variant, its default ones, as diffusers does); never pickled or foreign-format weights.
+    Every configuration, tokenizer and card file (:data:`DATA_SUFFIXES`); per folder, the safetensors weights of
+    ``variant`` (or, where a folder has none of that variant, its default ones, as diffusers does); never code files
+    (what ``trust_remote_code`` would run), pickled or foreign-format weights.
     Raises ``ValueError`` when no folder has ``variant`` or a folder has weights but no safetensors.
     """
     if variant is not None and not (isinstance(variant, str) and _VARIANT.match(variant)):
@@ -73,7 +83,7 @@ def select_files(filenames: Iterable[str], variant: str | None = None) -> list[s
             weights_by_dir.setdefault(folder, {}).setdefault(file_variant, []).append(f)
         elif f.endswith(PICKLE_SUFFIXES):
             pickled_dirs.add(folder)
-        elif not f.endswith(OTHER_WEIGHT_SUFFIXES) and not f.rsplit("/", 1)[-1].startswith(".git"):
+        elif f.lower().endswith(DATA_SUFFIXES) and not f.rsplit("/", 1)[-1].startswith("."):
             chosen.append(f)
     unsafe = sorted(d or "." for d in pickled_dirs - set(weights_by_dir))
     if unsafe:
@@ -124,6 +134,74 @@ def diffusers_download(pretrained_model_name: str, **kwargs) -> str:
                     token=kwargs.get("token"), cache_dir=kwargs.get("cache_dir"),
                     local_files_only=bool(kwargs.get("local_files_only")),
                     force_download=bool(kwargs.get("force_download")))
+
+
+def check_no_remote_code(folder: str | os.PathLike) -> str:
+    """Prove that ``trust_remote_code=True`` authorises nothing in a var-clip pipeline folder but var-clip's own
+    custom-pipeline file; returns the folder.
+
+    ``trust_remote_code`` lets diffusers import a ``<component>/<library>.py`` the folder ships, and a component
+    ``auto_map`` lets transformers do the same. So the folder's ``model_index.json`` must name a var-clip pipeline
+    (:data:`CUSTOM_PIPELINE_FILES`) whose components all come from var-clip, diffusers or transformers, no
+    configuration may carry an ``auto_map``, and no file may be code (:data:`CODE_SUFFIXES`) or a pickle (by content).
+    Raises ``ValueError`` listing every problem found; nothing is imported or unpickled while checking.
+
+        folder = check_no_remote_code(snapshot("owner/var-clip-d16"))
+        pipe = DiffusionPipeline.from_pretrained(folder, custom_pipeline=custom_pipeline_file(folder),
+                                                 trust_remote_code=True)
+    """
+    root = Path(folder)
+    if not (root / "model_index.json").is_file():
+        raise ValueError(f"`folder` {str(root)!r} is not a pipeline folder (it has no model_index.json)")
+    problems = []
+    index = _read_json(root / "model_index.json", problems)
+    class_name = index.get("_class_name")
+    if class_name not in CUSTOM_PIPELINE_FILES:
+        problems.append(f"model_index.json names the pipeline {class_name!r}, not one of {sorted(CUSTOM_PIPELINE_FILES)}")
+    for name, value in index.items():
+        if name.startswith("_") or value is None or value == [None, None]:
+            continue
+        library = value[0] if isinstance(value, list) and len(value) == 2 else None
+        if not isinstance(library, str) or not (library in TRUSTED_LIBRARIES or library == "var_clip"
+                                                or library.startswith("var_clip.")):
+            problems.append(f"component {name!r} comes from {library!r}, not var_clip, diffusers or transformers")
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            problems.append(f"{relative} is a symlink")
+        elif not path.is_file():
+            continue
+        elif path.suffix.lower() in CODE_SUFFIXES:
+            problems.append(f"{relative} is code")
+        elif path.suffix.lower() in PICKLE_SUFFIXES or is_pickle_file(path):
+            problems.append(f"{relative} is a pickle (unpickling runs code)")
+        elif path.suffix == ".json" and "auto_map" in _read_json(path, problems):
+            problems.append(f"{relative} has an `auto_map` (code that transformers would import)")
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ValueError(f"`folder` {str(root)!r} is refused for trust_remote_code=True: {shown}")
+    return os.fspath(folder)
+
+
+def custom_pipeline_file(folder: str | os.PathLike) -> str:
+    """The var-clip custom-pipeline file (in :data:`CUSTOM_PIPELINES_DIR`) for the pipeline ``folder`` holds."""
+    problems: list[str] = []
+    class_name = _read_json(Path(folder) / "model_index.json", problems).get("_class_name")
+    if class_name not in CUSTOM_PIPELINE_FILES:
+        raise ValueError(f"`folder` {os.fspath(folder)!r} holds no var-clip pipeline ({'; '.join(problems) or class_name!r})")
+    return str(CUSTOM_PIPELINES_DIR / CUSTOM_PIPELINE_FILES[class_name])
+
+
+def _read_json(path: Path, problems: list[str]) -> dict:
+    """A JSON object from ``path``; an unreadable or non-object file adds a problem and reads as ``{}``."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        problems.append(f"{path.name} cannot be read as JSON ({' '.join(str(error).split())})")
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return value
 
 
 def is_pickle_file(path: str | os.PathLike) -> bool:

@@ -1,10 +1,10 @@
 """Class-conditional VAR for diffusers apps, loaded through diffusers' custom-pipeline mechanism.
 
     from diffusers import DiffusionPipeline
-    from var_clip.hub import CUSTOM_PIPELINES_DIR
+    from var_clip.hub import CUSTOM_PIPELINES_DIR, check_no_remote_code
 
     pipe = DiffusionPipeline.from_pretrained(
-        "path/to/converted/var-d16",
+        check_no_remote_code("path/to/converted/var-d16"),  # trust_remote_code then trusts this file only
         custom_pipeline=str(CUSTOM_PIPELINES_DIR / "pipeline_var.py"),
         trust_remote_code=True,
     )

@@ -1,10 +1,10 @@
 """VAR-CLIP text-to-image for diffusers apps, loaded through diffusers' custom-pipeline mechanism.
 
     from diffusers import DiffusionPipeline
-    from var_clip.hub import CUSTOM_PIPELINES_DIR
+    from var_clip.hub import CUSTOM_PIPELINES_DIR, check_no_remote_code
 
     pipe = DiffusionPipeline.from_pretrained(
-        "path/to/converted/var-clip-d16",
+        check_no_remote_code("path/to/converted/var-clip-d16"),  # trust_remote_code then trusts this file only
         custom_pipeline=str(CUSTOM_PIPELINES_DIR / "pipeline_var_clip.py"),
         trust_remote_code=True,
     )

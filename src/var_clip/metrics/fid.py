@@ -11,8 +11,12 @@ mapping uint8 images (N, 3, H, W) to features (N, D). Weights never download sil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -29,6 +33,10 @@ INCEPTION_HELP = ("pass --inception-weights PATH: torch-fidelity's pt_inception-
                   "(https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt)")
 
 
+#: The suffixes of Inception state dicts (torch-fidelity's network); any other file is read as TorchScript.
+STATE_DICT_SUFFIXES = (".pth", ".safetensors")
+
+
 class TorchScriptInception(nn.Module):
     """StyleGAN's (and clean-fid's) TorchScript Inception: uint8 images of any size in, 2048 pool features out
     (it resizes to 299 × 299 itself, as TensorFlow's FID code). TorchScript loads without unpickling Python objects.
@@ -42,29 +50,71 @@ class TorchScriptInception(nn.Module):
         return self.net(images_N3HW, return_features=True)
 
 
-def load_inception(weights: str | Path | None) -> dict:
+def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive: a zip holding compiled ``code/`` (``torch.save`` files hold none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in f"/{name}" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _state_dict_of(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a state-dict file, read without running code: safetensors, or ``torch.load(weights_only=True)``
+    (anything but tensors and plain containers is refused before it is built)."""
+    from ..original_format import OriginalCheckpointError, load_original_state_dict
+
+    if path.suffix == ".safetensors":
+        import safetensors.torch
+
+        try:
+            return safetensors.torch.load_file(path, device="cpu")
+        except (safetensors.SafetensorError, OSError) as error:
+            raise WeightsError(f"--inception-weights {str(path)!r} is not a readable safetensors file "
+                               f"({' '.join(str(error).split())}); {INCEPTION_HELP}") from None
+    try:
+        return load_original_state_dict(path, what="--inception-weights")
+    except OriginalCheckpointError as error:
+        raise WeightsError(f"{error}; {INCEPTION_HELP}") from None
+
+
+@contextlib.contextmanager
+def load_inception(weights: str | Path | None) -> Iterator[dict]:
     """The ``FrechetInceptionDistance`` arguments that select the Inception network for ``weights``.
 
-    A ``.pth`` file is torch-fidelity's state dict (the network torchmetrics builds); any other file is a TorchScript
-    Inception. None lets torch-fidelity download its weights, which offline fails as a :class:`WeightsError`.
+    A ``.pth`` (or ``.safetensors``) file is torch-fidelity's state dict, for the network torchmetrics builds.
+    torch-fidelity unpickles the file it is given, so it never sees the user's file: the tensors are read without
+    running code (:func:`_state_dict_of`) and handed over as a temporary file written here, which lives as long as
+    this context. Any other file must be a TorchScript Inception (checked to be a TorchScript archive before
+    ``torch.jit.load``, which builds TorchScript types only). None lets torch-fidelity download its weights, which
+    offline fails as a :class:`WeightsError`.
     """
-    if weights is None or str(weights).endswith(".pth"):
+    path = None if weights is None else Path(weights)
+    if path is not None and not path.is_file():
+        raise WeightsError(f"--inception-weights {str(path)!r} is not a file; {INCEPTION_HELP}")
+    if path is None or path.suffix in STATE_DICT_SUFFIXES:
+        state_dict = None if path is None else _state_dict_of(path)
         try:
             import torch_fidelity  # noqa: F401  (torchmetrics' own Inception comes from torch-fidelity)
         except ImportError:
             raise WeightsError(f"FID needs Inception weights; {INCEPTION_HELP}") from None
-        if weights is None:
-            return {"feature": 2048}
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsError(f"--inception-weights {str(path)!r} is not a file; {INCEPTION_HELP}")
-    if path.suffix == ".pth":
-        return {"feature": 2048, "feature_extractor_weights_path": str(path)}
+        if state_dict is None:
+            yield {"feature": 2048}
+            return
+        with tempfile.TemporaryDirectory(prefix="var_clip_inception_") as folder:
+            checked = Path(folder) / "inception.pth"
+            torch.save(state_dict, checked)
+            yield {"feature": 2048, "feature_extractor_weights_path": str(checked)}
+        return
+    if not _is_torchscript(path):
+        raise WeightsError(f"--inception-weights {str(path)!r} is not a TorchScript Inception (no compiled code "
+                           f"inside; a state dict must end in {' or '.join(STATE_DICT_SUFFIXES)}); {INCEPTION_HELP}")
     try:
-        return {"feature": TorchScriptInception(path)}
+        network = TorchScriptInception(path)
     except RuntimeError as error:
         raise WeightsError(f"--inception-weights {str(path)!r} is not a TorchScript Inception "
                            f"({str(error).splitlines()[0]}); {INCEPTION_HELP}") from None
+    yield {"feature": network}
 
 
 def compute_fid(generated: str | Path, reference: str | Path, feature: nn.Module | None = None,
@@ -82,12 +132,12 @@ def compute_fid(generated: str | Path, reference: str | Path, feature: nn.Module
     for name, n in counts.items():
         if n < 2:
             raise ValueError(f"FID needs at least 2 {name} images (a covariance), got {n}")
-    options = {"feature": feature} if feature is not None else load_inception(weights)
-    try:
-        metric = FrechetInceptionDistance(**options, reset_real_features=False).to(device)
-    except (OSError, RuntimeError) as error:  # torch-fidelity's download, offline
-        raise WeightsError(f"could not get the Inception weights ({type(error).__name__}: "
-                           f"{str(error).splitlines()[0] if str(error) else ''}); {INCEPTION_HELP}") from None
+    with contextlib.nullcontext({"feature": feature}) if feature is not None else load_inception(weights) as options:
+        try:
+            metric = FrechetInceptionDistance(**options, reset_real_features=False).to(device)
+        except (OSError, RuntimeError) as error:  # torch-fidelity's download, offline
+            raise WeightsError(f"could not get the Inception weights ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else ''}); {INCEPTION_HELP}") from None
     with tqdm(total=sum(counts.values()), unit="img", desc="FID features", disable=not show_progress) as bar:
         for source, real in ((reference, True), (generated, False)):
             for images_N3HW in iter_image_batches(source, batch_size):
