@@ -43,6 +43,7 @@ DELEGATED = {
                                                   "multi-process (accelerate), imagefolder + .npz output"),
     "eval-fid": ("var_clip.metrics.fid", "FID between generated and reference images (local Inception weights)"),
     "eval-clip-score": ("var_clip.metrics.clip_score", "CLIP score of generated images against their prompts"),
+    "demo": ("var_clip.demo.server", "web demo (Gradio): previews scale by scale, editing, LoRA; runs as a Space"),
 }
 
 
@@ -53,7 +54,8 @@ class CLIError(Exception):
 # Optional packages → what installs them.
 INSTALL_HINTS = {"datasets": "pip install 'var-clip[train]'", "tensorboard": "pip install 'var-clip[train]'",
                  "matplotlib": "pip install 'var-clip[analysis]'", "accelerate": "pip install accelerate",
-                 "jinja2": "pip install 'var-clip[convert]'", "scipy": "pip install scipy"}
+                 "jinja2": "pip install 'var-clip[convert]'", "scipy": "pip install scipy",
+                 "gradio": "pip install 'var-clip[demo]'"}
 
 
 def _debug_requested(argv: list[str]) -> bool:
