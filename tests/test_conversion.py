@@ -386,7 +386,7 @@ def test_overwrite_refuses_to_delete_its_inputs(tiny_text_pair, tmp_path, capsys
     shutil.copy(var_path, out / "var.pth")
     rc, _, err = _run(convert_var_clip, ["--var_checkpoint", out / "var.pth", "--vae_checkpoint", vae_path,
                                          "--output_dir", out, "--text_encoder", "none", "--overwrite"], capsys)
-    assert rc == 1 and "would delete the input" in err
+    assert rc == 1 and "would overwrite or delete the input" in err
     assert (out / "var.pth").exists()
 
 

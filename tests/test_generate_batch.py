@@ -25,6 +25,7 @@ from var_clip.generate_batch import (
     plan_jobs,
 )
 from var_clip.utils.atomic import TEMP_PREFIX
+from var_clip.utils.files import MARKER_NAME
 
 from .conftest import REPO
 
@@ -109,7 +110,8 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(models, fresh_accel
     assert run_in_process(*text_run(models, "cut", "--batch-size", "2")) == 0
     assert "6 new + 3 existing" in capsys.readouterr().out  # the torn image's chunk runs again
     assert files_of(cut) == full
-    assert sorted(p.name for p in cut.iterdir() if p.suffix not in (".png",)) == [SETTINGS_NAME, METADATA_NAME]
+    assert sorted(p.name for p in cut.iterdir() if p.suffix not in (".png",)) == [MARKER_NAME, SETTINGS_NAME,
+                                                                                  METADATA_NAME]
 
     # a third run finds everything done
     assert run_in_process(*text_run(models, "cut", "--batch-size", "3")) == 0
@@ -219,3 +221,45 @@ def test_cli_lists_generate_batch():
 
     text = build_parser().format_help()
     assert "generate-batch" in text and "eval-fid" in text and "eval-clip-score" in text
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Ownership: generate-batch writes only into a folder it owns, and never over its inputs
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_output_dir_must_be_generate_batchs_own(models, capsys, monkeypatch):
+    def refused(out, *extra, code=2, match):
+        rc = run_in_process(*text_run(models, out, *extra))
+        err = capsys.readouterr().err
+        assert rc == code and match in err and err.count("\n") == 1, err
+
+    # a user's imagefolder: its metadata.jsonl and a photo named like sample 0 stay as they were
+    user = models / "photos"
+    user.mkdir()
+    (user / METADATA_NAME).write_text('{"file_name": "000000_000.png", "text": "my cat"}\n')
+    PIL.Image.new("RGB", (8, 8), "orange").save(user / "000000_000.png")
+    before = files_of(user)
+    refused("photos", match="not a folder generate-batch wrote")
+    (user / "holiday.jpg").write_bytes(b"jpeg")
+    refused("photos", match="holiday.jpg")
+    assert files_of(user) == before and sorted(p.name for p in user.iterdir()) == sorted([*before, "holiday.jpg"])
+
+    # an empty path, the current folder, a folder holding the prompts file or the model
+    monkeypatch.chdir(models)
+    rc = run_in_process("--model", str(models / "text"), "--prompts", str(models / "prompts.txt"), "--output-dir", "")
+    assert rc == 2 and "--output-dir must name a folder" in capsys.readouterr().err
+    refused(".", match="is the current folder")
+    (models / "in").mkdir()
+    (models / "in" / "prompts.txt").write_text("a red circle\n")
+    rc = run_in_process("--model", str(models / "text"), "--prompts", str(models / "in" / "prompts.txt"),
+                        "--output-dir", str(models / "in"))
+    assert rc == 2 and "is or contains the input" in capsys.readouterr().err
+    assert (models / "in" / "prompts.txt").read_text() == "a red circle\n"
+    refused("text", match="is or contains the input")
+
+    # its own folder is resumed; the marker says who wrote it
+    assert run_in_process(*text_run(models, "out", "--max-images", "1", "--batch-size", "1")) == 0
+    assert json.loads((models / "out" / MARKER_NAME).read_text())["command"] == "generate-batch"
+    assert run_in_process(*text_run(models, "out")) == 0
+    assert not (models / "out" / ".var-clip.lock").exists()

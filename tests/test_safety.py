@@ -639,3 +639,40 @@ def test_snapshot_selects_no_code_files():
     assert chosen == ["README.md", "docs/sample.png", "model_index.json", "tokenizer/merges.txt",
                       "tokenizer/spiece.model", "tokenizer/vocab.json", "transformer/config.json",
                       "transformer/diffusion_pytorch_model.safetensors"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Ownership everywhere output is written: never over an input, never into a user's folder
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_var_refuses_to_write_over_its_pretrained_pipeline(lora, model_dir, tmp_path, capsys,
+                                                                 fresh_accelerate_state):
+    data = _imagefolder(tmp_path / "data", ['{"file_name": "a.png", "text": "a red circle"}'],
+                        {"a.png": PIL.Image.new("RGB", (16, 16), "red")})
+    before = _tree(Path(model_dir))
+    for output in (model_dir, str(Path(model_dir) / "..")):  # the pipeline itself, or a folder holding it
+        rc = main(["train-var", "--pretrained_pipeline", model_dir, "--output_dir", output, "--train_data_dir",
+                   str(data), "--max_train_steps", "1", "--no_progress_bar", *(["--lora_rank", "2"] if lora else [])])
+        err = capsys.readouterr().err
+        assert rc == 1 and "--output_dir" in err and "is or contains the input" in err, err
+        _one_line_error(err)
+    assert _tree(Path(model_dir)) == before
+
+
+def test_lora_weights_are_saved_only_into_a_folder_var_clip_owns(tiny_pipe, tmp_path):
+    from peft.utils import get_peft_model_state_dict
+
+    from var_clip.loaders import lora_config
+
+    tiny_pipe.transformer.add_adapter(lora_config(tiny_pipe.transformer, rank=2), adapter_name="a")
+    layers = get_peft_model_state_dict(tiny_pipe.transformer, adapter_name="a")
+    before = _user_folder(tmp_path / "papers")
+    with pytest.raises(UnsafeOutputError, match="not a folder var-clip wrote: it holds sub/, thesis.tex"):
+        tiny_pipe.save_lora_weights(tmp_path / "papers", transformer_lora_layers=layers)
+    assert _tree(tmp_path / "papers") == before
+    with pytest.raises(ValueError, match="`weight_name` must be a file name"):
+        tiny_pipe.save_lora_weights(tmp_path / "new", transformer_lora_layers=layers, weight_name="../escape.safetensors")
+    path = tiny_pipe.save_lora_adapter_weights(tmp_path / "new", adapter_name="a")
+    assert path.parent == tmp_path / "new" and tiny_pipe.save_lora_adapter_weights(tmp_path / "new", "a") == path

@@ -26,6 +26,7 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -54,6 +55,9 @@ __all__ = [
 METADATA_NAME = "metadata.jsonl"
 SETTINGS_NAME = "generate_batch.json"
 NPZ_NAME = "samples.npz"
+# Every file generate-batch writes at the top of its folder (GenerationJob.file_name, unfinished atomic writes too)
+OUTPUT_FILES = re.compile(rf"^(\d{{6,}}_\d{{3,}}\.png|{re.escape(METADATA_NAME)}|{re.escape(SETTINGS_NAME)}|"
+                          rf"{re.escape(NPZ_NAME)}|{re.escape(TEMP_PREFIX)}.*)$")
 DTYPES = DTYPE_NAMES
 SAMPLING_OPTIONS = ("guidance_scale", "top_k", "top_p")
 
@@ -345,6 +349,24 @@ def _load_pipeline(args: argparse.Namespace, pipeline_class: type, device):
     return pipe
 
 
+def _check_output_dir(args: argparse.Namespace) -> Path:
+    """The resolved ``--output-dir``, once it is proved to be generate-batch's: new, empty, or a folder it wrote (its
+    marker or settings file, and nothing but its images, metadata and archive), and holding none of the inputs."""
+    from .utils.files import MARKER_NAME, UnsafeOutputError, check_replaceable, input_paths, resolve_output_dir
+
+    try:
+        output_dir = resolve_output_dir(args.output_dir, "--output-dir")
+        check_replaceable(output_dir, "--output-dir", input_paths(args, ("prompts", "model")), also_own=OUTPUT_FILES)
+    except UnsafeOutputError as error:
+        raise UsageError(str(error)) from None
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not any(
+            (output_dir / name).is_file() for name in (MARKER_NAME, SETTINGS_NAME)):
+        found = ", ".join(sorted(p.name for p in output_dir.iterdir())[:5])
+        raise UsageError(f"--output-dir {str(output_dir)!r} is not a folder generate-batch wrote (it has no "
+                         f"{SETTINGS_NAME}) and holds {found}; nothing was changed (choose a new folder)")
+    return output_dir
+
+
 def _check_settings(output_dir: Path, settings: RunSettings) -> None:
     saved = RunSettings.read(output_dir / SETTINGS_NAME)
     if saved is None or saved == settings:
@@ -403,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     class_mode = args.class_labels is not None
     jobs = plan_jobs(conditions, args.num_images_per_prompt, args.seed)
     chunks = [jobs[i : i + args.batch_size] for i in range(0, len(jobs), args.batch_size)]
-    output_dir = Path(args.output_dir).resolve()
+    output_dir = _check_output_dir(args)
 
     # 2. the settings that make the folder's images one set: a resume with other settings fails before loading
     from . import VARCLIPPipeline, VARPipeline
@@ -420,7 +442,11 @@ def run(args: argparse.Namespace) -> int:
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     pipe = _load_pipeline(args, pipeline_class, state.device)
     if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        from .utils.files import MARKER_NAME, hold_lock, write_marker
+
+        hold_lock(output_dir, "--output-dir")  # one writer per folder (released when the command ends)
+        if not (output_dir / MARKER_NAME).exists():
+            write_marker(output_dir, "generate-batch")
         settings.write(output_dir / SETTINGS_NAME)
         for stale in output_dir.glob(TEMP_PREFIX + "*"):  # a killed run's unfinished writes
             stale.unlink()
@@ -485,6 +511,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .utils.files import release_held_locks
+
     args = build_parser().parse_args(argv)
     try:
         return run(args)
@@ -492,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         code, message = 2, str(error)
     except (GenerationError, ValueError, OSError) as error:
         code, message = 1, str(error)
+    finally:
+        release_held_locks()
     if is_main_process():
         print(f"var-clip generate-batch: error: {message}", file=sys.stderr)
     return code

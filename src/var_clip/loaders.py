@@ -30,6 +30,7 @@ from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
 from .hub import is_pickle_file
 from .utils.atomic import atomic_open
+from .utils.files import check_replaceable, resolve_output_dir
 
 __all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "adapter_parts",
            "add_text_encoder_adapter", "lora_config", "lora_target_modules", "require_peft", "text_encoder_lora_config"]
@@ -319,7 +320,8 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                           safe_serialization: bool = True) -> Path:
         """Write ``transformer_lora_layers`` and/or ``text_encoder_lora_layers`` (peft's
         ``get_peft_model_state_dict(module, adapter_name=...)``) as diffusers' ``pytorch_lora_weights.safetensors`` in
-        ``save_directory``, atomically; returns the file.
+        ``save_directory``, atomically; returns the file. ``save_directory`` must be new or hold only files var-clip
+        writes (:func:`~var_clip.utils.files.check_replaceable`): a user's folder is refused before anything is written.
 
         ``*_lora_adapter_metadata`` is each part's ``LoraConfig.to_dict()``; with it the file loads with the same rank,
         alpha and targets anywhere.
@@ -342,8 +344,14 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         header = {"format": "pt"}
         if packed:
             header[LORA_METADATA_KEY] = json.dumps(packed, indent=2, sort_keys=True, default=str)
-        path = Path(save_directory) / (weight_name or LORA_WEIGHT_NAME)
+        name = weight_name or LORA_WEIGHT_NAME
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise ValueError(f"`weight_name` must be a file name ending in .safetensors, got {weight_name!r}")
+        path = Path(save_directory) / name
         if is_main_process:
+            # the same rule as every command's output folder: new, or holding only what var-clip writes
+            folder = resolve_output_dir(save_directory, "save_directory")
+            check_replaceable(folder, "save_directory")
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_open(path) as handle:
                 handle.write(safetensors.torch.save(tensors, metadata=header))

@@ -30,6 +30,7 @@ from ..utils.files import (
     MARKER_NAME,
     check_replaceable,
     hold_lock,
+    input_paths,
     release_lock,
     resolve_output_dir,
     write_marker,
@@ -232,7 +233,7 @@ def create_accelerator(args: argparse.Namespace, project_name: str):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     if accelerator.is_main_process:
-        claim_output_dir(output_dir)
+        claim_output_dir(output_dir, protected=input_paths(args))
     if args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))}
         accelerator.init_trackers(args.tracker_project_name or project_name, config=config)
@@ -366,15 +367,17 @@ def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path)
                              "accumulation (or start a new --output_dir)")
 
 
-def claim_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir") -> Path:
+def claim_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir",
+                     protected: Sequence[str | os.PathLike] = ()) -> Path:
     """Make ``output_dir`` this run's (main process): refuse a folder var-clip did not write (the user's files are at
-    stake: the final export replaces entries of the same name), take its lock (one writer per folder) and mark it.
+    stake: the final export replaces entries of the same name) or one that is or holds an input in ``protected`` (the
+    pipeline being fine-tuned), take its lock (one writer per folder) and mark it.
 
     The lock is released by :func:`release_output_dir` (at the end of :func:`run_training`), when a ``var-clip``
     command ends, or when the process exits.
     """
     output_dir = resolve_output_dir(output_dir, flag)
-    check_replaceable(output_dir, flag)
+    check_replaceable(output_dir, flag, protected)
     hold_lock(output_dir, flag)
     if not (output_dir / MARKER_NAME).exists():
         write_marker(output_dir, "training")

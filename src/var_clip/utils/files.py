@@ -5,7 +5,8 @@ Every command that writes or replaces something goes through these helpers:
 - :func:`resolve_output_dir` refuses an empty path and the current, home and root folders (or a folder holding
   one of them) outright, and resolves a symlinked output folder (logging where it points);
 - :func:`check_replaceable` proves that an existing folder is one var-clip wrote (a pipeline, model, checkpoint or
-  training-output layout, or the :data:`MARKER_NAME` file) and holds nothing else, before it may be replaced;
+  training-output layout, or the :data:`MARKER_NAME` file) and holds nothing else, before it may be replaced, and that
+  it holds none of the command's inputs (:func:`input_paths`);
 - :class:`OutputLock` gives one writer per output folder (a lock file naming the holder's pid and host; a lock
   whose pid is dead on this host is taken over);
 - :func:`check_writable` and :func:`save_image` check an output path before any compute and write it atomically,
@@ -34,6 +35,7 @@ __all__ = [
     "OutputLockedError",
     "resolve_output_dir",
     "check_replaceable",
+    "input_paths",
     "write_marker",
     "OutputLock",
     "hold_lock",
@@ -102,8 +104,9 @@ def resolve_output_dir(path: str | os.PathLike | None, flag: str) -> Path:
     return resolved
 
 
-def _unknown_entries(folder: Path) -> list[str]:
-    """The entries of ``folder`` that var-clip does not write (relative paths), recursively into components."""
+def _unknown_entries(folder: Path, also_own: re.Pattern | None = None) -> list[str]:
+    """The entries of ``folder`` that var-clip does not write (relative paths), recursively into components;
+    ``also_own`` matches the names of further files the command writes at the top."""
     unknown: list[str] = []
     components: set[str] = set()
     index = folder / "model_index.json"
@@ -118,7 +121,7 @@ def _unknown_entries(folder: Path) -> list[str]:
         if entry.is_symlink():
             unknown.append(f"{name} (a symlink)")
         elif entry.is_file():
-            if name not in _OWN_FILES and not _OWN_FILE_RE.match(name):
+            if name not in _OWN_FILES and not _OWN_FILE_RE.match(name) and not (also_own and also_own.match(name)):
                 unknown.append(name)
         elif not entry.is_dir():
             unknown.append(name)
@@ -133,27 +136,43 @@ def _unknown_entries(folder: Path) -> list[str]:
     return unknown
 
 
-def check_replaceable(folder: str | os.PathLike, flag: str, protected: Iterable[str | os.PathLike | None] = ()) -> None:
+def check_replaceable(folder: str | os.PathLike, flag: str, protected: Iterable[str | os.PathLike | None] = (),
+                      also_own: re.Pattern | None = None) -> None:
     """Raise :class:`UnsafeOutputError` unless the existing ``folder`` may be replaced or written into by var-clip.
 
     It may when it is empty, or when every entry is something var-clip writes (pipeline components, weights,
-    configurations, checkpoints, logs, samples, the marker file). The error names what else was found. The paths in
-    ``protected`` (a command's inputs) may not lie inside it either.
+    configurations, checkpoints, logs, samples, the marker file, and the top-level files ``also_own`` matches). The
+    error names what else was found. The paths in ``protected`` (a command's inputs) may be neither the folder nor
+    inside it: writing there would overwrite an input.
     """
     folder = Path(folder)
+    for path in protected:
+        if path is not None and str(path) and (folder.resolve() == Path(path).resolve()
+                                               or folder.resolve() in Path(path).resolve().parents):
+            raise UnsafeOutputError(f"{flag} {str(folder)!r} is or contains the input {str(path)!r}; writing there "
+                                    f"would overwrite or delete the input (choose another folder)")
     if not folder.exists():
         return
     if not folder.is_dir():
         raise UnsafeOutputError(f"{flag} {str(folder)!r} exists and is not a folder")
-    for path in protected:
-        if path is not None and (folder == Path(path).resolve() or folder in Path(path).resolve().parents):
-            raise UnsafeOutputError(f"{flag} {str(folder)!r} contains the input {str(path)!r}; replacing it would "
-                                    f"delete the input")
-    unknown = _unknown_entries(folder)
+    unknown = _unknown_entries(folder, also_own)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise UnsafeOutputError(f"{flag} {str(folder)!r} is not a folder var-clip wrote: it holds {shown}; "
                                 f"nothing was changed (choose a new folder, or move those files away)")
+
+
+#: The options through which the commands read local files or folders (their inputs), whatever the command.
+INPUT_OPTIONS = ("pretrained_pipeline", "vqvae", "text_encoder", "tokenizer", "train_data_dir", "caption_file",
+                 "image_root", "prompts", "model", "clip_model", "generated", "reference", "images")
+
+
+def input_paths(args, names: Iterable[str] = INPUT_OPTIONS) -> list[Path]:
+    """The local files and folders a command's parsed ``args`` read through the options ``names`` (Hub ids and unset
+    options left out): what :func:`check_replaceable` must keep out of its output folder."""
+    values = [getattr(args, name, None) for name in names]
+    return [Path(v).expanduser() for v in values if isinstance(v, (str, os.PathLike)) and str(v).strip()
+            and Path(v).expanduser().exists()]
 
 
 def write_marker(folder: str | os.PathLike, command: str) -> None:
