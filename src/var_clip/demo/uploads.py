@@ -45,7 +45,7 @@ def read_upload(path: str | os.PathLike, limits: UploadLimits = UploadLimits()) 
         raise UploadError("the upload could not be read; try again") from None
     if size > limits.max_bytes:
         raise UploadError(f"the file is {size / 2**20:.1f} MB; the demo accepts images up to "
-                          f"{limits.max_bytes / 2**20:.0f} MB")
+                          f"{limits.max_bytes / 2**20:.1f} MB")
     if size == 0:
         raise UploadError("the file is empty")
     try:
