@@ -46,6 +46,8 @@ setup(
         "eval": ["torchmetrics>=1.4", "datasets>=2.20"],
         # the model cards the conversion writes (torch itself already requires jinja2)
         "convert": ["jinja2>=3"],
+        # var-clip demo and the Space's app.py (Gradio 6's launch options; tested with gradio 6.31.0)
+        "demo": ["gradio>=6,<7"],
     },
     entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[
