@@ -65,7 +65,7 @@ def test_inpaint_and_img2img(model_dir, tmp_path):
     [
         (["generate", "x", "--num-images", "0"], 2, "must be an int >= 1"),
         (["generate", "x", "--top-p", "1.5"], 2, r"must be a number in \[0, 1\]"),
-        (["generate", "x", "--guidance-scale", "-1"], 2, "must be a number >= 0"),
+        (["generate", "x", "--guidance-scale", "-1"], 2, "must be a finite number >= 0"),
         (["generate", "x", "--dtype", "int8"], 2, "invalid choice"),
         (["generate"], 2, "required: prompt"),
         (["img2img", "x", "--image", "i.png", "--strength", "2"], 2, r"must be a number in \[0, 1\]"),

@@ -132,9 +132,8 @@ def test_fuse_then_unfuse_restores_the_base_images(tiny_pipe, tmp_path):
     tiny_pipe.unfuse_lora()
     tiny_pipe.unload_lora_weights()
     assert np.array_equal(images(tiny_pipe), base)
-    # subtracting the merged delta is float arithmetic: the weights come back to rounding, the images exactly
-    for k, v in tiny_pipe.transformer.state_dict().items():
-        torch.testing.assert_close(v, base_weights[k], rtol=0, atol=1e-6)
+    # the weights fusion changed are restored from a copy, not by subtracting the merged delta: bit for bit
+    assert all(torch.equal(v, base_weights[k]) for k, v in tiny_pipe.transformer.state_dict().items())
 
     # a fused scale acts like the adapter's weight
     tiny_pipe.load_lora_weights(tmp_path, adapter_name="again")
@@ -274,6 +273,131 @@ def test_pickled_adapter_files_are_refused(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="not a LoRA file"):
         tiny_pipe.load_lora_weights(tmp_path / "not_lora.safetensors")
     assert tiny_pipe.get_list_adapters() == {}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# peft state always clean: every way out leaves the plain base models, or an error before anything changed
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def weights_of(pipe: VARCLIPPipeline) -> dict[str, torch.Tensor]:
+    return {f"{c}.{k}": v.clone() for c in ("transformer", "text_encoder")
+            for k, v in getattr(pipe, c).state_dict().items()}
+
+
+def assert_plain_base(pipe: VARCLIPPipeline, base: dict[str, torch.Tensor]) -> None:
+    """No peft layer left anywhere, and every weight equal to the base bit for bit."""
+    assert not any(isinstance(m, LoraLayer) for c in ("transformer", "text_encoder") for m in getattr(pipe, c).modules())
+    now = weights_of(pipe)
+    assert now.keys() == base.keys() and all(torch.equal(now[k], v) for k, v in base.items())
+
+
+def test_fuse_then_unload_gives_the_base_weights_bit_for_bit(tiny_pipe, tmp_path):
+    base, base_images = weights_of(tiny_pipe), images(tiny_pipe)
+    tiny_pipe.load_lora_weights(saved_adapter(tiny_pipe, tmp_path, "concept", 0, text_encoder=True), "concept")
+    adapted = images(tiny_pipe)
+    tiny_pipe.fuse_lora(lora_scale=0.7)
+    tiny_pipe.unfuse_lora()  # exact, and the adapter keeps its own scale
+    assert np.array_equal(images(tiny_pipe), adapted)
+    tiny_pipe.fuse_lora(lora_scale=0.7)
+    tiny_pipe.unload_lora_weights()  # with the adapter still fused
+    assert_plain_base(tiny_pipe, base)
+    assert np.array_equal(images(tiny_pipe), base_images)
+    with pytest.raises(ValueError, match="`lora_scale` must be a finite number"):
+        tiny_pipe.fuse_lora(lora_scale=float("nan"))
+
+
+def test_delete_adapters_then_save_pretrained_writes_a_folder_that_loads(tiny_pipe, tmp_path):
+    base, base_images = weights_of(tiny_pipe), images(tiny_pipe)
+    folder = saved_adapter(tiny_pipe, tmp_path / "lora", "concept", 0, text_encoder=True)  # adds and deletes
+    assert_plain_base(tiny_pipe, base)
+    tiny_pipe.load_lora_weights(folder, "a")
+    tiny_pipe.load_lora_weights(folder, "b")
+    tiny_pipe.delete_adapters("a")
+    assert tiny_pipe.get_list_adapters() == {"transformer": ["b"], "text_encoder": ["b"]}
+    tiny_pipe.delete_adapters(["b"])
+    assert_plain_base(tiny_pipe, base)
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    reloaded = VARCLIPPipeline.from_pretrained(tmp_path / "pipe")
+    reloaded.set_progress_bar_config(disable=True)
+    assert_plain_base(reloaded, base)
+    assert np.array_equal(images(reloaded), base_images)
+
+
+def test_save_pretrained_with_adapters_is_refused_before_writing(tiny_pipe, tmp_path):
+    tiny_pipe.load_lora_weights(saved_adapter(tiny_pipe, tmp_path / "lora", "concept", 0, text_encoder=True), "c")
+    with pytest.raises(ValueError, match=r"holds LoRA adapters .*'transformer': \['c'\].*save_lora_adapter_weights"):
+        tiny_pipe.save_pretrained(tmp_path / "pipe")
+    assert not (tmp_path / "pipe").exists()
+    tiny_pipe.fuse_lora()
+    with pytest.raises(ValueError, match="holds LoRA adapters"):
+        tiny_pipe.save_pretrained(tmp_path / "pipe")
+    with pytest.raises(ValueError, match="unfuse_lora"):
+        tiny_pipe.delete_adapters("c")
+    assert not (tmp_path / "pipe").exists()
+
+
+def test_a_failed_load_leaves_the_pipeline_as_it_was(tiny_pipe, tmp_path):
+    base = weights_of(tiny_pipe)
+    path = saved_adapter(tiny_pipe, tmp_path, "concept", 0, text_encoder=True) / LORA_WEIGHT_NAME
+    tensors = load_file(path)
+    # the transformer part fits and loads first; the text encoder part does not fit
+    save_file({k: v for k, v in tensors.items() if "layers.0." not in k or "transformer." in k}, tmp_path / "cut.safetensors")
+    with pytest.raises(ValueError, match="does not fit this text encoder"):
+        tiny_pipe.load_lora_weights(tmp_path / "cut.safetensors", adapter_name="cut")
+    assert tiny_pipe.get_list_adapters() == {}
+    assert_plain_base(tiny_pipe, base)
+
+    # with an adapter loaded and active, a failed load keeps it loaded and active
+    tiny_pipe.load_lora_weights(path, adapter_name="kept")
+    adapted = images(tiny_pipe)
+    with pytest.raises(ValueError, match="does not fit this text encoder"):
+        tiny_pipe.load_lora_weights(tmp_path / "cut.safetensors", adapter_name="cut")
+    assert tiny_pipe.get_list_adapters() == {"transformer": ["kept"], "text_encoder": ["kept"]}
+    assert tiny_pipe.get_active_adapters() == ["kept"] and np.array_equal(images(tiny_pipe), adapted)
+
+
+def rewritten(path: Path, target: Path, header: dict | None = None, change=None) -> Path:
+    """``path``'s LoRA file with its header entries updated by ``header`` and its tensors by ``change``."""
+    tensors = load_file(path)
+    with safetensors.safe_open(path, framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    config = json.loads(metadata["lora_adapter_metadata"])
+    config.update(header or {})
+    if change:
+        change(tensors)
+    save_file(tensors, target, metadata={**metadata, "lora_adapter_metadata": json.dumps(config)})
+    return target
+
+
+def test_lora_files_whose_numbers_cannot_work_are_refused_before_allocating(tiny_pipe, tmp_path):
+    import tracemalloc
+
+    path = saved_adapter(tiny_pipe, tmp_path, "concept", 0) / LORA_WEIGHT_NAME
+    first = lambda t: next(k for k in t if ".lora_B." in k)  # noqa: E731
+    cases = {
+        "huge_rank": ({"transformer.r": 50_000_000}, None, "claims rank 50000000 for the transformer"),
+        "huge_rank_pattern": ({"transformer.rank_pattern": {"text_proj": 10**9}}, None, "claims rank 1000000000"),
+        "inf_alpha": ({"transformer.lora_alpha": float("inf")}, None, "lora_alpha` must be a finite number"),
+        "nan_weight": ({}, lambda t: t[first(t)].view(-1).__setitem__(0, float("nan")), "finite floating-point"),
+        "two_ranks": ({}, lambda t: t.__setitem__(first(t), t[first(t)][:, :2].contiguous()), "must share a rank"),
+    }
+    tracemalloc.start()
+    try:
+        for name, (header, change, message) in cases.items():
+            bad = rewritten(path, tmp_path / f"{name}.safetensors", header, change)
+            assert bad.stat().st_size < 64_000
+            with pytest.raises(ValueError, match=message):
+                tiny_pipe.load_lora_weights(bad, adapter_name=name)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 50_000_000 and tiny_pipe.get_list_adapters() == {}
+
+    tiny_pipe.load_lora_weights(path, adapter_name="fine")
+    for weights in ([float("inf")], [{"transformer": float("nan")}]):
+        with pytest.raises(ValueError, match="`adapter_weights` must be a finite number"):
+            tiny_pipe.set_adapters(["fine"], adapter_weights=weights)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -676,3 +676,31 @@ def test_lora_weights_are_saved_only_into_a_folder_var_clip_owns(tiny_pipe, tmp_
         tiny_pipe.save_lora_weights(tmp_path / "new", transformer_lora_layers=layers, weight_name="../escape.safetensors")
     path = tiny_pipe.save_lora_adapter_weights(tmp_path / "new", adapter_name="a")
     assert path.parent == tmp_path / "new" and tiny_pipe.save_lora_adapter_weights(tmp_path / "new", "a") == path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Finite numbers only, checked where they enter
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), -float("inf")])
+def test_non_finite_sampling_arguments_are_refused_where_they_enter(value, tiny_pipe):
+    for name in ("guidance_scale", "temperature"):
+        with pytest.raises(ValueError, match=f"`{name}` must be .*finite|`{name}` must be a number"):
+            tiny_pipe("a red circle", **{name: value}, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "x", "--guidance-scale", "inf"],
+    ["generate-batch", "--prompts", "p.txt", "--output-dir", "o", "--guidance-scale", "inf"],
+    ["train-var", "--output_dir", "o", "--learning_rate", "nan"],
+    ["train-vqvae", "--output_dir", "o", "--adam_beta1", "inf"],
+    ["train-clip", "--output_dir", "o", "--max_grad_norm=-inf"],
+])
+def test_non_finite_options_are_refused_by_the_parser(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "finite number" in err.splitlines()[-1], err
+    assert list(tmp_path.iterdir()) == []

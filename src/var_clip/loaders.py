@@ -16,6 +16,8 @@ unpickling runs code.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -33,7 +35,8 @@ from .utils.atomic import atomic_open
 from .utils.files import check_replaceable, resolve_output_dir
 
 __all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "adapter_parts",
-           "add_text_encoder_adapter", "lora_config", "lora_target_modules", "require_peft", "text_encoder_lora_config"]
+           "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules", "remove_adapter",
+           "require_peft", "text_encoder_lora_config"]
 
 logger = logging.get_logger(__name__)
 
@@ -192,6 +195,84 @@ def adapter_parts(components: Mapping[str, torch.nn.Module | None], adapter_name
     return parts
 
 
+def loaded_adapters(components: Mapping[str, torch.nn.Module | None]) -> dict[str, list[str]]:
+    """The adapters each component holds (components with peft layers but no adapter listed as ``[]``): what a
+    component that must be saved as plain weights may not have."""
+    from diffusers.utils import is_peft_available
+
+    if not is_peft_available():  # nothing can hold an adapter
+        return {}
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    held = {}
+    for name, module in components.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        configs = list(getattr(module, "peft_config", None) or {})
+        if configs or any(isinstance(m, BaseTunerLayer) for m in module.modules()):
+            held[name] = configs
+    return held
+
+
+def remove_adapter(module: torch.nn.Module, adapter_name: str) -> None:
+    """Remove adapter ``adapter_name`` from a diffusers or transformers ``module``; once it holds no adapter, its peft
+    layers are taken out too, so it is the plain model again (its state dict loads as the base weights)."""
+    from diffusers.utils import recurse_remove_peft_layers
+    from diffusers.utils.peft_utils import delete_adapter_layers
+
+    with warnings.catch_warnings():  # peft's note that a deleted adapter was the active one: the caller asked for it
+        warnings.filterwarnings("ignore", message=".*which is now deleted", category=UserWarning)
+        delete_adapter_layers(module, adapter_name)
+    configs = getattr(module, "peft_config", None)
+    if configs is not None:
+        configs.pop(adapter_name, None)
+    if not getattr(module, "peft_config", None):
+        recurse_remove_peft_layers(module)
+        if hasattr(module, "peft_config"):
+            del module.peft_config
+        if hasattr(module, "_hf_peft_config_loaded"):
+            module._hf_peft_config_loaded = None
+
+
+def _check_finite(name: str, value) -> float:
+    """``value`` as a float, or a ValueError naming ``name`` when it is not a finite number (NaN and ±inf would
+    only fail later, inside the weights)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"`{name}` must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_lora_contents(state_dict: Mapping[str, torch.Tensor], metadata: dict | None) -> None:
+    """Refuse a LoRA file whose numbers cannot work, before any adapter is allocated: non-finite weights, an A/B pair
+    of two ranks, or a header claiming ranks (``r``, ``rank_pattern``) that none of its tensors has (peft would
+    allocate what the header says: a few kilobytes could claim gigabytes) or a non-finite ``lora_alpha``."""
+    ranks: dict[str, dict[str, set[int]]] = {}
+    for key, tensor in state_dict.items():
+        if not tensor.is_floating_point() or tensor.ndim < 2 or not torch.isfinite(tensor).all():
+            raise ValueError(f"LoRA tensor {key!r} must hold finite floating-point values in a matrix, got "
+                             f"{tensor.dtype} of shape {tuple(tensor.shape)}{' with NaN/inf' if tensor.is_floating_point() else ''}")
+        module, _, kind = key.partition(".lora_")
+        side = "A" if kind.startswith(("A", "embedding_A")) else "B"
+        rank = tensor.shape[0] if side == "A" else tensor.shape[1]  # A: (r, in), B: (out, r)
+        ranks.setdefault(module.split(".", 1)[0], {}).setdefault(module, set()).add(rank)
+    for part in ranks.values():
+        mixed = {m: sorted(r) for m, r in part.items() if len(r) > 1}
+        if mixed:
+            raise ValueError(f"LoRA file: lora_A and lora_B of one module must share a rank, got {mixed}")
+    for prefix, part in ranks.items():
+        config = {k.removeprefix(f"{prefix}."): v for k, v in (metadata or {}).items() if k.startswith(f"{prefix}.")}
+        found = {r for module_ranks in part.values() for r in module_ranks}
+        claimed = [config["r"]] if "r" in config else []
+        claimed += list((config.get("rank_pattern") or {}).values())
+        wrong = [r for r in claimed if isinstance(r, bool) or not isinstance(r, int) or r not in found]
+        if wrong:
+            raise ValueError(f"LoRA file: its header claims rank {wrong[0]!r} for the {prefix}, but its tensors have "
+                             f"ranks {sorted(found)}; the header does not describe the weights")
+        alphas = [config["lora_alpha"]] if "lora_alpha" in config else []
+        for alpha in alphas + list((config.get("alpha_pattern") or {}).values()):
+            _check_finite(f"{prefix} lora_alpha", alpha)
+
+
 def _local_lora_file(path: Path, weight_name: str | None) -> Path:
     """The safetensors file a local path names, or a ValueError that says why it is not one."""
     if path.is_dir():
@@ -260,12 +341,16 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                     raw = (handle.metadata() or {}).get(LORA_METADATA_KEY)
             except safetensors.SafetensorError as error:
                 raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
-            metadata = json.loads(raw) if raw else None
+            try:
+                metadata = json.loads(raw) if raw else None
+            except ValueError:
+                raise ValueError(f"{str(path)!r}: its `{LORA_METADATA_KEY}` header is not JSON") from None
         is_lora = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
         if not state_dict or not all(any(part in k for part in is_lora) for k in state_dict):
             odd = [k for k in state_dict if not any(part in k for part in is_lora)][:3]
             raise ValueError(f"not a LoRA file in diffusers' peft layout (keys `...lora_A.weight` / "
                              f"`...lora_B.weight`): {'it is empty' if not state_dict else f'found {odd}'}")
+        _check_lora_contents(state_dict, metadata)
         return (state_dict, metadata) if return_lora_metadata else state_dict
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
@@ -296,17 +381,31 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         if taken and not hotswap:
             raise ValueError(f"an adapter named {adapter_name!r} is already loaded ({', '.join(taken)}): pass another "
                              "`adapter_name`, or `delete_adapters` it first")
-        if parts[TRANSFORMER_PREFIX]:
-            with warnings.catch_warnings():  # a second named adapter is what set_adapters is for: peft's "Already
-                # found a `peft_config`" warning about it says nothing the caller did not ask for
-                warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
-                self.transformer.load_lora_adapter(state_dict, prefix=TRANSFORMER_PREFIX, adapter_name=adapter_name,
-                                                   metadata=metadata, _pipeline=self, hotswap=hotswap)
-        if parts[TEXT_ENCODER_PREFIX]:
-            if hotswap:
-                raise ValueError("`hotswap` replaces transformer adapters only; this file also adapts the text "
-                                 "encoder: load it under a new `adapter_name`")
-            _load_text_encoder_adapter(self.text_encoder, state_dict, metadata, adapter_name)
+        if parts[TEXT_ENCODER_PREFIX] and hotswap:
+            raise ValueError("`hotswap` replaces transformer adapters only; this file also adapts the text encoder: "
+                             "load it under a new `adapter_name`")
+        active = self.get_active_adapters()
+        try:
+            if parts[TRANSFORMER_PREFIX]:
+                with warnings.catch_warnings():  # a second named adapter is what set_adapters is for: peft's
+                    # "Already found a `peft_config`" warning about it says nothing the caller did not ask for
+                    warnings.filterwarnings("ignore", message="Already found a `peft_config`", category=UserWarning)
+                    self.transformer.load_lora_adapter(state_dict, prefix=TRANSFORMER_PREFIX,
+                                                       adapter_name=adapter_name, metadata=metadata, _pipeline=self,
+                                                       hotswap=hotswap)
+            if parts[TEXT_ENCODER_PREFIX]:
+                _load_text_encoder_adapter(self.text_encoder, state_dict, metadata, adapter_name)
+        except Exception:
+            # a failed load leaves the pipeline as it was: no half-loaded adapter, the same active ones
+            if not hotswap:
+                for component in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX):
+                    module = getattr(self, component, None)
+                    if module is not None and (adapter_name in (getattr(module, "peft_config", None) or {})
+                                               or loaded_adapters({component: module}).get(component) == []):
+                        remove_adapter(module, adapter_name)
+                if active:
+                    self.set_adapters(active)
+            raise
         # a newly loaded adapter is the active one, in every component it adapts and no other
         self.set_adapters(adapter_name)
 
@@ -390,6 +489,10 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         weights = adapter_weights if isinstance(adapter_weights, list) else [adapter_weights] * len(names)
         if len(weights) != len(names):
             raise ValueError(f"{len(names)} adapter names but {len(weights)} `adapter_weights`")
+        for weight in weights:
+            for value in (weight.values() if isinstance(weight, dict) else [weight]):
+                if value is not None:
+                    _check_finite("adapter_weights", value)
         for component in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX):
             module = getattr(self, component, None)
             if module is None or component not in present:
@@ -404,20 +507,14 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                 set_adapters_for_text_encoder([n for n, _ in here], module, [w for _, w in here])
 
     def delete_adapters(self, adapter_names: list[str] | str) -> None:
-        """Remove adapters (all their parts) from the pipeline."""
-        from diffusers.utils.peft_utils import delete_adapter_layers
-
+        """Remove adapters (all their parts) from the pipeline; a component left without adapters is the plain model
+        again (its peft layers are taken out, so ``save_pretrained`` writes weights that load as they are)."""
         names, present = self._loaded(adapter_names)
+        if self._weights_before_fusing:
+            raise ValueError("adapters are fused into the weights: call `unfuse_lora()` before `delete_adapters`")
         for component, held in present.items():
-            here = [n for n in names if n in held]
-            if not here:
-                continue
-            module = getattr(self, component)
-            if isinstance(module, PeftAdapterMixin):
-                module.delete_adapters(here)
-            else:
-                for name in here:
-                    delete_adapter_layers(module, name)
+            for name in (n for n in names if n in held):
+                remove_adapter(getattr(self, component), name)
 
     def get_active_adapters(self) -> list[str]:
         """The adapters active in any component, in the order they were activated."""
@@ -430,12 +527,58 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
             active += [n for n in (layer.active_adapters if layer is not None else []) if n not in active]
         return active
 
+    @property
+    def _weights_before_fusing(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per component, a copy of every weight :meth:`fuse_lora` changed, as it was before the first fusion."""
+        if "_base_weights" not in self.__dict__:
+            self.__dict__["_base_weights"] = {}
+        return self.__dict__["_base_weights"]
+
     def fuse_lora(self, components: Sequence[str] = (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX), lora_scale: float = 1.0,
                   safe_fusing: bool = False, adapter_names: list[str] | None = None, **kwargs) -> None:
-        """Merge the active adapters (or ``adapter_names``), times ``lora_scale``, into the weights of ``components``."""
+        """Merge the active adapters (or ``adapter_names``), times ``lora_scale``, into the weights of ``components``.
+
+        The weights it changes are copied first, so that :meth:`unfuse_lora` and :meth:`unload_lora_weights` give
+        the base weights back bit for bit (subtracting the merged product again would be off by rounding); each
+        adapter keeps its own scale afterwards (diffusers' fusion leaves it multiplied by ``lora_scale``).
+        """
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        _check_finite("lora_scale", lora_scale)
+        modules = {c: getattr(self, c, None) for c in components}
+        layers = {c: {name: m for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)}
+                  for c, module in modules.items() if module is not None}
+        scalings = {(c, name): dict(getattr(m, "scaling", {})) for c, found in layers.items() for name, m in found.items()}
+        for c, found in layers.items():
+            saved = self._weights_before_fusing.setdefault(c, {})
+            for name, layer in found.items():
+                for key, tensor in layer.get_base_layer().named_parameters(recurse=False):
+                    saved.setdefault(f"{name}.{key}", tensor.detach().clone())
         super().fuse_lora(components=list(components), lora_scale=lora_scale, safe_fusing=safe_fusing,
                           adapter_names=adapter_names, **kwargs)
+        for (c, name), scaling in scalings.items():
+            layers[c][name].scaling.update(scaling)
 
     def unfuse_lora(self, components: Sequence[str] = (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX), **kwargs) -> None:
-        """Subtract what :meth:`fuse_lora` merged."""
+        """Undo :meth:`fuse_lora`: the weights of ``components`` are the base weights again, bit for bit."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
         super().unfuse_lora(components=list(components), **kwargs)
+        for c in components:
+            saved = self._weights_before_fusing.pop(c, None)
+            module = getattr(self, c, None)
+            if not saved or module is None:
+                continue
+            with torch.no_grad():
+                for name, layer in module.named_modules():
+                    if not isinstance(layer, BaseTunerLayer):
+                        continue
+                    for key, tensor in layer.get_base_layer().named_parameters(recurse=False):
+                        if f"{name}.{key}" in saved:
+                            tensor.copy_(saved[f"{name}.{key}"])
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter: the components are the plain base models again, bit for bit (fused or not)."""
+        if self._weights_before_fusing:
+            self.unfuse_lora(components=list(self._weights_before_fusing))
+        super().unload_lora_weights()

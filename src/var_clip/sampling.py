@@ -10,6 +10,7 @@ Legend: B batch · l tokens of one scale · V codebook size.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -152,9 +153,10 @@ def resolve_schedule(
     - ``prune_ratios``: ``None``, a dict ``{scale side: share of tokens pruned}`` or a list per scale (FastVAR).
     """
     S = len(patch_nums)
-    is_num = lambda v: isinstance(v, (int, float)) and not math.isnan(v)  # noqa: E731
-    if not is_num(guidance_scale) or isinstance(guidance_scale, bool) or guidance_scale < 0:
-        raise ValueError(f"`guidance_scale` must be a number >= 0 (0 disables guidance), got {guidance_scale!r}")
+    # finite numbers only: an infinite guidance or temperature would only fail later, as NaN logits
+    is_num = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    if not is_num(guidance_scale) or guidance_scale < 0:
+        raise ValueError(f"`guidance_scale` must be a finite number >= 0 (0 disables guidance), got {guidance_scale!r}")
     if guidance_schedule not in GUIDANCE_SCHEDULES:
         raise ValueError(f"`guidance_schedule` must be one of {GUIDANCE_SCHEDULES}, got {guidance_schedule!r}")
     if guidance_schedule == "linear":

@@ -120,6 +120,18 @@ class NextScalePipelineMixin:
 
         return diffusers_download(pretrained_model_name, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, refused before anything is written while a component holds LoRA adapters:
+        its weights would be saved under peft's names (a transformer that does not load) or as the adapter alone (a
+        text encoder that reloads with re-initialised weights)."""
+        from ..loaders import loaded_adapters
+
+        held = loaded_adapters(self.components)
+        if held:
+            raise ValueError(f"this pipeline holds LoRA adapters ({held}); save them with `save_lora_adapter_weights`, "
+                             "and the base model after `unload_lora_weights()` (or `delete_adapters` of each)")
+        super().save_pretrained(save_directory, *args, **kwargs)
+
     def compile_repeated_blocks(self, **compile_kwargs) -> None:
         """Opt-in ``torch.compile`` of the transformer blocks and the VQ-VAE's residual/attention blocks.
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from ..utils.arguments import add_option
+from ..utils.arguments import add_option, finite_floats_only
 from ..utils.atomic import atomic_open
 from ..utils.files import (
     MARKER_NAME,
@@ -126,7 +126,9 @@ def add_training_arguments(
     lr_scheduler: str = "cosine",
     train_batch_size: int = 16,
 ) -> None:
-    """Optimisation, precision, checkpointing and logging flags (defaults differ per model)."""
+    """Optimisation, precision, checkpointing and logging flags (defaults differ per model); every float flag of
+    ``parser`` takes finite numbers only."""
+    finite_floats_only(parser)
     add_option(parser, "output-dir", type=str, required=True,
                         help="where the trained model, checkpoints, logs and samples are written")
     add_option(parser, "seed", type=int, default=0, help="seeds initialisation, data order and augmentation")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import sys
 
-__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "add_option", "int_at_least", "is_main_process"]
+__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "add_option", "finite_float",
+           "finite_floats_only", "int_at_least", "is_main_process"]
 
 
 def is_main_process() -> bool:
@@ -27,12 +29,31 @@ def _one_spelling(message: str) -> str:
     return _TWIN_SPELLINGS.sub(one, message)
 
 
+def finite_float(text: str) -> float:
+    """An argparse type: a finite number (``float`` alone accepts ``nan`` and ``inf``, which fail only later)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def finite_floats_only(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Make every ``type=float`` option of ``parser`` (and of its groups) refuse ``nan`` and ``inf``."""
+    parser.register("type", float, finite_float)
+    return parser
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """A parser whose options come in two spellings (:func:`add_option`) and whose help and errors name one."""
+    """A parser whose options come in two spellings (:func:`add_option`) and whose help and errors name one; its
+    ``type=float`` options take finite numbers only."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", OneSpellingHelpFormatter)
         super().__init__(*args, **kwargs)
+        finite_floats_only(self)
 
     def error(self, message: str):
         super().error(_one_spelling(message))
