@@ -84,6 +84,9 @@ def test_failures_exit_1_with_one_line(model_dir, tmp_path, capsys):
     assert main(["generate", "x", "--model", model_dir, "-o", str(tmp_path / "no" / "dir" / "o.png")]) == 1
     assert "does not exist" in capsys.readouterr().err
     assert main(["inpaint", "x", "--model", model_dir, "--image", str(tmp_path / "nope.png"), "--mask", "m.png"]) == 1
+    assert "--image" in (err := capsys.readouterr().err) and "nope.png' does not exist" in err
+    (tmp_path / "text.png").write_text("not an image")
+    assert main(["inpaint", "x", "--model", model_dir, "--image", str(tmp_path / "text.png"), "--mask", "m.png"]) == 1
     assert "cannot be read as an image" in capsys.readouterr().err
 
 

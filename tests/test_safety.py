@@ -704,3 +704,53 @@ def test_non_finite_options_are_refused_by_the_parser(argv, tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert info.value.code == 2 and "finite number" in err.splitlines()[-1], err
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images read as the user sees them
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_images_are_read_as_a_viewer_shows_them(tmp_path):
+    from var_clip.utils.image_files import ImageReadError, read_image
+
+    # a phone photo stored sideways: 6 = rotate 90° clockwise to view; the viewer sees it 4 wide and 2 high
+    stored = PIL.Image.new("RGB", (2, 4), "blue")
+    stored.putpixel((0, 0), (255, 0, 0))
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    stored.save(tmp_path / "phone.png", exif=exif)
+    seen = read_image(tmp_path / "phone.png", "--image")
+    assert seen.size == (4, 2) and seen.getpixel((3, 0)) == (255, 0, 0)  # the red corner is now top right
+
+    # 16-bit greyscale: scaled to 8 bits, not clipped to white
+    ramp = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4369)  # 0 .. 65535
+    PIL.Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert PIL.Image.open(tmp_path / "deep.png").mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(read_image(tmp_path / "deep.png", "--mask", "L")), ramp // 257)
+
+    # transparency over white, not the colour hidden under transparent pixels
+    PIL.Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(tmp_path / "clear.png")
+    assert read_image(tmp_path / "clear.png", "--image").getpixel((0, 0)) == (255, 255, 255)
+
+    # values with no stated range are refused, not guessed
+    PIL.Image.fromarray(np.ones((2, 2), dtype=np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(ImageReadError, match=r"--image .*float.tif.* 'F' image .*8- or 16-bit PNG"):
+        read_image(tmp_path / "float.tif", "--image")
+
+
+def test_special_files_are_refused_without_blocking(model_dir, tmp_path, capsys):
+    os.mkfifo(tmp_path / "pipe.png")
+    result = subprocess.run([sys.executable, "-m", "var_clip.cli", "img2img", "x", "--model", model_dir, "--image",
+                             str(tmp_path / "pipe.png"), "-o", str(tmp_path / "o.png")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "is a FIFO (named pipe)" in result.stderr
+    _one_line_error(result.stderr)
+    from var_clip import VARCLIPPipeline
+
+    with pytest.raises(ValueError, match="LoRA file .* is a FIFO"):
+        VARCLIPPipeline.lora_state_dict(tmp_path / "pipe.png")
+    for device, kind in (("/dev/zero", "a device"), (str(tmp_path), "a folder")):
+        assert main(["img2img", "x", "--model", model_dir, "--image", device, "-o", str(tmp_path / "o.png")]) == 1
+        assert kind in capsys.readouterr().err
+    assert not (tmp_path / "o.png").exists()

@@ -17,7 +17,6 @@ import argparse
 import importlib
 import os
 import sys
-import warnings
 
 from .utils.arguments import ArgumentParser, add_option
 from .utils.dtypes import DTYPE_NAMES as DTYPES
@@ -243,18 +242,9 @@ def _check_outputs(args) -> None:
 
 
 def _load_image(path: str, flag: str):
-    import PIL.Image
+    from .utils.image_files import read_image  # one line on failure (a ValueError naming the flag and the file)
 
-    try:
-        with warnings.catch_warnings():  # a decompression bomb is refused, not decoded
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(path) as im:
-                return im.convert("RGB") if flag == "--image" else im.convert("L")
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as e:
-        raise CLIError(f"{flag} {path!r} is refused: {e} (raise PIL.Image.MAX_IMAGE_PIXELS only for images you "
-                       f"trust)") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise CLIError(f"{flag} {path!r} cannot be read as an image: {' '.join(str(e).split())}") from None
+    return read_image(path, flag, "RGB" if flag == "--image" else "L")
 
 
 def run_generation(args) -> int:

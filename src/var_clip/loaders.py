@@ -32,7 +32,7 @@ from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
 from .hub import is_pickle_file
 from .utils.atomic import atomic_open
-from .utils.files import check_replaceable, resolve_output_dir
+from .utils.files import check_regular_file, check_replaceable, resolve_output_dir
 
 __all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "adapter_parts",
            "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules", "remove_adapter",
@@ -282,6 +282,7 @@ def _local_lora_file(path: Path, weight_name: str | None) -> Path:
             found = f"; it holds {pickled}, which var-clip does not load (pickle)" if pickled else ""
             raise ValueError(f"no {path.name!r} in {str(path.parent)!r}{found}: pass the safetensors file, or its "
                              "folder with `weight_name`")
+    check_regular_file(path, "LoRA file")  # a FIFO or device would block the reads below
     if is_pickle_file(path):
         raise ValueError(f"{str(path)!r} is a pickled file: unpickling can run code, so var-clip loads LoRA weights "
                          "from safetensors only. Convert it where you trust it: "

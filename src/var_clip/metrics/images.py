@@ -59,12 +59,13 @@ def iter_image_batches(source: str | os.PathLike, batch_size: int) -> Iterator[t
         for start in range(0, len(arr_NHW3), batch_size):
             yield torch.from_numpy(arr_NHW3[start : start + batch_size]).permute(0, 3, 1, 2).contiguous()
         return
-    import PIL.Image
+    from ..utils.image_files import read_image
 
     files = image_files(path)
     for start in range(0, len(files), batch_size):
-        pixels = []
-        for file in files[start : start + batch_size]:
-            with PIL.Image.open(file) as image:
-                pixels.append(np.asarray(image.convert("RGB")))
+        pixels = [np.asarray(read_image(file, "image")) for file in files[start : start + batch_size]]
+        sizes = sorted({p.shape for p in pixels})
+        if len(sizes) > 1:
+            raise ValueError(f"the images of {str(path)!r} must share one size, found {sizes[:3]} (e.g. "
+                             f"{files[start]})")
         yield torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).contiguous()  # (N, H, W, 3) -> (N, 3, H, W)

@@ -23,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
 from ..utils.arguments import ArgumentParser, add_option
 from ..utils.atomic import atomic_open
 from ..utils.device import resolve_device
 from ..utils.dtypes import DTYPE_NAMES, torch_dtype
+from ..utils.image_files import read_image
 
 __all__ = [
     "DEFAULT_CAPTION_MODEL",
@@ -135,12 +136,11 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _load_image(root: Path, file_name: str) -> Image.Image:
+    # camera photos store their rotation in EXIF, 16-bit scans their depth: caption what a viewer sees
     try:
-        with Image.open(root / file_name) as image:
-            # camera photos store their rotation in EXIF: caption what a viewer sees
-            return ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot read image {file_name!r} in {str(root)!r}: {error}; remove or replace it") from error
+        return read_image(root / file_name, "image")
+    except ValueError as error:
+        raise ValueError(f"{error}; remove or replace it") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

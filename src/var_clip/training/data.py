@@ -29,6 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..utils.image_files import as_seen
+
 __all__ = [
     "CROP_MODES",
     "DataPosition",
@@ -228,7 +230,7 @@ class ImageTransform:
     def __call__(self, image: Image.Image, rng: np.random.Generator | None = None) -> torch.Tensor:
         if self.is_random and rng is None:
             raise ValueError("this transform is random (random crop or flip): pass `rng`")
-        image = image.convert("RGB")
+        image = as_seen(image)  # oriented by its EXIF tag, 16-bit scaled, transparency over white
         # 1. shorter side → round(resolution · ratio), Lanczos as in VAR
         target = round(self.resolution * self.resize_ratio)
         w, h = image.size

@@ -10,7 +10,8 @@ Every command that writes or replaces something goes through these helpers:
 - :class:`OutputLock` gives one writer per output folder (a lock file naming the holder's pid and host; a lock
   whose pid is dead on this host is taken over);
 - :func:`check_writable` and :func:`save_image` check an output path before any compute and write it atomically,
-  with the user's umask and in the format its suffix names.
+  with the user's umask and in the format its suffix names;
+- :func:`check_regular_file` refuses an input that is a FIFO, a device or a folder before anything opens it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,6 +47,7 @@ __all__ = [
     "atomic_write",
     "save_image",
     "image_format_of",
+    "check_regular_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -317,3 +320,21 @@ def save_image(image, path: str | os.PathLike, flag: str = "--output") -> None:
     if image_format == "JPEG" and image.mode not in ("RGB", "L"):
         image = image.convert("RGB")
     atomic_write(path, lambda tmp: image.save(tmp, format=image_format))
+
+
+def check_regular_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` when it is a regular file (after symlinks); a FIFO, device, socket or folder is refused without being
+    opened (opening a FIFO blocks until a writer comes)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from None
+    except OSError as error:
+        raise ValueError(f"{what} {str(path)!r} cannot be read: {error.strerror or error}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "not a regular file")
+        raise ValueError(f"{what} {str(path)!r} is {kind}; pass a file")
+    return path
