@@ -321,7 +321,8 @@ class DemoEngine:
         ).images
 
     def _result(self, request: DemoRequest, images: list[PIL.Image.Image], seconds: float) -> Result:
-        judge = self.judges_shapes_world
+        # an inpainting or outpainting prompt describes the new part, not the whole image: nothing to judge it by
+        judge = self.judges_shapes_world and request.mode in ("text", "img2img")
         out = [GeneratedImage(request.seed + i, image, verdict_for(image, request.prompt) if judge else None)
                for i, image in enumerate(images)]
         return Result(out, unknown_words([request.prompt], self.vocabulary) if self.vocabulary else [], seconds)

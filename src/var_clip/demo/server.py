@@ -15,7 +15,10 @@ import argparse
 import atexit
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from ..utils.arguments import ArgumentParser, add_option, int_at_least
@@ -70,6 +73,9 @@ def serve(model: str | None = None, share: bool = False, server_name: str | None
           dtype: str = "float32", device: str = "cpu", block: bool = True):
     """Start the demo; returns the Gradio app when ``block`` is False (the server then runs in the background)."""
     workspace = Workspace()
+    print(f"var-clip demo: working in {workspace.root} (removed on exit)", flush=True)
+    if threading.current_thread() is threading.main_thread():  # a stopped server removes its workspace too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if model is not None and Path(model).exists():
         model = str(Path(model).resolve())  # the server works from its workspace
     # before Gradio is imported: it reads its folder when imported

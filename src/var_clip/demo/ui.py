@@ -158,8 +158,9 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
                 source = gr.State(None)  # the image being edited, at the model's size
                 with gr.Row():
                     with gr.Column(scale=2):
-                        upload = gr.Image(label="Upload an image to edit", type="filepath", sources=["upload"],
-                                          height=160, elem_id="upload")
+                        # a button, not an image box: the file reaches `take_upload` undecoded, to be checked first
+                        upload = gr.UploadButton("Upload an image to edit", file_types=["image"], type="filepath",
+                                                 elem_id="upload")
                         upload_status = gr.Markdown(elem_id="upload-status")
                         editor = gr.ImageEditor(label="Paint the region to redraw (inpainting)", type="pil",
                                                 image_mode="RGBA", sources=(), transforms=(), layers=False,
@@ -180,9 +181,9 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
                             edit_run = gr.Button("Edit", variant="primary", elem_id="edit-run")
                             edit_stop = gr.Button("Stop", elem_id="edit-stop")
                 with gr.Row():
-                    edit_preview = gr.Image(label="Scales as they arrive", type="pil", format="png", height=256,
+                    edit_preview = gr.Image(label="Scales as they arrive", type="pil", format="png", height=320,
                                             interactive=False, elem_id="edit-preview")
-                    edit_gallery = gr.Gallery(label="Edited images", columns=4, height=256, format="png", type="pil",
+                    edit_gallery = gr.Gallery(label="Edited images", columns=4, height=320, format="png", type="pil",
                                               object_fit="contain", elem_id="edit-gallery")
                 edit_status = gr.Markdown(elem_id="edit-status")
                 edit_warning = gr.Markdown(elem_id="edit-warning")
