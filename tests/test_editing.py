@@ -186,8 +186,43 @@ def test_outpainting_canvas_and_mask(tiny_pipe):
     out = edit_pipe(VARCLIPInpaintPipeline, tiny_pipe)("a red square", image=canvas, mask_image=mask, generator=gen(),
                                                        output_type="np").images[0]
     np.testing.assert_allclose(out[4:12, 4:12], np.asarray(canvas, dtype=np.float32)[4:12, 4:12] / 255, atol=1e-6)
-    with pytest.raises(ValueError, match="`left` must be an int >= 0"):
+    with pytest.raises(ValueError, match=r"`left` must be an int in \[0, 8192\]"):
         prepare_outpainting(small, left=-1)
+
+
+def test_outpainting_fills_with_the_images_own_border_colour_by_default(tmp_path, monkeypatch):
+    scene = PIL.Image.new("RGB", (8, 8), (235, 235, 235))
+    scene.putpixel((0, 0), (220, 40, 40))  # an object touching the border does not move the median
+    canvas, _ = prepare_outpainting(scene, right=4)
+    assert canvas.getpixel((10, 3)) == (235, 235, 235)
+    for fill, colour in (("grey", (128, 128, 128)), ("#102030", (16, 32, 48)), ((1, 2, 3), (1, 2, 3))):
+        assert prepare_outpainting(scene, right=4, fill=fill)[0].getpixel((10, 3)) == colour
+    for fill in ("no-such-colour", (1, 2), (0, 0, 256), (0.5, 0, 0)):
+        with pytest.raises(ValueError, match="`fill` must be"):
+            prepare_outpainting(scene, right=4, fill=fill)
+    # margins are bounded before the canvas is allocated
+    with pytest.raises(ValueError, match="`right` must be an int in"):
+        prepare_outpainting(scene, right=10**9)
+    monkeypatch.setattr(PIL.Image, "MAX_IMAGE_PIXELS", 1000)  # the limit input images have
+    with pytest.raises(ValueError, match=r"108×108 pixels, more than PIL.Image.MAX_IMAGE_PIXELS \(1000\)"):
+        prepare_outpainting(scene, right=100, bottom=100)
+
+
+def test_outpaint_command_fill_option(tiny_pipe, tmp_path, capsys):
+    from var_clip.cli import main
+
+    tiny_pipe.save_pretrained(tmp_path / "pipe")
+    PIL.Image.new("RGB", (16, 16), (235, 235, 235)).save(tmp_path / "scene.png")
+    base = ["outpaint", "x", "--model", str(tmp_path / "pipe"), "--image", str(tmp_path / "scene.png"), "--right", "8"]
+    assert main([*base, "--fill", "235,235,235", "-o", str(tmp_path / "a.png")]) == 0
+    assert main([*base, "-o", str(tmp_path / "b.png")]) == 0  # the border colour: the same canvas, the same image
+    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "a.png")), np.asarray(PIL.Image.open(tmp_path / "b.png")))
+    capsys.readouterr()
+    for extra, message in ((["--fill", "bluish"], "--fill must be"), (["--top", "99999"], "--top must be an int in")):
+        assert main([*base, *extra, "-o", str(tmp_path / "c.png")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "c.png").exists()
 
 
 @pytest.mark.parametrize("margins", [dict(left=8, right=8), dict(top=16), dict(right=16, bottom=16),

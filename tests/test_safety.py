@@ -406,6 +406,19 @@ def test_unreachable_hub_is_one_line(tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o.png").exists()
 
 
+def test_offline_error_reads_right_whether_or_not_hf_hub_offline_is_set(tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(HfApi, "model_info", lambda *a, **k: pytest.fail("the Hub was asked although offline"))
+    rc = main(["generate", "x", "--model", "owner/name", "-o", str(tmp_path / "o.png")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "HF_HUB_OFFLINE is set" in err and "unset HF_HUB_OFFLINE" in err
+    assert "set HF_HUB_OFFLINE=1" not in err
+    _one_line_error(err)
+
+
 def test_output_path_is_checked_before_any_compute(model_dir, tmp_path, capsys, monkeypatch):
     import var_clip.cli as cli
 

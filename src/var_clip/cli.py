@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 
 from .utils.arguments import ArgumentParser, add_option
@@ -69,6 +70,11 @@ def describe_failure(error: BaseException) -> str | None:
     if isinstance(error, (CLIError, ValueError, OutputLockedError)):
         return text
     if _is_network_error(error):
+        from huggingface_hub import constants
+
+        if constants.is_offline_mode():  # the advice to go offline would be no advice at all
+            return (f"HF_HUB_OFFLINE is set, so the Hub is not asked, and the local cache does not hold what is needed "
+                    f"({text}); pass a local folder with --model, or unset HF_HUB_OFFLINE to download it once")
         return (f"the Hugging Face Hub cannot be reached ({text}); check the connection or the repo id, pass a local "
                 f"folder with --model, or set HF_HUB_OFFLINE=1 to use the cache")
     if isinstance(error, ModuleNotFoundError):
@@ -194,6 +200,9 @@ def _add_command_args(name: str, p: argparse.ArgumentParser) -> None:
         for side in ("left", "right", "top", "bottom"):
             p.add_argument(f"--{side}", type=_non_negative_int, default=0,
                            help=f"pixels to add on the {side} (default 0)")
+        p.add_argument("--fill", default="border",
+                       help="colour of the new area before it is drawn: 'border' (the image's own border colour, "
+                            "default), or a colour such as '#ebebeb', 'grey' or '235,235,235'")
     elif name == "img2img":
         p.add_argument("--image", required=True, help="starting image")
         p.add_argument("--strength", type=_unit_float, default=0.6,
@@ -267,8 +276,13 @@ def run_generation(args) -> int:
 
         if not (args.left or args.right or args.top or args.bottom):
             raise UsageError("outpaint needs at least one of --left, --right, --top, --bottom > 0")
-        canvas, mask = prepare_outpainting(_load_image(args.image, "--image"), left=args.left, top=args.top,
-                                           right=args.right, bottom=args.bottom)
+        source = _load_image(args.image, "--image")
+        fill = tuple(int(v) for v in args.fill.split(",")) if args.fill.replace(",", "").isdigit() else args.fill
+        try:
+            canvas, mask = prepare_outpainting(source, left=args.left, top=args.top, right=args.right,
+                                               bottom=args.bottom, fill=fill)
+        except ValueError as error:  # the pipeline names `right`; the command line --right
+            raise UsageError(re.sub(r"`(\w+)`", r"--\1", str(error))) from None
         extra = dict(image=canvas, mask_image=mask)
     elif args.command == "img2img":
         extra = dict(image=_load_image(args.image, "--image"), strength=args.strength)

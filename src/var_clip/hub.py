@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import HfApi, constants, snapshot_download
 
 from .utils.files import LOCK_NAME, MARKER_NAME
 
@@ -109,14 +109,15 @@ def snapshot(
     """Download the files a var-clip pipeline (or model) repository needs and return the local folder.
 
     A local folder is returned as it is. ``revision`` is resolved to one commit first, so every file comes from the
-    same commit. With ``local_files_only`` the cached snapshot is returned without contacting the Hub.
+    same commit. With ``local_files_only`` (or ``HF_HUB_OFFLINE=1``) the cached snapshot is returned without
+    contacting the Hub.
     """
     if os.path.isdir(repo_id):
         return os.fspath(repo_id)
     repo_id = os.fspath(repo_id)
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/")):
         raise ValueError(f"`repo_id` must be an existing local folder or a Hub id 'owner/name', got {repo_id!r}")
-    if local_files_only:
+    if local_files_only or constants.is_offline_mode():  # HF_HUB_OFFLINE: the cache, without asking the Hub
         return snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, token=token, local_files_only=True)
     info = HfApi(token=token).model_info(repo_id, revision=revision)
     files = select_files([s.rfilename for s in info.siblings], variant)
