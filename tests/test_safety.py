@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import os
 import socket
 import subprocess
@@ -767,3 +768,64 @@ def test_special_files_are_refused_without_blocking(model_dir, tmp_path, capsys)
         assert main(["img2img", "x", "--model", model_dir, "--image", device, "-o", str(tmp_path / "o.png")]) == 1
         assert kind in capsys.readouterr().err
     assert not (tmp_path / "o.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One line per input-format error, naming the file, the line and the fix
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("p.jsonl", '{"prompt": "a red circle"}\n{"prompt": \n', r"p.jsonl line 2 is not JSON .*every line needs a `prompt` string"),
+    ("p.jsonl", '\n{"prompt": 7}\n', r"p.jsonl line 2: `prompt` must be a string, got 7"),
+    ("p.jsonl", '["a red circle"]\n', r"p.jsonl line 1 is not a JSON object"),
+    ("p.csv", 'prompt,n\na red circle,1\n,2\n', r"p.csv' line 3 has no prompt in column 'prompt'"),
+    ("p.txt", b"a red circle\n\xe9\n", r"p.txt' is not UTF-8 text \(byte 13\); save it as UTF-8"),
+])
+def test_generate_batch_prompt_file_errors_name_file_and_line(name, content, message, model_dir, tmp_path, capsys):
+    prompts = _write(tmp_path / name, content)
+    rc = main(["generate-batch", "--model", model_dir, "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(message, err), err
+    _one_line_error(err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_settings_and_metadata_files_errors_name_file_and_line(model_dir, tmp_path, capsys):
+    prompts = _write(tmp_path / "p.txt", "a red circle\n")
+    _write(tmp_path / "o" / "generate_batch.json", '{"model": ')
+    rc = main(["generate-batch", "--model", model_dir, "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "settings file" in err and "generate_batch.json' is not JSON" in err and "new --output-dir" in err
+    _one_line_error(err)
+
+    pytest.importorskip("torchmetrics")
+    PIL.Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    for lines, message in (('{"file_name": "a.png"}\n{"text": "x"}\n', "line 2 has no `file_name`"),
+                           ('{"file_name": "../p.txt"}\n', "is not inside"),
+                           ('{"file_name": 3}\n', "line 1: `file_name` must be a string")):
+        _write(tmp_path / "gen" / "metadata.jsonl", lines)
+        rc = main(["eval-fid", "--generated", str(tmp_path / "gen"), "--reference", str(tmp_path / "gen")])
+        err = capsys.readouterr().err
+        assert rc == 1 and "gen/metadata.jsonl" in err and message in err, err
+        _one_line_error(err)
+    from var_clip.metrics.clip_score import _prompts
+
+    _write(tmp_path / "gen" / "metadata.jsonl", '{"file_name": "a.png", "text": "x"}\n{"file_name": "a.png"}\n')
+    with pytest.raises(ValueError, match=r"metadata.jsonl line 2 has no `text` .*--prompt-column"):
+        _prompts(tmp_path / "gen", "text")
+
+
+def test_lora_header_that_is_not_json_is_one_line(tiny_pipe, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"transformer.text_proj.lora_A.weight": torch.zeros(2, 16)}, tmp_path / "a.safetensors",
+              metadata={"lora_adapter_metadata": "{not json"})
+    with pytest.raises(ValueError, match=r"a.safetensors': its `lora_adapter_metadata` header is not JSON"):
+        tiny_pipe.load_lora_weights(tmp_path / "a.safetensors")

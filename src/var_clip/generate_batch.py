@@ -30,6 +30,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -153,27 +154,11 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> l
     path = Path(source)
     suffix = path.suffix.lower()
     if path.is_file() and suffix in (".txt", ".jsonl", ".csv"):
-        with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
-            if suffix == ".txt":
-                prompts = [line.strip() for line in handle if line.strip()]
-            elif suffix == ".csv":
-                reader = csv.DictReader(handle)
-                if column not in (reader.fieldnames or []):
-                    raise ValueError(f"`prompt_column` {column!r} is not a column of {source!r} (columns: {reader.fieldnames})")
-                prompts = [row[column] for row in reader]
-            else:
-                prompts = []
-                for number, line in enumerate(handle, start=1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{source!r} line {number} is not JSON: {error}") from None
-                    if not isinstance(record, dict) or column not in record:
-                        keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-                        raise ValueError(f"{source!r} line {number} has no `prompt_column` {column!r} (keys: {keys})")
-                    prompts.append(record[column])
+        try:
+            prompts = _read_prompt_file(path, suffix, column)
+        except UnicodeDecodeError as error:
+            raise ValueError(f"`prompts` file {source!r} is not UTF-8 text (byte {error.start}); save it as UTF-8"
+                             ) from None
     elif path.is_file():
         raise ValueError(f"`prompts` file {source!r} must end in .txt, .jsonl or .csv (or be a dataset folder)")
     else:
@@ -184,6 +169,30 @@ def load_prompts(source: str, column: str = "prompt", split: str = "train") -> l
     if not prompts:
         raise ValueError(f"`prompts` {source!r} holds no prompts")
     return [p.strip() for p in prompts]
+
+
+def _read_prompt_file(path: Path, suffix: str, column: str) -> list[str]:
+    """The prompts of a ``.txt``, ``.csv`` or ``.jsonl`` file; a format error names the file, the line and the fix."""
+    source = str(path)
+    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as handle:
+        if suffix == ".txt":
+            return [line.strip() for line in handle if line.strip()]
+        if suffix == ".csv":
+            reader = csv.DictReader(handle)
+            if column not in (reader.fieldnames or []):
+                raise ValueError(f"`prompt_column` {column!r} is not a column of {source!r} (columns: {reader.fieldnames})")
+            prompts = []
+            for row in reader:
+                if not isinstance(row[column], str) or not row[column].strip():
+                    raise ValueError(f"{source!r} line {reader.line_num} has no prompt in column {column!r}: "
+                                     f"{row}; write one, or remove the line")
+                prompts.append(row[column])
+            return prompts
+    from .utils.records import read_jsonl
+
+    records = read_jsonl(path, [column], {column: str},
+                         fix=f"every line needs a `{column}` string (or pass --prompt-column)")
+    return [record[column] for record in records]
 
 
 def _load_dataset_column(source: str, column: str, split: str) -> list:
@@ -233,7 +242,15 @@ class RunSettings:
     def read(cls, path: Path) -> RunSettings | None:
         if not path.is_file():
             return None
-        return cls(**json.loads(path.read_text(encoding="utf-8")))
+        from .utils.records import read_json_object
+
+        fix = "it is not the settings file generate-batch writes: choose a new --output-dir"
+        saved = read_json_object(path, "--output-dir's settings file", fix)
+        fields = {f.name: f.type for f in dataclasses.fields(cls)}
+        if set(saved) != set(fields):
+            raise ValueError(f"--output-dir's settings file {str(path)!r} has the keys {sorted(saved)}, not "
+                             f"{sorted(fields)}; {fix}")
+        return cls(**saved)
 
     def write(self, path: Path) -> None:
         with atomic_open(path, "w") as handle:
@@ -326,7 +343,10 @@ def _check_model_kind(args: argparse.Namespace, class_mode: bool) -> None:
     config_path = Path(model or var_clip.DEFAULT_MODEL) / "transformer" / "config.json"
     if not config_path.is_file():
         return  # a Hub repo id: the pipeline says it
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    from .utils.records import read_json_object
+
+    config = read_json_object(config_path, "--model's transformer configuration",
+                              "the model folder is damaged: convert or download it again")
     condition = config.get("condition_type", "text")
     if class_mode and condition != "class":
         raise UsageError(f"--class-labels needs a class-conditional VAR model (VARPipeline); --model "

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..utils.arguments import OneLineParser, add_option, int_at_least
 from ..utils.atomic import atomic_open
+from ..utils.records import read_jsonl
 from .images import WeightsError, image_files, iter_image_batches
 
 __all__ = ["CLIP_HELP", "build_parser", "compute_clip_score", "load_clip", "main"]
@@ -41,9 +42,10 @@ def _prompts(folder: Path, column: str) -> list[str]:
     metadata = folder / "metadata.jsonl"
     if not metadata.is_file():
         raise ValueError(f"{str(folder)!r} has no metadata.jsonl with the prompts (write it with var-clip generate-batch)")
-    records = [json.loads(line) for line in metadata.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if not records or any(column not in r for r in records):
-        raise ValueError(f"metadata.jsonl of {str(folder)!r} needs `{column}` on every line (`prompt_column`)")
+    records = read_jsonl(metadata, [column], {column: str}, fix=f"every line needs a `{column}` string "
+                                                               "(or pass --prompt-column)")
+    if not records:
+        raise ValueError(f"{metadata} holds no lines (one per image, with its `{column}`)")
     return [r[column] for r in records]
 
 

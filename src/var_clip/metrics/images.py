@@ -5,13 +5,14 @@ Legend: N images · H, W image size.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..utils.records import read_jsonl
 
 __all__ = ["IMAGE_SUFFIXES", "WeightsError", "count_images", "image_files", "iter_image_batches"]
 
@@ -26,8 +27,13 @@ def image_files(folder: Path) -> list[Path]:
     """The images of ``folder``: those ``metadata.jsonl`` lists (its order), else every image file by name."""
     metadata = folder / "metadata.jsonl"
     if metadata.is_file():
-        with open(metadata, encoding="utf-8") as handle:
-            return [folder / json.loads(line)["file_name"] for line in handle if line.strip()]
+        records = read_jsonl(metadata, ["file_name"], {"file_name": str})
+        files = [folder / r["file_name"] for r in records]
+        outside = [f for f in files if folder.resolve() not in f.resolve().parents]
+        if outside:
+            raise ValueError(f"{metadata}: `file_name` {str(outside[0].relative_to(folder))!r} is not inside "
+                             f"{str(folder)!r}; name the folder's own images")
+        return files
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
