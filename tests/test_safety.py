@@ -829,3 +829,50 @@ def test_lora_header_that_is_not_json_is_one_line(tiny_pipe, tmp_path):
               metadata={"lora_adapter_metadata": "{not json"})
     with pytest.raises(ValueError, match=r"a.safetensors': its `lora_adapter_metadata` header is not JSON"):
         tiny_pipe.load_lora_weights(tmp_path / "a.safetensors")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bounds before allocation: sizes from files and command lines are checked first, in one line naming them
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_an_npz_header_claiming_a_huge_array_is_refused_before_allocating(tmp_path, capsys):
+    pytest.importorskip("torchmetrics")
+    import io
+    import tracemalloc
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (1_000_000, 256, 256, 3)})
+    with zipfile.ZipFile(tmp_path / "huge.npz", "w") as archive:
+        archive.writestr("arr_0.npy", header.getvalue() + bytes(1000))
+    tracemalloc.start()
+    try:
+        rc = main(["eval-fid", "--generated", str(tmp_path / "huge.npz"), "--reference", str(tmp_path / "huge.npz")])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert rc == 1 and "claims the shape (1000000, 256, 256, 3)" in err and "holds 1,000 bytes" in err, err
+    _one_line_error(err)
+    assert peak < 100_000_000
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["generate-batch", "--class-labels", "0-999999999", "--output-dir", "o"], "names more than 1,000,000 labels"),
+    (["generate-batch", "--prompts", "p.txt", "--num-images-per-prompt", "999999", "--output-dir", "o"],
+     "--num-images-per-prompt 999999 × 2 prompts is more than 1,000,000 images"),
+    (["generate", "x", "--num-images", "100000", "-o", "o.png"], "--num-images 100000 is more than 256"),
+])
+def test_counts_from_the_command_line_are_bounded_first(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.txt").write_text("a red circle\na blue square\n")
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # an argument the parser refuses
+        rc = exit_.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err, err
+    assert err.strip().count("\n") == 0 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]

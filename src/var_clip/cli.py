@@ -47,6 +47,10 @@ DELEGATED = {
 }
 
 
+#: The most images one generation command draws at once (into one grid); var-clip generate-batch makes any number.
+MAX_GRID_IMAGES = 256
+
+
 class CLIError(Exception):
     """A failure to report as one line, with exit code 1."""
 
@@ -157,7 +161,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
                    help="a pipeline folder or Hugging Face Hub repo id (default: the embedded shapes-world model)")
     add_option(p, "negative-prompt", default=None, help="replaces the learned null embedding in guidance")
-    add_option(p, "num-images", type=_positive_int, default=1, help="images to generate; several make a grid (default 1)")
+    add_option(p, "num-images", type=_positive_int, default=1,
+               help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid (default 1; more: generate-batch)")
     p.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed + i (default 0)")
     add_option(p, "guidance-scale", type=_non_negative_float, default=None,
                    help="classifier-free guidance, ramping linearly over scales; 0 disables it (default "
@@ -265,6 +270,9 @@ def run_generation(args) -> int:
     cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "outpaint": VARCLIPInpaintPipeline,
            "img2img": VARCLIPImg2ImgPipeline}[args.command]
     _check_outputs(args)
+    if args.num_images > MAX_GRID_IMAGES:
+        raise UsageError(f"--num-images {args.num_images} is more than {MAX_GRID_IMAGES} (one batch, one grid); "
+                         "use var-clip generate-batch for more")
     extra = {}
     if args.command == "inpaint":
         image, mask = _load_image(args.image, "--image"), _load_image(args.mask, "--mask")

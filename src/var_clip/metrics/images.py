@@ -5,13 +5,16 @@ Legend: N images · H, W image size.
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..utils.files import check_regular_file
 from ..utils.records import read_jsonl
 
 __all__ = ["IMAGE_SUFFIXES", "WeightsError", "count_images", "image_files", "iter_image_batches"]
@@ -37,21 +40,47 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
+_LAYOUT = "the guided-diffusion layout: arr_0, N×H×W×3 uint8"
+
+
+def _npz_shape(path: Path) -> tuple[int, int, int, int]:
+    """The shape of ``arr_0`` in the ``.npz`` at ``path``, read from its header and checked against the bytes the
+    archive holds, before anything is allocated (a header may claim any shape; numpy would allocate it)."""
+    path = check_regular_file(path, "image archive")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "arr_0.npy" not in names:
+                raise ValueError(f"{str(path)!r} has no `arr_0` ({_LAYOUT}); it holds {sorted(names)[:5]}")
+            info = archive.getinfo("arr_0.npy")
+            with archive.open(info) as member:
+                readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+                reader = readers.get(np.lib.format.read_magic(member))
+                if reader is None:
+                    raise ValueError(f"`arr_0` of {str(path)!r} uses an .npy format version numpy.savez does not "
+                                     "write; save it with numpy.savez")
+                shape, _, dtype = reader(member)
+                data_bytes = info.file_size - member.tell()
+    except (zipfile.BadZipFile, EOFError) as error:
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive ({error})") from None
+    if len(shape) != 4 or shape[-1] != 3 or dtype != np.uint8:
+        raise ValueError(f"`arr_0` of {str(path)!r} must be N×H×W×3 uint8, got {shape} {dtype}")
+    if math.prod(shape) != data_bytes:
+        raise ValueError(f"`arr_0` of {str(path)!r} claims the shape {shape} ({math.prod(shape):,} bytes) but holds "
+                         f"{data_bytes:,} bytes: the archive is damaged or cut off")
+    return shape
+
+
 def _npz_images(path: Path) -> np.ndarray:
+    _npz_shape(path)
     with np.load(path) as archive:
-        if "arr_0" not in archive:
-            raise ValueError(f"{str(path)!r} has no `arr_0` (the guided-diffusion layout: N×H×W×3 uint8); "
-                             f"it holds {sorted(archive.files)}")
-        arr_NHW3 = archive["arr_0"]
-    if arr_NHW3.ndim != 4 or arr_NHW3.shape[-1] != 3 or arr_NHW3.dtype != np.uint8:
-        raise ValueError(f"`arr_0` of {str(path)!r} must be N×H×W×3 uint8, got {arr_NHW3.shape} {arr_NHW3.dtype}")
-    return arr_NHW3
+        return archive["arr_0"]
 
 
 def count_images(source: str | os.PathLike) -> int:
     path = Path(source)
     if path.suffix == ".npz":
-        return len(_npz_images(path))
+        return _npz_shape(path)[0]
     if not path.is_dir():
         raise ValueError(f"{str(path)!r} is neither a folder of images nor an .npz")
     return len(image_files(path))
