@@ -876,3 +876,16 @@ def test_counts_from_the_command_line_are_bounded_first(argv, message, tmp_path,
     assert rc == 2 and message in err, err
     assert err.strip().count("\n") == 0 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
+
+
+def test_generate_seeds_and_devices_found_beyond_the_issue(model_dir, tmp_path, capsys):
+    # a seed beyond 64 bits: refused by the parser, not an "Overflow when unpacking long long" from torch
+    with pytest.raises(SystemExit):
+        main(["generate", "x", "--model", model_dir, "--seed", str(2**70), "-o", str(tmp_path / "o.png")])
+    assert "--seed: must be an int in" in capsys.readouterr().err
+    # --device auto reached torch.Generator as "auto"; meta computes nothing
+    assert main(["generate", "x", "--model", model_dir, "--device", "auto", "-o", str(tmp_path / "o.png")]) == 0
+    assert main(["generate", "x", "--model", model_dir, "--device", "meta", "-o", str(tmp_path / "m.png")]) == 1
+    err = capsys.readouterr().err
+    assert "`device` 'meta' holds no data" in err.splitlines()[-1]
+    assert not (tmp_path / "m.png").exists()

@@ -49,6 +49,8 @@ DELEGATED = {
 
 #: The most images one generation command draws at once (into one grid); var-clip generate-batch makes any number.
 MAX_GRID_IMAGES = 256
+#: The largest --seed: image i is drawn with seed + i, and torch's generators take 64-bit seeds.
+MAX_SEED = 2**64 - 1 - MAX_GRID_IMAGES
 
 
 class CLIError(Exception):
@@ -147,6 +149,14 @@ def _unit_float(text: str) -> float:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not -(2**63) <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an int in [-2**63, 2**64 - {2**64 - MAX_SEED}] (a generator's 64-bit "
+                                         f"seed, with room for one per image), got {text}")
+    return value
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -163,7 +173,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     add_option(p, "negative-prompt", default=None, help="replaces the learned null embedding in guidance")
     add_option(p, "num-images", type=_positive_int, default=1,
                help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid (default 1; more: generate-batch)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; image i uses seed + i (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed; image i uses seed + i (default 0)")
     add_option(p, "guidance-scale", type=_non_negative_float, default=None,
                    help="classifier-free guidance, ramping linearly over scales; 0 disables it (default "
                         f"{DEFAULT_GUIDANCE_SCALE})")
@@ -265,6 +275,7 @@ def run_generation(args) -> int:
     import torch
 
     from . import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
+    from .utils.device import resolve_device
     from .utils.image_grid import make_image_grid
 
     cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "outpaint": VARCLIPInpaintPipeline,
@@ -302,7 +313,8 @@ def run_generation(args) -> int:
         previews.append(p.decode_preview(tensors["f_hat"][:1])[0])
         return {}
 
-    generators = [torch.Generator(device=args.device).manual_seed(args.seed + i) for i in range(args.num_images)]
+    device = resolve_device(args.device)  # "auto" names no device a generator takes
+    generators = [torch.Generator(device=device).manual_seed(args.seed + i) for i in range(args.num_images)]
     images = pipe(
         args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images, generator=generators,
         more_smooth=args.more_smooth, callback_on_step_end=keep_preview if args.save_progress else None,

@@ -382,7 +382,12 @@ def _variants_from_args(args) -> tuple[list[CaptionVariant], str | None]:
     if args.captions is not None:
         if not args.captions.is_file():
             raise ValueError(f"`captions` {str(args.captions)!r} is not a file")
-        lines = [line.strip() for line in args.captions.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = args.captions.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"`captions` {str(args.captions)!r} is not UTF-8 text (byte {error.start}); save it as "
+                             "UTF-8") from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         return caption_list_variants(lines, args.key_word), None
     if args.key_word is None:
         raise ValueError("`key_word` is required with --caption, --filler and --phrases")
