@@ -230,9 +230,10 @@ def test_scales_stream_in_and_the_gallery_holds_the_pipelines_images(ready_serve
     done_s = next(t for t, g in log["galleries"] if len(g) == 4) / 1000
     ready_server.timings.update(first_preview_s=round(first_preview_s, 3), four_images_s=round(done_s, 3),
                                 previews_seen=len(log["previews"]))
-    assert len(log["previews"]) >= 3, log  # coarse scales, then finer ones, then the result
+    # partial scales arrive before the result (on a busy machine the previewer skips to the newest scale)
     statuses = [s for _, s in log["statuses"]]
-    assert any(s and s.startswith("Scale 1 of") for s in statuses), statuses
+    assert len(log["previews"]) >= 2 and log["previews"][0][0] < log["galleries"][0][0], log
+    assert any(re.match(r"Scale [1-6] of 7", s or "") for s in statuses), statuses
     assert first_preview_s <= FIRST_PREVIEW_S, log["previews"]
     assert done_s <= FOUR_IMAGES_S, log["galleries"]
     got, want = gallery_images(page, log, 4), reference(prompt, 11, 4)
@@ -247,11 +248,14 @@ def test_scales_stream_in_and_the_gallery_holds_the_pipelines_images(ready_serve
 def test_screenshots_of_previews_gallery_and_unknown_words(ready_server, browser, tmp_path):
     page = open_page(browser, ready_server)
     out = screenshot_dir(tmp_path)
+    fill_prompt(page, "a red circle above a blue square", seed=3, count=8)  # a longer run: time to take the picture
+    page.click("#generate")
+    page.locator("#status").get_by_text(re.compile(r"Scale [1-6] of")).wait_for(timeout=30000)
+    page.locator("#preview").screenshot(path=str(out / "demo_preview.png"))
+    page.locator("#status").get_by_text("(seeds 3–10)").wait_for(timeout=60000)
     fill_prompt(page, "a red circle above a blue square", seed=3, count=4)
     page.click("#generate")
-    page.locator("#status").get_by_text(re.compile(r"Scale [2-6] of")).wait_for(timeout=30000)
-    page.locator("#preview").screenshot(path=str(out / "demo_preview.png"))
-    page.locator("#status").get_by_text(re.compile(r" in [0-9.]+ s ")).wait_for(timeout=30000)
+    page.locator("#status").get_by_text("(seeds 3–6)").wait_for(timeout=60000)
     page.screenshot(path=str(out / "demo_gallery.png"), full_page=True)
     fill_prompt(page, "a red fox above a blue square", seed=0, count=1)
     page.click("#generate")

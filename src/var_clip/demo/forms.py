@@ -14,13 +14,11 @@ import PIL.Image
 
 from .engine import Result
 
-__all__ = ["EDITOR_SIDE", "PREVIEW_WIDTH", "enlarge", "mask_from_layers", "resolve_seed", "result_summary", "unknown_word_warning",
+__all__ = ["EDITOR_SIDE", "enlarge", "mask_from_layers", "resolve_seed", "result_summary", "unknown_word_warning",
            "verdict_table", "gallery_items"]
 
 #: Side of the image shown in the editor: small models' images are enlarged (nearest neighbour) to be painted on.
 EDITOR_SIDE = 256
-#: Width the previews are enlarged to (nearest neighbour), so that a 64-pixel model's scales can be seen.
-PREVIEW_WIDTH = 512
 #: The seed drawn when "random" is ticked lies in [0, RANDOM_SEEDS).
 RANDOM_SEEDS = 2**31
 

@@ -12,7 +12,6 @@ import gradio as gr
 
 from .engine import EDIT_MODES, MAX_IMAGES, Cancelled, DemoEngine, DemoRequest, Preview, Result
 from .forms import (
-    PREVIEW_WIDTH,
     enlarge,
     gallery_items,
     mask_from_layers,
@@ -27,8 +26,9 @@ __all__ = ["build_demo", "CSS"]
 
 logger = logging.getLogger(__name__)
 
-#: Small images are enlarged in the page: keep their pixels sharp.
-CSS = "#preview img, #edit-preview img, #gallery img, #edit-gallery img { image-rendering: pixelated; }"
+#: Small images are enlarged in the page (previews to the box's width): keep their pixels sharp.
+CSS = """#preview img, #edit-preview img, #gallery img, #edit-gallery img { image-rendering: pixelated; }
+#preview img, #edit-preview img { width: 100%; height: 100%; object-fit: contain; }"""
 EDIT_MODE_LABELS = {"Inpaint (paint the region to redraw)": "inpaint", "Outpaint (extend the sides)": "outpaint",
                     "Image to image (keep the coarse scales)": "img2img"}
 assert set(EDIT_MODE_LABELS.values()) == set(EDIT_MODES)
@@ -67,10 +67,10 @@ def _stream(engine: DemoEngine, sessions: _Sessions, request: DemoRequest, sessi
         for event in engine.generate(request, flag):
             if isinstance(event, Preview):
                 status = f"Scale {event.scale_index + 1} of {event.num_scales} ({event.side}×{event.side} tokens)"
-                yield enlarge(event.image, PREVIEW_WIDTH), skip, skip, skip, status
+                yield event.image, skip, skip, skip, status  # enlarged by the page (CSS): a small file to send
             elif isinstance(event, Result):
                 final = [g.image for g in event.images]
-                preview = enlarge(final[0] if len(final) == 1 else gallery_preview(final), PREVIEW_WIDTH)
+                preview = final[0] if len(final) == 1 else gallery_preview(final)
                 yield (preview, gallery_items(event), verdict_table(event),
                        unknown_word_warning(event.unknown_words, engine.vocabulary), result_summary(event))
     except Cancelled:
@@ -278,14 +278,16 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
 
         text_inputs = [prompt, negative, num_images, seed, randomize, *controls]
         text_outputs = [preview, gallery, verdicts, warning, status, seed]
-        generate.click(run_text, text_inputs, text_outputs, concurrency_id="generate")
-        prompt.submit(run_text, text_inputs, text_outputs, concurrency_id="generate")
+        # the status line and the previews show the progress: no spinners and timers, which cost the browser more
+        # than the generation costs the server
+        generate.click(run_text, text_inputs, text_outputs, concurrency_id="generate", show_progress="hidden")
+        prompt.submit(run_text, text_inputs, text_outputs, concurrency_id="generate", show_progress="hidden")
         stop.click(stop_request, None, None, queue=False)
 
         edit_inputs = [source, editor, edit_prompt, mode, strength, *margins, edit_images, edit_seed, edit_randomize,
                        *edit_controls]
         edit_outputs = [edit_preview, edit_gallery, edit_verdicts, edit_warning, edit_status, edit_seed]
-        edit_run.click(run_edit, edit_inputs, edit_outputs, concurrency_id="generate")
+        edit_run.click(run_edit, edit_inputs, edit_outputs, concurrency_id="generate", show_progress="hidden")
         edit_stop.click(stop_request, None, None, queue=False)
 
         upload.upload(take_upload, upload, [source, editor, upload_status], queue=False)
