@@ -412,6 +412,29 @@ def test_eight_sessions_at_once_each_get_their_own_images(ready_server, browser,
         page.context.close()
 
 
+def test_app_py_serves_the_demo(tmp_path):
+    """The Space's entry point, run as a Space runs it (the address from Gradio's environment variables)."""
+    port = _free_port()
+    env = dict(os.environ, GRADIO_SERVER_PORT=str(port), GRADIO_SERVER_NAME="127.0.0.1")
+    log = tmp_path / "app.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parents[1] / "app.py")], cwd=tmp_path,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    assert response.status == 200 and b"var-clip" in response.read()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+
+
 def test_the_server_writes_only_in_its_workspace(ready_server):
     workspace = ready_server.workspace()
     assert workspace.is_dir() and (workspace / "gradio").is_dir()
