@@ -210,3 +210,108 @@ def test_torch_compile_trains_like_eager(workdir, vqvae_dir, clip_dir):
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     assert runs["var-compiled"] == pytest.approx(runs["var-eager"], abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loss weighting across scales
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_scale_loss_weights_give_each_token_or_each_scale_the_same_share():
+    from var_clip.training.train_var import scale_loss_weights
+
+    patch_nums = (1, 2, 4)
+    tokens, scales = scale_loss_weights(patch_nums, "tokens"), scale_loss_weights(patch_nums, "scales")
+    assert tokens.shape == scales.shape == (21,)
+    assert torch.allclose(tokens, torch.full((21,), 1 / 21))
+    per_scale = [part.sum().item() for part in scales.split([1, 4, 16])]
+    assert per_scale == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="scale_loss_weighting"):
+        scale_loss_weights(patch_nums, "pixels")
+
+
+def test_scale_weighted_loss_is_the_mean_of_the_per_scale_means():
+    from tests.conftest import make_tiny_transformer, make_tiny_vqvae
+    from var_clip.training.train_var import var_loss
+
+    transformer, vqvae = make_tiny_transformer(), make_tiny_vqvae()
+    patch_nums = transformer.config.patch_nums
+    L, V = sum(pn * pn for pn in patch_nums), transformer.config.vocab_size
+    idx_BL = torch.randint(0, V, (3, L), generator=torch.Generator().manual_seed(0))
+    condition = {"text_embeds": torch.nn.functional.normalize(torch.randn(3, transformer.config.text_embed_dim), dim=-1)}
+    losses = {w: var_loss(transformer, transformer, vqvae, idx_BL, condition, 0.0, torch.Generator().manual_seed(1),
+                          scale_weighting=w)[0] for w in ("tokens", "scales")}
+    # the same dropout draw, so the same logits: recompute both reductions by hand
+    drop_B = transformer.condition_dropout_mask(3, generator=torch.Generator().manual_seed(1), device=idx_BL.device)
+    with torch.no_grad():
+        x = vqvae.indices_to_teacher_input(list(idx_BL.split([pn * pn for pn in patch_nums], dim=1)))
+        logits_BLV = transformer(x, **condition, cond_drop_mask=drop_B).logits
+    ce_BL = torch.nn.functional.cross_entropy(logits_BLV.reshape(-1, V), idx_BL.reshape(-1), reduction="none").view(3, L)
+    per_scale = torch.stack([part.mean() for part in ce_BL.split([pn * pn for pn in patch_nums], dim=1)])
+    assert losses["tokens"].item() == pytest.approx(ce_BL.mean().item(), rel=1e-5)
+    assert losses["scales"].item() == pytest.approx(per_scale.mean().item(), rel=1e-5)
+    assert abs(losses["scales"].item() - losses["tokens"].item()) > 1e-4
+
+
+def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
+    args = common(workdir, "var-scales", 2, 4, 1e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), "--scale_loss_weighting", "scales"]
+    assert train_var.main(args) == 0
+    losses = [r["loss"] for r in read_log(workdir / "var-scales")]
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    with pytest.raises(SystemExit):
+        train_var.main(common(workdir, "var-bad", 1, 4, 1e-3) + ["--scale_loss_weighting", "pixels"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Speed settings keep the maths
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_fused_adamw_trains_like_the_per_tensor_loop():
+    import argparse
+
+    from tests.conftest import make_tiny_transformer, make_tiny_vqvae
+    from var_clip.training.engine import build_optimizer
+    from var_clip.training.train_var import TRANSFORMER_NO_DECAY_KEYS, var_loss
+
+    args = argparse.Namespace(learning_rate=3e-3, adam_weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95,
+                              adam_epsilon=1e-8)
+    vqvae = make_tiny_vqvae()
+    L = sum(pn * pn for pn in vqvae.config.patch_nums)
+    idx_BL = torch.randint(0, 64, (4, L), generator=torch.Generator().manual_seed(0))
+    condition = {"text_embeds": torch.nn.functional.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1)}
+
+    def run(fused: bool) -> tuple[list[float], torch.Tensor]:
+        model = make_tiny_transformer().train()
+        optimizer = build_optimizer(model, args, TRANSFORMER_NO_DECAY_KEYS)
+        assert optimizer.defaults["fused"] is True
+        if not fused:  # the same groups, stepped tensor by tensor
+            optimizer = torch.optim.AdamW(optimizer.param_groups, lr=args.learning_rate, betas=(0.9, 0.95),
+                                          eps=1e-8, foreach=False)
+        generator, losses = torch.Generator().manual_seed(2), []
+        for _ in range(6):
+            loss, _ = var_loss(model, model, vqvae, idx_BL, condition, 0.0, generator)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return losses, torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    (fused_losses, fused_params), (loop_losses, loop_params) = run(True), run(False)
+    assert fused_losses == pytest.approx(loop_losses, rel=1e-5)
+    assert torch.allclose(fused_params, loop_params, atol=1e-5)
+    assert fused_losses[-1] < fused_losses[0]
+
+
+def test_mixed_precision_auto_picks_bf16_only_where_the_hardware_has_it(caplog):
+    from var_clip.training.engine import resolve_mixed_precision
+    from var_clip.utils.dtypes import has_native_bf16
+
+    native = has_native_bf16("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_mixed_precision("auto") == ("bf16" if native else "no")
+    assert resolve_mixed_precision("no") == "no"
+    with caplog.at_level("WARNING"):
+        assert resolve_mixed_precision("bf16") == "bf16"  # asked for: kept, with a warning where it is emulated
+    emulated = not torch.cuda.is_available() and not has_native_bf16("cpu")
+    assert ("emulates bf16" in caplog.text) == emulated

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("VAR training")
     group.add_argument("--label_smoothing", type=float, default=0.1)
+    group.add_argument("--scale_loss_weighting", choices=SCALE_WEIGHTINGS, default="tokens",
+                       help="tokens (VAR): the mean over all L tokens; scales: each scale's mean weighs alike, so the "
+                            "coarse scales that decide the layout get as much of the loss as the finest")
     group.add_argument("--cache_dir", type=str, default=None,
                        help="precompute every image's token indices and every caption's embedding once into this "
                             "folder and train from them (much faster on CPU; needs center crops, no flips)")
@@ -277,12 +280,32 @@ def _check_arguments(args) -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+SCALE_WEIGHTINGS = ("tokens", "scales")
+
+
+def scale_loss_weights(patch_nums: tuple[int, ...] | list[int], weighting: str) -> torch.Tensor:
+    """Per-token loss weights (L,), summing to one.
+
+    ``"tokens"``: every token alike (1/L), VAR's mean over all L tokens, which gives the 1×1 scale 1/L of the loss.
+    ``"scales"``: every scale alike (1 / (S · pn²) per token): the coarse scales, which decide an image's layout,
+    weigh as much as the finest one.
+    """
+    if weighting not in SCALE_WEIGHTINGS:
+        raise ValueError(f"`scale_loss_weighting` must be one of {SCALE_WEIGHTINGS}, got {weighting!r}")
+    L = sum(pn * pn for pn in patch_nums)
+    if weighting == "tokens":
+        return torch.full((L,), 1.0 / L)
+    return torch.cat([torch.full((pn * pn,), 1.0 / (len(patch_nums) * pn * pn)) for pn in patch_nums])
+
+
 def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel, idx_BL: torch.LongTensor,
              condition: dict[str, torch.Tensor], label_smoothing: float,
              generator: torch.Generator | None, keep_B: torch.BoolTensor | None = None,
              teacher: Callable[[torch.Tensor, torch.BoolTensor], torch.Tensor] | None = None,
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+             scale_weighting: str = "tokens") -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced next-scale cross-entropy over all L tokens, with condition dropout.
+
+    ``scale_weighting`` weighs the tokens' cross-entropy (:func:`scale_loss_weights`): ``"tokens"`` is VAR's mean.
 
     ``model`` is the (possibly wrapped) trainable transformer, ``transformer`` the unwrapped one; ``condition`` its
     condition arguments (``text_embeds`` and, with token-level conditioning, ``encoder_hidden_states`` /
@@ -303,24 +326,24 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
     drop_B = transformer.condition_dropout_mask(B, generator=generator, device=idx_BL.device)
     logits_BLV = model(x_BLC_wo_first_l, **condition, cond_drop_mask=drop_B).logits
     metrics = {}
-    if keep_B is None:
+    patch_nums = transformer.config.patch_nums
+    if keep_B is None and scale_weighting == "tokens":  # VAR's loss, one fused mean
         loss = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing)
     else:
-        keep_B = keep_B.to(drop_B.device).bool() | drop_B
         ce_BL = F.cross_entropy(logits_BLV.float().reshape(-1, V), idx_BL.reshape(-1), label_smoothing=label_smoothing,
                                 reduction="none").view(B, -1)
-        if keep_B.any():
+        ce_B = (ce_BL * scale_loss_weights(patch_nums, scale_weighting).to(ce_BL.device)).sum(dim=1)
+        keep_B = None if keep_B is None else keep_B.to(drop_B.device).bool() | drop_B
+        if keep_B is not None and keep_B.any():
             with torch.no_grad():
                 target_BLV = teacher(x_BLC_wo_first_l, drop_B).float().log_softmax(dim=-1)
-            log_p_BLV = logits_BLV.float().log_softmax(dim=-1)
-            kl_BL = (target_BLV.exp() * (target_BLV - log_p_BLV)).sum(dim=-1)
-            patch_nums = transformer.config.patch_nums
-            scale_weight_L = torch.cat([torch.full((pn * pn,), 1.0 / (len(patch_nums) * pn * pn)) for pn in patch_nums])
-            kl_B = (kl_BL * scale_weight_L.to(kl_BL.device)).sum(dim=1)
-            loss_B = torch.where(keep_B, kl_B, ce_BL.mean(dim=1))
+            kl_BL = F.kl_div(logits_BLV.float().log_softmax(dim=-1), target_BLV, reduction="none",
+                             log_target=True).sum(dim=-1)
+            kl_B = (kl_BL * scale_loss_weights(patch_nums, "scales").to(kl_BL.device)).sum(dim=1)
+            loss_B = torch.where(keep_B, kl_B, ce_B)
             metrics["kl_kept"] = kl_B[keep_B].mean().item()
         else:
-            loss_B = ce_BL.mean(dim=1)
+            loss_B = ce_B
         loss = loss_B.mean()
     with torch.no_grad():
         hits_BL = logits_BLV.argmax(dim=-1) == idx_BL
@@ -516,9 +539,11 @@ def train(args: argparse.Namespace) -> TrainingResult:
                 condition.update(encoder_hidden_states=text["text_states"].to(device),
                                  encoder_attention_mask=text["text_mask"].to(device))
         if teacher is None:
-            return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator)
+            return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
+                            scale_weighting=args.scale_loss_weighting)
         return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
-                        keep_B=batch["known"], teacher=lambda x, drop: teacher(x, **condition, cond_drop_mask=drop).logits)
+                        keep_B=batch["known"], teacher=lambda x, drop: teacher(x, **condition, cond_drop_mask=drop).logits,
+                        scale_weighting=args.scale_loss_weighting)
 
     # 4. samples and export
     def validate(model, step: int, output_dir: Path) -> dict[str, float]:

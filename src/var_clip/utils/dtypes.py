@@ -7,7 +7,7 @@ Torch is imported only when a name is resolved, so the command line can list the
 
 from __future__ import annotations
 
-__all__ = ["DTYPE_NAMES", "VARIANT_DTYPE_NAMES", "torch_dtype"]
+__all__ = ["DTYPE_NAMES", "VARIANT_DTYPE_NAMES", "has_native_bf16", "torch_dtype"]
 
 #: ``--dtype`` choices of the commands that load a model, torch's own names.
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -23,3 +23,20 @@ def torch_dtype(name: str):
     import torch
 
     return getattr(torch, full)
+
+
+def has_native_bf16(device_type: str) -> bool:
+    """Whether bfloat16 matmuls run on ``device_type``'s own bf16 units, so that bf16 autocast speeds training up.
+
+    A CPU without AVX512-BF16 or AMX emulates bf16 by converting every operand: there bf16 autocast is an order of
+    magnitude *slower* than float32 (measured on an AVX2 CPU: 80 s against 5.7 s for one training step of the default
+    model), while CPUs with the instructions run it about twice as fast as float32.
+    """
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        return bool(check is not None and torch.backends.mkldnn.is_available() and check())
+    return False
