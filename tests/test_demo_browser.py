@@ -246,15 +246,27 @@ def test_scales_stream_in_and_the_gallery_holds_the_pipelines_images(ready_serve
 
 
 def test_screenshots_of_previews_gallery_and_unknown_words(ready_server, browser, tmp_path):
+    from var_clip.utils.image_grid import make_image_grid
+
     page = open_page(browser, ready_server)
     out = screenshot_dir(tmp_path)
-    fill_prompt(page, "a red circle above a blue square", seed=3, count=8)  # a longer run: time to take the picture
+    # the previews the page showed for one image, in order, with the status line of that moment
+    fill_prompt(page, "a red circle on the left", seed=4, count=1)
+    press_and_watch(page)
+    log = wait_done(page, 1)
+    shown = [PIL.Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB") for _, src in log["previews"]]
+    # each preview came with one status line ("Scale 3 of 7 (3×3 tokens)"), the result with the summary
+    scales = [re.sub(r"Scale (\d) of \d+ \((\d+)×\d+ tokens\)", r"scale \1: \2x\2", s)
+              for _, s in log["statuses"] if s and s.startswith("Scale")]
+    captions = (scales + ["result"])[-len(shown):] if len(shown) <= len(scales) + 1 else None
+    strip = make_image_grid([im.resize((128, 128), PIL.Image.Resampling.NEAREST) for im in shown], captions=captions,
+                            cols=len(shown))
+    strip.save(out / "demo_previews.png")
+    # the page in the middle of a run, then with its gallery and verdicts
+    fill_prompt(page, "a red circle on the left", seed=3, count=4)
     page.click("#generate")
     page.locator("#status").get_by_text(re.compile(r"Scale [1-6] of")).wait_for(timeout=30000)
     page.locator("#preview").screenshot(path=str(out / "demo_preview.png"))
-    page.locator("#status").get_by_text("(seeds 3–10)").wait_for(timeout=60000)
-    fill_prompt(page, "a red circle above a blue square", seed=3, count=4)
-    page.click("#generate")
     page.locator("#status").get_by_text("(seeds 3–6)").wait_for(timeout=60000)
     page.screenshot(path=str(out / "demo_gallery.png"), full_page=True)
     fill_prompt(page, "a red fox above a blue square", seed=0, count=1)

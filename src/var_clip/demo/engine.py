@@ -105,6 +105,15 @@ class Verdict:
         parts = [f"{name} {'✓' if ok else '✗'}" for name, ok in marks.items() if ok is not None]
         return f"{'matches' if self.caption else 'does not match'}: {' · '.join(parts)}"
 
+    def short(self) -> str:
+        """A few words for a thumbnail: ``✓ matches`` or what is wrong, e.g. ``✗ shape, place``."""
+        if self.caption:
+            return "✓ matches"
+        marks = {"colour": self.color, "shape": self.shape, "place": self.place, "relation": self.relation,
+                 "size": self.size}
+        wrong = [name for name, ok in marks.items() if ok is False]
+        return f"✗ {', '.join(wrong)}" if wrong else "✗ another object too"
+
 
 @dataclass(frozen=True)
 class GeneratedImage:

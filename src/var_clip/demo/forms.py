@@ -55,7 +55,7 @@ def mask_from_layers(layers: list[PIL.Image.Image] | None, size: tuple[int, int]
 
 def gallery_items(result: Result) -> list[tuple[PIL.Image.Image, str]]:
     """The gallery's (image, caption) pairs: the seed and, for shapes-world images, the evaluator's verdict."""
-    return [(g.image, f"seed {g.seed}" + (f" · {g.verdict.describe()}" if g.verdict else "")) for g in result.images]
+    return [(g.image, f"seed {g.seed}" + (f" · {g.verdict.short()}" if g.verdict else "")) for g in result.images]
 
 
 def verdict_table(result: Result) -> str:
