@@ -304,3 +304,27 @@ def test_space_files():
     card = (REPO / "space" / "README.md").read_text()
     assert card.startswith("---\n") and "sdk: gradio" in card and "app_file: app.py" in card
     assert Path(var_clip.DEFAULT_MODEL, "model_index.json").is_file()
+
+
+def test_the_page_builds_without_loading_the_model():
+    """The page is served while the weights load: building it must not wait for (or touch) the model."""
+    pytest.importorskip("gradio")
+    from var_clip.demo.ui import build_demo
+
+    def never():
+        raise AssertionError("the model was loaded to build the page")
+
+    demo = build_demo(DemoEngine(never), "a test model")
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"prompt", "generate", "stop", "preview", "gallery", "verdicts", "warning", "upload", "editor",
+            "edit-run", "lora-source", "lora-load", "model-status"} <= ids
+
+
+def test_failures_become_sentences(caplog):
+    pytest.importorskip("gradio")
+    from var_clip.demo.ui import _sentence
+
+    assert _sentence(ValueError("the seed must be a whole number"), "x") == "the seed must be a whole number"
+    assert "cannot be reached" in _sentence(ConnectionError("no route"), "x")
+    assert _sentence(KeyError("bug"), "a request failed") == "Something went wrong on the server; its log has the details."
+    assert "a request failed" in caplog.text and "KeyError" in caplog.text  # the traceback is in the log

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from ..cli import describe_failure
+from ..utils.image_grid import make_image_grid
 from .engine import EDIT_MODES, MAX_IMAGES, Cancelled, DemoEngine, DemoRequest, Preview, Result
 from .forms import (
     enlarge,
@@ -32,6 +34,17 @@ CSS = """#preview img, #edit-preview img, #gallery img, #edit-gallery img { imag
 EDIT_MODE_LABELS = {"Inpaint (paint the region to redraw)": "inpaint", "Outpaint (extend the sides)": "outpaint",
                     "Image to image (keep the coarse scales)": "img2img"}
 assert set(EDIT_MODE_LABELS.values()) == set(EDIT_MODES)
+
+
+def _sentence(error: Exception, what: str) -> str:
+    """What the page says of a failure: the command line's one-line description of an expected one (bad settings,
+    unreachable Hub, missing files, out of memory); for anything else (a bug) the traceback goes to the server's log.
+    """
+    message = describe_failure(error)
+    if message is None:
+        logger.error(what, exc_info=error)
+        return "Something went wrong on the server; its log has the details."
+    return message
 
 
 class _Sessions:
@@ -70,24 +83,15 @@ def _stream(engine: DemoEngine, sessions: _Sessions, request: DemoRequest, sessi
                 yield event.image, skip, skip, skip, status  # enlarged by the page (CSS): a small file to send
             elif isinstance(event, Result):
                 final = [g.image for g in event.images]
-                preview = final[0] if len(final) == 1 else gallery_preview(final)
+                preview = final[0] if len(final) == 1 else make_image_grid(final, cols=min(len(final), 4))
                 yield (preview, gallery_items(event), verdict_table(event),
                        unknown_word_warning(event.unknown_words, engine.vocabulary), result_summary(event))
     except Cancelled:
         yield skip, skip, skip, skip, "Stopped."
-    except ValueError as error:  # bad settings, an upload, a model that does not load: the message is for the user
-        yield skip, skip, skip, skip, f"⚠️ {error}"
-    except Exception:  # noqa: BLE001 - a bug: the traceback goes to the server's log, one line to the page
-        logger.exception("a demo request failed")
-        yield skip, skip, skip, skip, "⚠️ Something went wrong on the server; its log has the details."
+    except Exception as error:  # noqa: BLE001 - every failure ends as a sentence in the page
+        yield skip, skip, skip, skip, f"⚠️ {_sentence(error, 'a demo request failed')}"
     finally:
         sessions.end(session, flag)
-
-
-def gallery_preview(images):
-    from ..utils.image_grid import make_image_grid
-
-    return make_image_grid(images, cols=min(len(images), 4))
 
 
 def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = UploadLimits(),
@@ -267,11 +271,8 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
                     else:
                         engine.unload_lora()
                     message = lora_status()
-                except (ValueError, OSError) as error:
-                    message = f"⚠️ {' '.join(str(error).split())}"
-                except Exception:  # noqa: BLE001 - a bug: logged, one line in the page
-                    logger.exception("a LoRA change failed")
-                    message = "⚠️ Something went wrong on the server; its log has the details."
+                except Exception as error:  # noqa: BLE001 - every failure ends as a sentence in the page
+                    message = f"⚠️ {_sentence(error, 'a LoRA change failed')}"
                 return message, lora_status()
 
             return handler
