@@ -675,6 +675,24 @@ def test_train_var_refuses_to_write_over_its_pretrained_pipeline(lora, model_dir
     assert _tree(Path(model_dir)) == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["eval-shapes", "--max-prompts", "1", "--samples-per-prompt", "1", "--output-dir"],
+    ["word-position", "--filler", "a circle", "--key_word", "red", "--output_dir"],
+    ["phrase-position", "--samples-per-prompt", "1", "--output-dir"],
+])
+def test_report_commands_write_only_into_a_folder_they_own(argv, model_dir, tmp_path, capsys):
+    model = ["--model", model_dir]
+    before = _user_folder(tmp_path / "papers")
+    (tmp_path / "papers" / "report.json").write_text("my report")
+    assert main([*argv, str(tmp_path / "papers"), *model]) in (1, 2)
+    err = capsys.readouterr().err
+    assert "not a folder var-clip wrote" in err and "thesis.tex" in err, err
+    _one_line_error(err)
+    assert main([*argv, model_dir, *model]) in (1, 2)  # the model itself
+    assert "is or contains the input" in capsys.readouterr().err
+    assert _tree(tmp_path / "papers") == {**before, "report.json": b"my report".hex()}
+
+
 def test_lora_weights_are_saved_only_into_a_folder_var_clip_owns(tiny_pipe, tmp_path):
     from peft.utils import get_peft_model_state_dict
 

@@ -17,6 +17,7 @@ from var_clip.analysis import (
     phrase_order_variants,
 )
 from var_clip.analysis.word_position import GRID_FILE, JSON_FILE, PLOT_FILE, main, word_position_of
+from var_clip.utils.files import MARKER_NAME
 
 from .conftest import make_tiny_text_encoder, make_tiny_tokenizer
 
@@ -114,7 +115,7 @@ def test_cli_embedding_report_and_plot(tmp_path, tiny_pipe, capsys):
         assert plot.format == "PNG" and plot.width >= 600 and plot.height >= 400
         assert len(plot.getcolors(1 << 16)) > 10  # lines, markers and text, not a blank canvas
     assert not (out / GRID_FILE).exists()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []  # no staging folder left behind
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER_NAME]  # no staging folder left
 
 
 def test_cli_generate_grid_from_a_captions_file(tmp_path, tiny_pipe):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -26,8 +27,13 @@ from tqdm.auto import tqdm
 
 from . import shapes_world as sw
 from .edit_evaluation import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
+from .utils.arguments import finite_floats_only
+from .utils.files import claim_output_folder, input_paths
 
 __all__ = ["evaluate_shapes", "evaluate_prompts", "build_parser", "main"]
+
+#: What eval-shapes writes into its --output-dir.
+REPORT_FILES = re.compile(r"^(report\.json|samples\.png|inpainting\.png)$")
 
 SPLITS = {  # name -> (held_out, num_objects)
     "seen_one": (False, 1), "seen_two": (False, 2), "held_out_one": (True, 1), "held_out_two": (True, 2),
@@ -127,13 +133,13 @@ def inpainting_grid(records: list, per_row: int = 8):
     images, captions = [], []
     for prompt, source, result, correct in chosen:
         images += [source.resize((128, 128), resample=0), result.resize((128, 128), resample=0)]
-        captions += ["input (right half masked)", ("[right] " if correct else "[wrong] ") + prompt]
+        captions += ["input (dark: masked)", ("[right] " if correct else "[wrong] ") + prompt]
     return make_image_grid(images, captions=captions, cols=min(per_row, len(images)))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="var-clip eval-shapes", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = finite_floats_only(argparse.ArgumentParser(prog="var-clip eval-shapes", description=__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
     p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded default model)")
     p.add_argument("--output-dir", default="shapes_report", help="where report.json and samples.png go")
     p.add_argument("--samples-per-prompt", type=int, default=4, help="samples per prompt (default 4, the spec's minimum)")
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(g < 0 for g in sweep):
             parser.error("--guidance-scales must be >= 0")
     try:
+        out = claim_output_folder(args.output_dir, "--output-dir", "eval-shapes", input_paths(args, ("model",)),
+                                  own_files=REPORT_FILES)
         pipe = load_pipeline(args.model, VARCLIPPipeline, "float32", args.device)
         pipe.set_progress_bar_config(disable=True)
         kwargs = {k: v for k, v in (("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
@@ -205,8 +213,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.img2img:
             report["img2img"] = evaluate_img2img(pipe, num_images=args.img2img, **edit_kwargs)
         # write into a temporary folder, then move the finished files into place
-        out = Path(args.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=".eval_shapes_", dir=out))
         try:
             (tmp / "report.json").write_text(json.dumps(report, indent=1))
@@ -230,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         r = report["inpainting"]
         print(f"inpainting: caption with the new object in the mask {r['caption_with_new_object_in_mask']:.0%}, kept "
               f"half of the generated latent {r['kept_latent_psnr_median']:.1f} dB median ({r['kept_redrawn_share']:.0%} "
-              f"redrawn), largest change outside the mask {r['max_unmasked_change']}")
+              f"redrawn), largest change outside the mask {r['max_unmasked_change']}; by relation of the new object: "
+              + ", ".join(f"{k} {v:.0%}" for k, v in r["by_relation"].items()))
     if "outpainting" in report:
         r = report["outpainting"]
         print(f"outpainting: red circle in the new area {r['red_circle_in_new_area']:.0%}, seam step "

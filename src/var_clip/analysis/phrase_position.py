@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from .. import shapes_world as sw
 from ..utils.atomic import atomic_write
+from ..utils.files import claim_output_folder
 
 __all__ = ["PhraseVariant", "FAMILIES", "family_variants", "measure_phrase_position", "plot_phrase_position",
            "build_parser", "main"]
@@ -177,13 +179,14 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.label or [Path(m).name for m in models]
     if len(labels) != len(models):
         raise SystemExit(f"give one --label per --model ({len(models)} models, {len(labels)} labels)")
+    output = claim_output_folder(args.output_dir, "--output-dir", "phrase-position",
+                                 [m for m in models if Path(m).exists()],
+                                 own_files=re.compile(rf"^({re.escape(JSON_FILE)}|{re.escape(PLOT_FILE)})$"))
     results = {}
     for label, model in zip(labels, models):
         pipe = VARCLIPPipeline.from_pretrained(model)
         pipe.set_progress_bar_config(disable=True)
         results[label] = measure_phrase_position(pipe, args.samples_per_prompt, args.seed)
-    output = Path(args.output_dir)
-    output.mkdir(parents=True, exist_ok=True)
     atomic_write(output / JSON_FILE, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))
     plot_phrase_position(results, output / PLOT_FILE)
     for family in FAMILIES:

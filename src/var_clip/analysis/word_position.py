@@ -20,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ..utils.arguments import ArgumentParser, add_option
 from ..utils.atomic import atomic_open, atomic_write
 from ..utils.device import resolve_device
+from ..utils.files import claim_output_folder, input_paths
 from ..utils.image_grid import default_font, make_image_grid
 from ..utils.loading import load_clip_text_encoder, load_pipeline
 
@@ -405,7 +407,7 @@ def _variants_from_args(args) -> tuple[list[CaptionVariant], str | None]:
 
 def run(args: argparse.Namespace) -> dict:
     """Do what the parsed command line asks; returns the report written to ``word_position.json``."""
-    # 1. what to compare
+    # 1. what to compare, and where it goes (refused before any compute)
     variants, filler = _variants_from_args(args)
     if args.model is None and (args.generate or args.text_encoder is None):
         raise ValueError("`model` (a VARCLIPPipeline) is required" + (" with --generate" if args.generate else
@@ -414,6 +416,8 @@ def run(args: argparse.Namespace) -> dict:
         raise ValueError(f"`batch_size` must be a positive int, got {args.batch_size}")
     if args.cols is not None and args.cols < 1:
         raise ValueError(f"`cols` must be a positive int, got {args.cols}")
+    claim_output_folder(args.output_dir, "--output-dir", "word-position", input_paths(args, ("model", "captions")),
+                        own_files=re.compile(rf"^({'|'.join(re.escape(n) for n in (JSON_FILE, PLOT_FILE, GRID_FILE))})$"))
 
     # 2. embeddings and similarities
     pipe = None

@@ -37,6 +37,7 @@ __all__ = [
     "OutputLockedError",
     "resolve_output_dir",
     "check_replaceable",
+    "claim_output_folder",
     "input_paths",
     "write_marker",
     "OutputLock",
@@ -176,6 +177,19 @@ def input_paths(args, names: Iterable[str] = INPUT_OPTIONS) -> list[Path]:
     values = [getattr(args, name, None) for name in names]
     return [Path(v).expanduser() for v in values if isinstance(v, (str, os.PathLike)) and str(v).strip()
             and Path(v).expanduser().exists()]
+
+
+def claim_output_folder(path: str | os.PathLike | None, flag: str, command: str,
+                        inputs: Iterable[str | os.PathLike] = (), own_files: re.Pattern | None = None) -> Path:
+    """Make ``path`` the output folder of ``command``, before any compute: resolve it (:func:`resolve_output_dir`),
+    prove that it is new, empty or var-clip's and holds none of ``inputs`` (:func:`check_replaceable`, with the
+    files the command writes matched by ``own_files``), create it and mark it. Returns the resolved folder."""
+    folder = resolve_output_dir(path, flag)
+    check_replaceable(folder, flag, inputs, also_own=own_files)
+    folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / MARKER_NAME).exists():
+        write_marker(folder, command)
+    return folder
 
 
 def write_marker(folder: str | os.PathLike, command: str) -> None:
