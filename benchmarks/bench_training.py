@@ -10,8 +10,8 @@ Every (model, precision) pair runs in a fresh process, so its peak RSS is its ow
 median and from the fastest of the timed steps: on a CPU shared with other work the median can be several times
 slower than the fastest step, which is the better estimate of the unloaded speed.
 
-    python benchmarks/bench_training.py                      # d16 and the small default model, fp32 and bf16
-    python benchmarks/bench_training.py --models small --batch_size 8 --steps 5
+    python benchmarks/bench_training.py                      # the default model and d16, fp32 and bf16
+    python benchmarks/bench_training.py --models default --precisions fp32 bf16 --optimizers fused loop --threads 1 2
 """
 
 from __future__ import annotations
@@ -29,16 +29,25 @@ MODELS = {
     "d16": dict(transformer=dict(depth=16, embed_dim=1024, num_heads=16, text_embed_dim=768,
                                  patch_nums=(1, 2, 3, 4, 5, 6, 8, 10, 13, 16), vocab_size=4096, latent_channels=32),
                 image_size=256),
-    # a small default model for 64×64 shapes-world images: 8× downsampling VQ-VAE (8×8 latent), 1024 codes of
-    # width 16, a 64-dim CLIP trained on the world, 8 blocks of width 384
-    "small": dict(transformer=dict(depth=8, embed_dim=384, num_heads=6, text_embed_dim=64,
-                                   patch_nums=(1, 2, 3, 4, 5, 6, 8), vocab_size=1024, latent_channels=16),
-                  image_size=64),
+    # the embedded default model's transformer (its own config: token-level, 6 blocks of width 192, L = 155), batch 32
+    "default": dict(transformer="default_model", image_size=64),
 }
 PRECISIONS = ("fp32", "bf16")
+OPTIMIZERS = ("fused", "loop")
+TEXT_TOKENS = 12  # caption length of the token-level conditioning (the default model's captions: 4–12 tokens)
 
 
-def run_one(model_name: str, precision: str, batch_size: int, warmup: int, steps: int) -> dict:
+def _transformer_config(model_name: str) -> dict:
+    spec = MODELS[model_name]["transformer"]
+    if spec != "default_model":
+        return dict(spec)
+    import var_clip
+
+    with open(os.path.join(var_clip.DEFAULT_MODEL, "transformer", "config.json"), encoding="utf-8") as handle:
+        return {k: v for k, v in json.load(handle).items() if not k.startswith("_")}
+
+
+def run_one(model_name: str, precision: str, optimizer_kind: str, batch_size: int, warmup: int, steps: int) -> dict:
     import argparse as ap
 
     import torch
@@ -48,10 +57,10 @@ def run_one(model_name: str, precision: str, batch_size: int, warmup: int, steps
     from var_clip.training.engine import build_optimizer
     from var_clip.training.train_var import TRANSFORMER_NO_DECAY_KEYS, var_loss
 
-    spec = MODELS[model_name]
-    cfg = dict(spec["transformer"])
+    cfg = _transformer_config(model_name)
     torch.manual_seed(0)
-    transformer = VARTransformer2DModel(**cfg, drop_path_rate=0.1 * cfg["depth"] / 24)
+    cfg.setdefault("drop_path_rate", 0.1 * cfg["depth"] / 24)
+    transformer = VARTransformer2DModel(**cfg)
     # only the quantizer of the VQ-VAE runs in a cached training step: a narrow encoder/decoder keeps memory honest
     vqvae = MultiScaleVQModel(vocab_size=cfg["vocab_size"], latent_channels=cfg["latent_channels"], ch=32,
                               ch_mult=(1, 1, 1, 1), num_res_blocks=1, using_sa=False, using_mid_sa=False,
@@ -59,18 +68,25 @@ def run_one(model_name: str, precision: str, batch_size: int, warmup: int, steps
     accelerator = Accelerator(mixed_precision="no" if precision == "fp32" else precision)
     args = ap.Namespace(learning_rate=1e-4, adam_weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8)
     optimizer = build_optimizer(transformer, args, TRANSFORMER_NO_DECAY_KEYS)
+    if optimizer_kind == "loop":  # the same groups, stepped tensor by tensor (torch's default on the CPU)
+        optimizer = torch.optim.AdamW(optimizer.param_groups, lr=1e-4, betas=(0.9, 0.95), foreach=False)
     model, optimizer = accelerator.prepare(transformer, optimizer)
     vqvae.to(accelerator.device)
 
     L = sum(p * p for p in cfg["patch_nums"])
     generator = torch.Generator().manual_seed(0)
-    idx_BL = torch.randint(0, cfg["vocab_size"], (batch_size, L), generator=generator).to(accelerator.device)
-    embeds = torch.nn.functional.normalize(torch.randn(batch_size, cfg["text_embed_dim"], generator=generator), dim=-1)
-    embeds = embeds.to(accelerator.device)
+    device = accelerator.device
+    idx_BL = torch.randint(0, cfg["vocab_size"], (batch_size, L), generator=generator).to(device)
+    condition = {"text_embeds": torch.nn.functional.normalize(
+        torch.randn(batch_size, cfg["text_embed_dim"], generator=generator), dim=-1).to(device)}
+    if cfg.get("cross_attention_dim"):
+        condition.update(encoder_hidden_states=torch.randn(batch_size, TEXT_TOKENS, cfg["cross_attention_dim"],
+                                                           generator=generator).to(device),
+                         encoder_attention_mask=torch.ones(batch_size, TEXT_TOKENS, dtype=torch.long, device=device))
     drop_generator = torch.Generator().manual_seed(1)
 
     def step() -> float:
-        loss, _ = var_loss(model, transformer, vqvae, idx_BL, embeds, None, 0.1, drop_generator)
+        loss, _ = var_loss(model, transformer, vqvae, idx_BL, condition, 0.0, drop_generator)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(model.parameters(), 2.0)
         optimizer.step()
@@ -87,8 +103,8 @@ def run_one(model_name: str, precision: str, batch_size: int, warmup: int, steps
     times.sort()
     median, best = times[len(times) // 2], times[0]
     return {
-        "model": model_name, "precision": precision, "batch_size": batch_size, "tokens_per_image": L,
-        "params_M": round(sum(p.numel() for p in transformer.parameters()) / 1e6, 1),
+        "model": model_name, "precision": precision, "optimizer": optimizer_kind, "batch_size": batch_size,
+        "tokens_per_image": L, "params_M": round(sum(p.numel() for p in transformer.parameters()) / 1e6, 1),
         "s_per_step_median": round(median, 3), "s_per_step_min": round(best, 3),
         "images_per_s": round(batch_size / median, 3), "images_per_s_best": round(batch_size / best, 3),
         "peak_rss_GiB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -98,40 +114,52 @@ def run_one(model_name: str, precision: str, batch_size: int, warmup: int, steps
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["small", "d16"])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["default", "d16"])
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    parser.add_argument("--batch_size", type=int, default=None, help="default: 2 for d16, 8 for small")
+    parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=["fused"],
+                        help="fused: train-var's AdamW; loop: the per-tensor AdamW (torch's CPU default)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[None],
+                        help="intra-op thread counts to run (default: torch's own choice)")
+    parser.add_argument("--batch_size", type=int, default=None, help="default: 2 for d16, 32 (the recipe's) for default")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--_child", nargs=2, metavar=("MODEL", "PRECISION"), help=argparse.SUPPRESS)
+    parser.add_argument("--_child", nargs=3, metavar=("MODEL", "PRECISION", "OPTIMIZER"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.steps < 1:
         raise ValueError("`--warmup` must be >= 0 and `--steps` >= 1")
+    if any(t is not None and t < 1 for t in args.threads):
+        raise ValueError("`--threads` must be >= 1")
 
     if args._child:
-        model, precision = args._child
-        print(json.dumps(run_one(model, precision, args.batch_size, args.warmup, args.steps)))
+        model, precision, optimizer = args._child
+        print(json.dumps(run_one(model, precision, optimizer, args.batch_size, args.warmup, args.steps)))
         return 0
+
+    from var_clip.utils.dtypes import has_native_bf16
 
     for name in args.models:
         print(f"{name}: {json.dumps(MODELS[name])}")
-    print("random precomputed token indices and text embeddings: VQ-VAE encoder and CLIP text tower excluded")
-    header = (f"{'model':<6} {'precision':<9} {'batch':>5} {'params(M)':>9} {'s/step':>8} {'images/s':>9} "
-              f"{'best s/step':>11} {'best images/s':>13} {'peak RSS (GiB)':>15}")
-    print(header)
+    print("random precomputed token indices and text states: VQ-VAE encoder and CLIP text tower excluded; "
+          f"bf16 units on this CPU: {'yes' if has_native_bf16('cpu') else 'no (bf16 is emulated)'}")
+    print(f"{'model':<8} {'precision':<9} {'AdamW':<6} {'threads':>7} {'batch':>5} {'params(M)':>9} {'s/step':>8} "
+          f"{'images/s':>9} {'best s/step':>11} {'best images/s':>13} {'peak RSS (GiB)':>15}")
     for name in args.models:
         for precision in args.precisions:
-            batch = args.batch_size or (2 if name == "d16" else 8)
-            command = [sys.executable, __file__, "--_child", name, precision, "--batch_size", str(batch),
-                       "--warmup", str(args.warmup), "--steps", str(args.steps)]
-            done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
-            if done.returncode != 0:
-                print(f"{name:<6} {precision:<9} failed:\n{done.stderr[-2000:]}")
-                continue
-            r = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"{r['model']:<6} {r['precision']:<9} {r['batch_size']:>5} {r['params_M']:>9} "
-                  f"{r['s_per_step_median']:>8} {r['images_per_s']:>9} {r['s_per_step_min']:>11} "
-                  f"{r['images_per_s_best']:>13} {r['peak_rss_GiB']:>15}")
+            for optimizer in args.optimizers:
+                for threads in args.threads:
+                    batch = args.batch_size or (2 if name == "d16" else 32)
+                    command = [sys.executable, __file__, "--_child", name, precision, optimizer, "--batch_size",
+                               str(batch), "--warmup", str(args.warmup), "--steps", str(args.steps)]
+                    env = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+                    done = subprocess.run(command, capture_output=True, text=True, env=env)
+                    if done.returncode != 0:
+                        print(f"{name:<8} {precision:<9} {optimizer:<6} failed:\n{done.stderr[-2000:]}")
+                        continue
+                    r = json.loads(done.stdout.strip().splitlines()[-1])
+                    print(f"{r['model']:<8} {r['precision']:<9} {r['optimizer']:<6} {r['threads']:>7} "
+                          f"{r['batch_size']:>5} {r['params_M']:>9} {r['s_per_step_median']:>8} "
+                          f"{r['images_per_s']:>9} {r['s_per_step_min']:>11} {r['images_per_s_best']:>13} "
+                          f"{r['peak_rss_GiB']:>15}", flush=True)
     return 0
 
 

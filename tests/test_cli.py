@@ -103,7 +103,8 @@ def test_eval_shapes_report(model_dir, tmp_path):
     assert PIL.Image.open(out / "samples.png").width > 0
     inpainting = report["inpainting"]
     assert inpainting["num_images"] == 2 and 0 <= inpainting["caption_with_new_object_in_mask"] <= 1
-    assert inpainting["max_unmasked_change"] == 0  # the left half is never touched
+    assert inpainting["max_unmasked_change"] == 0  # the kept half is never touched
+    assert set(inpainting["by_relation"]) == {"left of", "right of"}  # the first two tasks
     assert PIL.Image.open(out / "inpainting.png").width > 0
     assert report["outpainting"]["output_size_kept"] and report["outpainting"]["max_original_change"] == 0
     assert set(report["img2img"]["strengths"]) == {"0.00", "0.29", "0.43", "0.57", "0.71", "0.86", "1.00"}
@@ -162,3 +163,24 @@ def test_convert_commands_are_subcommands(capsys):
     with pytest.raises(SystemExit) as e:
         main(["convert-var", "--help"])
     assert e.value.code == 0 and "usage: var-clip convert-var " in capsys.readouterr().out
+
+
+def test_inpainting_tasks_draw_the_new_object_and_its_relation_from_the_seed():
+    from var_clip import shapes_world as sw
+    from var_clip.edit_evaluation import MASKED_HALF, inpainting_tasks
+
+    tasks = inpainting_tasks(16, seed=3)
+    assert tasks == inpainting_tasks(16, seed=3) and tasks != inpainting_tasks(16, seed=4)
+    assert {t.relation for t in tasks} == set(sw.RELATIONS)
+    assert len({(t.color, t.shape) for t in tasks}) > 4  # not always a red circle
+    for t in tasks:
+        (kept,) = t.scene.objects
+        assert (t.color, t.shape) not in sw.HELD_OUT_PAIRS and (kept.color, kept.shape) not in sw.HELD_OUT_PAIRS
+        assert t.color != kept.color
+        assert t.prompt == f"{sw._noun_phrase(t.color, t.shape)} {sw.RELATION_PHRASES[t.relation][0]} " \
+                           f"{sw._noun_phrase(kept.color, kept.shape)}"
+        # the kept object lies wholly in the unmasked half
+        lo, hi = kept.cx - kept.size_px / 2, kept.cx + kept.size_px / 2
+        top, bottom = kept.cy - kept.size_px / 2, kept.cy + kept.size_px / 2
+        half = sw.IMAGE_SIZE / 2
+        assert {"right": hi < half, "left": lo > half, "top": top > half, "bottom": bottom < half}[MASKED_HALF[t.relation]]

@@ -16,13 +16,13 @@ from var_clip import VARCLIPPipeline, shapes_world
 pytestmark = pytest.mark.skipif(not Path(var_clip.DEFAULT_MODEL, "model_index.json").exists(),
                                 reason="the embedded default model is not built in this checkout")
 
-# Measured on the shipped weights with these seeds: whole caption 3/12, colour 11/12, shape 10/12; inpainting
-# (3 images × 2 samples) the relation caption 6/6, kept latent 32.4 dB. The floors leave room for other thread counts
+# Measured on the shipped weights with these seeds: whole caption 3/12, colour 11/12, shape 10/12; inpainting a random
+# new object (3 images × 2 samples) the relation caption 2/6, kept latent 33.1 dB. The floors leave room for other thread counts
 # and platforms (sampling is a chain of random draws: one flipped token can change an image).
 SEEN_ONE_OBJECT_FLOOR = 1 / 6
 COLOR_AND_SHAPE_FLOOR = 0.66
 KEPT_PSNR_FLOOR = 25.0  # dB: the kept half of the generated latent against the VQ-VAE's reconstruction
-INPAINTING_FLOOR = 1 / 3
+INPAINTING_FLOOR = 1 / 6
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_cli_generate_uses_the_default_model(tmp_path, capsys):
     assert grid.width >= 2 * 64 and grid.height >= 64
 
 
-def test_inpainting_a_red_circle_keeps_the_rest_of_the_image(pipe):
+def test_inpainting_a_new_object_keeps_the_rest_of_the_image(pipe):
     from var_clip.edit_evaluation import evaluate_inpainting
 
     summary, _ = evaluate_inpainting(pipe, num_images=3, samples_per_image=2, show_progress=False)

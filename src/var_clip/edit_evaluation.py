@@ -1,10 +1,12 @@
 """Measured edits on the shapes world: inpainting, outpainting and image-to-image, scored as a user would judge them.
 
-- **Inpainting**: one seen object in the left half of a 64 × 64 scene, the right half masked, prompted with the
-  caption of the intended result ("a red circle to the right of a blue square"). Scored: the two-object caption holds
-  *and* the red circle lies inside the mask; the kept half of the *generated latent* (decoded before the blend with
-  the input) against the VQ-VAE's own reconstruction of the input (PSNR; below 20 dB counts as redrawn); pixels
-  outside the mask unchanged (largest difference, 0–255).
+- **Inpainting**: one seen object in one half of a 64 × 64 scene, the other half masked, prompted with the caption
+  of the intended result: a new object, its colour and shape drawn at random (seeded) from the seen pairs, in the
+  relation to the kept object that puts it in the mask ("a green triangle above a blue square" masks the top half and
+  keeps the object in the bottom one). Scored: the two-object caption holds *and* the new object lies inside the mask;
+  the kept half of the *generated latent* (decoded before the blend with the input) against the VQ-VAE's own
+  reconstruction of the input (PSNR; below 20 dB counts as redrawn); pixels outside the mask unchanged (largest
+  difference, 0–255).
 - **Outpainting**: the same scenes extended by 64 px to the right (a 128 × 64 canvas), prompted "a red circle on the
   right" is not checkable across windows, so the prompt is the new part's own caption ("a red circle"): a red circle
   must appear in the new area; the original pixels stay unchanged; the seam is the mean colour step across the
@@ -17,6 +19,8 @@ Legend: H, W canvas · s the model's side.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import PIL.Image
 import torch
@@ -24,7 +28,8 @@ from tqdm.auto import tqdm
 
 from . import shapes_world as sw
 
-__all__ = ["inpainting_scenes", "evaluate_inpainting", "evaluate_outpainting", "evaluate_img2img", "psnr"]
+__all__ = ["InpaintingTask", "inpainting_scenes", "inpainting_tasks", "evaluate_inpainting", "evaluate_outpainting",
+           "evaluate_img2img", "psnr"]
 
 REDRAWN_PSNR = 20.0  # a kept region below this many dB against the reconstruction was redrawn, not kept
 
@@ -50,6 +55,60 @@ def inpainting_scenes(num_images: int, seed: int = 0) -> list[sw.Scene]:
     return scenes
 
 
+#: the half of the canvas the new object goes to, for each relation of the new object to the kept one
+MASKED_HALF = {"right of": "right", "left of": "left", "above": "top", "below": "bottom"}
+
+
+@dataclass(frozen=True)
+class InpaintingTask:
+    """A one-object scene, the half of the canvas to regenerate, and the caption of the intended result."""
+
+    scene: sw.Scene
+    relation: str  # of the new object to the kept one: decides the masked half (MASKED_HALF)
+    color: str  # the new object's
+    shape: str
+    prompt: str
+
+    @property
+    def masked_half(self) -> str:
+        return MASKED_HALF[self.relation]
+
+
+def _half_box(half: str, size: float) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of one half of a ``size`` × ``size`` canvas."""
+    h = size / 2
+    return {"left": (0, 0, h, size), "right": (h, 0, size, size), "top": (0, 0, size, h), "bottom": (0, h, size, size)}[half]
+
+
+def inpainting_tasks(num_images: int, seed: int = 0) -> list[InpaintingTask]:
+    """Seeded inpainting tasks: a kept seen object in one half, a new seen object of another colour in the other.
+
+    The relations cycle through the four (so every masked half is measured equally often); the kept and new objects'
+    colours, shapes, sizes and places are drawn from ``seed``. Held-out pairs never occur.
+    """
+    rng = np.random.default_rng(seed)
+    pairs = [(c, s) for c in sw.COLORS for s in sw.SHAPES if (c, s) not in sw.HELD_OUT_PAIRS]
+    relations = [sw.RELATIONS[i % len(sw.RELATIONS)] for i in range(num_images)]
+    tasks = []
+    for relation in relations:
+        kept_color, kept_shape = pairs[rng.integers(len(pairs))]
+        others = [p for p in pairs if p[0] != kept_color]
+        color, shape = others[rng.integers(len(others))]
+        # the kept object's bounding box stays inside the unmasked half, 2 px from its edges
+        x0, y0, x1, y1 = _half_box(_opposite(MASKED_HALF[relation]), sw.IMAGE_SIZE)
+        size = int(rng.integers(12, 27))
+        cx = float(rng.integers(int(x0) + size // 2 + 2, int(x1) - size // 2 - 1))
+        cy = float(rng.integers(int(y0) + size // 2 + 2, int(y1) - size // 2 - 1))
+        kept = sw.Scene((sw.ShapeObject(kept_color, kept_shape, size, cx, cy),), sw._noun_phrase(kept_color, kept_shape))
+        prompt = f"{sw._noun_phrase(color, shape)} {sw.RELATION_PHRASES[relation][0]} {sw._noun_phrase(kept_color, kept_shape)}"
+        tasks.append(InpaintingTask(kept, relation, color, shape, prompt))
+    return tasks
+
+
+def _opposite(half: str) -> str:
+    return {"left": "right", "right": "left", "top": "bottom", "bottom": "top"}[half]
+
+
 def _at(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     """``image`` at ``size`` × ``size`` (models of another resolution than the spec's 64 px; box filter down)."""
     if image.size == (size, size):
@@ -57,8 +116,15 @@ def _at(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     return image.resize((size, size), resample=PIL.Image.Resampling.BOX if size < image.width else PIL.Image.Resampling.LANCZOS)
 
 
+def _object_in(image: PIL.Image.Image, color: str, shape: str, box: tuple[float, float, float, float]) -> bool:
+    """Whether a detected ``color`` ``shape`` has its centre inside ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    return any(o.color == color and o.shape == shape and x0 <= o.cx <= x1 and y0 <= o.cy <= y1
+               for o in sw.detect_objects(image))
+
+
 def _red_circle_in(image: PIL.Image.Image, x_min: float) -> bool:
-    return any(o.color == "red" and o.shape == "circle" and o.cx >= x_min for o in sw.detect_objects(image))
+    return _object_in(image, "red", "circle", (x_min, 0, float("inf"), float("inf")))
 
 
 def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
@@ -68,24 +134,28 @@ def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
 @torch.no_grad()
 def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0, cell_threshold: float = 0.5,
                         show_progress: bool = True, **sampling_kwargs) -> tuple[dict, list]:
-    """Inpaint "a red circle to the right of <the object>" into the right half; see the module docstring.
+    """Inpaint a random new object next to a kept one (:func:`inpainting_tasks`); see the module docstring.
 
-    Returns the summary and ``(prompt, source, result, correct)`` records for a grid.
+    Returns the summary (with the accuracy per relation) and ``(prompt, source, result, correct)`` records for a grid
+    (the source with its masked half darkened).
     """
     from .pipelines import VARCLIPInpaintPipeline
 
     inpaint = VARCLIPInpaintPipeline(**pipe.components)
     inpaint.set_progress_bar_config(disable=True)
     size = inpaint.vqvae.sample_size  # scenes are drawn at the spec's 64 px and resized to the model's side
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[:, size // 2 :] = 255
-    mask_image = PIL.Image.fromarray(mask, mode="L")
     correct, kept_psnr, records, max_change = [], [], [], 0
+    by_relation: dict[str, list[bool]] = {}
     bar = tqdm(total=num_images * samples_per_image, desc="inpainting", disable=not show_progress)
-    for i, scene in enumerate(inpainting_scenes(num_images, seed)):
-        source = _at(sw.render_scene(scene), size)
-        (obj,) = scene.objects
-        prompt = f"a red circle to the right of {sw._noun_phrase(obj.color, obj.shape)}"
+    for i, task in enumerate(inpainting_tasks(num_images, seed)):
+        source = _at(sw.render_scene(task.scene), size)
+        x0, y0, x1, y1 = (int(v) for v in _half_box(task.masked_half, size))
+        mask = np.zeros((size, size), dtype=bool)
+        mask[y0:y1, x0:x1] = True
+        mask_image = PIL.Image.fromarray(mask.astype(np.uint8) * 255, mode="L")
+        shaded = np.asarray(source).copy()  # the input as the grid shows it: the masked half darkened
+        shaded[mask] = (shaded[mask] * 0.6).astype(np.uint8)
+        shaded = PIL.Image.fromarray(shaded)
         pixels = inpaint.preprocess_image(source)
         reconstruction = _uint8(inpaint.vqvae.decode_indices(inpaint.vqvae.encode_indices(pixels)))[0]
         latents = {}
@@ -95,28 +165,31 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
             return {}
 
         generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(samples_per_image)]
-        images = inpaint([prompt] * samples_per_image, image=source, mask_image=mask_image, generator=generators,
+        images = inpaint([task.prompt] * samples_per_image, image=source, mask_image=mask_image, generator=generators,
                          cell_threshold=cell_threshold, callback_on_step_end=keep_latent,
                          callback_on_step_end_tensor_inputs=["latents"], **sampling_kwargs).images
         generated = _uint8(inpaint.vqvae.decode_latent(latents["final"]))  # before the blend with the input
         for image, latent_image in zip(images, generated):
-            change = np.abs(np.asarray(image).astype(int) - np.asarray(source).astype(int))[:, : size // 2]
+            change = np.abs(np.asarray(image).astype(int) - np.asarray(source).astype(int))[~mask]
             max_change = max(max_change, int(change.max()))
-            kept_psnr.append(psnr(latent_image[:, : size // 2], reconstruction[:, : size // 2]))
+            kept_psnr.append(psnr(latent_image[~mask], reconstruction[~mask]))
             scored = _at(image, sw.IMAGE_SIZE)  # the evaluator reads the spec's 64 × 64 canvas
-            ok = bool(sw.score_image(scored, prompt)["caption"]) and _red_circle_in(scored, sw.IMAGE_SIZE / 2)
+            ok = bool(sw.score_image(scored, task.prompt)["caption"]) and _object_in(
+                scored, task.color, task.shape, _half_box(task.masked_half, sw.IMAGE_SIZE))
             correct.append(ok)
-            records.append((prompt, source, image, ok))
+            by_relation.setdefault(task.relation, []).append(ok)
+            records.append((task.prompt, shaded, image, ok))
         bar.update(samples_per_image)
     bar.close()
     finite = [p for p in kept_psnr if np.isfinite(p)] or [float("inf")]
     summary = {
         "caption_with_new_object_in_mask": float(np.mean(correct)),
+        "by_relation": {r: float(np.mean(v)) for r, v in by_relation.items()},
         "kept_latent_psnr_median": float(np.median(kept_psnr)),
         "kept_latent_psnr_min": float(min(finite)),
         "kept_redrawn_share": float(np.mean([p < REDRAWN_PSNR for p in kept_psnr])),
         "max_unmasked_change": max_change, "num_images": num_images, "samples_per_image": samples_per_image,
-        "cell_threshold": cell_threshold,
+        "cell_threshold": cell_threshold, "seed": seed,
     }
     return summary, records
 
