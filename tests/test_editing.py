@@ -216,7 +216,8 @@ def test_outpaint_command_fill_option(tiny_pipe, tmp_path, capsys):
     base = ["outpaint", "x", "--model", str(tmp_path / "pipe"), "--image", str(tmp_path / "scene.png"), "--right", "8"]
     assert main([*base, "--fill", "235,235,235", "-o", str(tmp_path / "a.png")]) == 0
     assert main([*base, "-o", str(tmp_path / "b.png")]) == 0  # the border colour: the same canvas, the same image
-    assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "a.png")), np.asarray(PIL.Image.open(tmp_path / "b.png")))
+    pixels = [np.asarray(PIL.Image.open(tmp_path / name)) for name in ("a.png", "b.png")]
+    assert np.array_equal(*pixels)
     capsys.readouterr()
     for extra, message in ((["--fill", "bluish"], "--fill must be"), (["--top", "99999"], "--top must be an int in")):
         assert main([*base, *extra, "-o", str(tmp_path / "c.png")]) == 2

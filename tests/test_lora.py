@@ -342,7 +342,8 @@ def test_a_failed_load_leaves_the_pipeline_as_it_was(tiny_pipe, tmp_path):
     path = saved_adapter(tiny_pipe, tmp_path, "concept", 0, text_encoder=True) / LORA_WEIGHT_NAME
     tensors = load_file(path)
     # the transformer part fits and loads first; the text encoder part does not fit
-    save_file({k: v for k, v in tensors.items() if "layers.0." not in k or "transformer." in k}, tmp_path / "cut.safetensors")
+    save_file({k: v for k, v in tensors.items() if "layers.0." not in k or "transformer." in k},
+              tmp_path / "cut.safetensors")
     with pytest.raises(ValueError, match="does not fit this text encoder"):
         tiny_pipe.load_lora_weights(tmp_path / "cut.safetensors", adapter_name="cut")
     assert tiny_pipe.get_list_adapters() == {}

@@ -800,7 +800,8 @@ def _write(path: Path, content: str | bytes) -> Path:
 
 
 @pytest.mark.parametrize("name,content,message", [
-    ("p.jsonl", '{"prompt": "a red circle"}\n{"prompt": \n', r"p.jsonl line 2 is not JSON .*every line needs a `prompt` string"),
+    ("p.jsonl", '{"prompt": "a red circle"}\n{"prompt": \n',
+     r"p.jsonl line 2 is not JSON .*every line needs a `prompt` string"),
     ("p.jsonl", '\n{"prompt": 7}\n', r"p.jsonl line 2: `prompt` must be a string, got 7"),
     ("p.jsonl", '["a red circle"]\n', r"p.jsonl line 1 is not a JSON object"),
     ("p.csv", 'prompt,n\na red circle,1\n,2\n', r"p.csv' line 3 has no prompt in column 'prompt'"),
@@ -820,7 +821,8 @@ def test_settings_and_metadata_files_errors_name_file_and_line(model_dir, tmp_pa
     _write(tmp_path / "o" / "generate_batch.json", '{"model": ')
     rc = main(["generate-batch", "--model", model_dir, "--prompts", str(prompts), "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert rc == 1 and "settings file" in err and "generate_batch.json' is not JSON" in err and "new --output-dir" in err
+    assert rc == 1 and "settings file" in err and "generate_batch.json' is not JSON" in err
+    assert "new --output-dir" in err
     _one_line_error(err)
 
     pytest.importorskip("torchmetrics")

@@ -158,7 +158,8 @@ def check_no_remote_code(folder: str | os.PathLike) -> str:
     index = _read_json(root / "model_index.json", problems)
     class_name = index.get("_class_name")
     if class_name not in CUSTOM_PIPELINE_FILES:
-        problems.append(f"model_index.json names the pipeline {class_name!r}, not one of {sorted(CUSTOM_PIPELINE_FILES)}")
+        problems.append(f"model_index.json names the pipeline {class_name!r}, not one of "
+                        f"{sorted(CUSTOM_PIPELINE_FILES)}")
     for name, value in index.items():
         if name.startswith("_") or value is None or value == [None, None]:
             continue
@@ -189,7 +190,8 @@ def custom_pipeline_file(folder: str | os.PathLike) -> str:
     problems: list[str] = []
     class_name = _read_json(Path(folder) / "model_index.json", problems).get("_class_name")
     if class_name not in CUSTOM_PIPELINE_FILES:
-        raise ValueError(f"`folder` {os.fspath(folder)!r} holds no var-clip pipeline ({'; '.join(problems) or class_name!r})")
+        raise ValueError(f"`folder` {os.fspath(folder)!r} holds no var-clip pipeline "
+                         f"({'; '.join(problems) or class_name!r})")
     return str(CUSTOM_PIPELINES_DIR / CUSTOM_PIPELINE_FILES[class_name])
 
 

@@ -249,8 +249,9 @@ def _check_lora_contents(state_dict: Mapping[str, torch.Tensor], metadata: dict 
     ranks: dict[str, dict[str, set[int]]] = {}
     for key, tensor in state_dict.items():
         if not tensor.is_floating_point() or tensor.ndim < 2 or not torch.isfinite(tensor).all():
+            found = " with NaN/inf" if tensor.is_floating_point() and tensor.ndim >= 2 else ""
             raise ValueError(f"LoRA tensor {key!r} must hold finite floating-point values in a matrix, got "
-                             f"{tensor.dtype} of shape {tuple(tensor.shape)}{' with NaN/inf' if tensor.is_floating_point() else ''}")
+                             f"{tensor.dtype} of shape {tuple(tensor.shape)}{found}")
         module, _, kind = key.partition(".lora_")
         side = "A" if kind.startswith(("A", "embedding_A")) else "B"
         rank = tensor.shape[0] if side == "A" else tensor.shape[1]  # A: (r, in), B: (out, r)

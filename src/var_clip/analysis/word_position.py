@@ -417,7 +417,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.cols is not None and args.cols < 1:
         raise ValueError(f"`cols` must be a positive int, got {args.cols}")
     claim_output_folder(args.output_dir, "--output-dir", "word-position", input_paths(args, ("model", "captions")),
-                        own_files=re.compile(rf"^({'|'.join(re.escape(n) for n in (JSON_FILE, PLOT_FILE, GRID_FILE))})$"))
+                        own_files=re.compile("^(" + "|".join(map(re.escape, (JSON_FILE, PLOT_FILE, GRID_FILE))) + ")$"))
 
     # 2. embeddings and similarities
     pipe = None

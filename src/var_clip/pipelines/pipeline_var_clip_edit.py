@@ -193,7 +193,8 @@ MAX_OUTPAINT_MARGIN = 8192
 DEFAULT_OUTPAINT_FILL = "border"
 
 
-def outpainting_fill(image: PIL.Image.Image, fill: str | tuple[int, int, int] = DEFAULT_OUTPAINT_FILL) -> tuple[int, int, int]:
+def outpainting_fill(image: PIL.Image.Image,
+                     fill: str | tuple[int, int, int] = DEFAULT_OUTPAINT_FILL) -> tuple[int, int, int]:
     """The RGB colour ``fill`` names for ``image``'s new margins: ``"border"`` (the median colour of its outermost
     pixels), an ``(r, g, b)`` tuple, or any colour PIL reads (``"#ebebeb"``, ``"grey"``, ``"rgb(235,235,235)"``)."""
     if isinstance(fill, str) and fill == "border":

@@ -70,4 +70,5 @@ def read_image(path: str | os.PathLike, what: str, mode: str = "RGB") -> PIL.Ima
     except ImageReadError:
         raise
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageReadError(f"{what} {str(path)!r} cannot be read as an image: {' '.join(str(error).split())}") from None
+        raise ImageReadError(f"{what} {str(path)!r} cannot be read as an image: {' '.join(str(error).split())}"
+                             ) from None
