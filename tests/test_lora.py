@@ -382,6 +382,8 @@ def test_lora_files_whose_numbers_cannot_work_are_refused_before_allocating(tiny
         "inf_alpha": ({"transformer.lora_alpha": float("inf")}, None, "lora_alpha` must be a finite number"),
         "nan_weight": ({}, lambda t: t[first(t)].view(-1).__setitem__(0, float("nan")), "finite floating-point"),
         "two_ranks": ({}, lambda t: t.__setitem__(first(t), t[first(t)][:, :2].contiguous()), "must share a rank"),
+        "dora": ({"transformer.use_dora": True}, None, "asks for DoRA"),
+        "bias": ({"transformer.lora_bias": True}, None, "asks for `lora_bias` for the transformer"),
     }
     tracemalloc.start()
     try:

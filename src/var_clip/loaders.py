@@ -244,18 +244,27 @@ def _check_finite(name: str, value) -> float:
 
 def _check_lora_contents(state_dict: Mapping[str, torch.Tensor], metadata: dict | None) -> None:
     """Refuse a LoRA file whose numbers cannot work, before any adapter is allocated: non-finite weights, an A/B pair
-    of two ranks, or a header claiming ranks (``r``, ``rank_pattern``) that none of its tensors has (peft would
-    allocate what the header says: a few kilobytes could claim gigabytes) or a non-finite ``lora_alpha``."""
+    of two ranks, a header claiming ranks (``r``, ``rank_pattern``) that none of its tensors has (peft would
+    allocate what the header says: a few kilobytes could claim gigabytes), a non-finite ``lora_alpha``, or parts the
+    header asks for and the file lacks (``lora_bias`` without biases, ``use_dora``: peft would fill them in at
+    random, with a warning only)."""
     ranks: dict[str, dict[str, set[int]]] = {}
+    biases: set[str] = set()
     for key, tensor in state_dict.items():
-        if not tensor.is_floating_point() or tensor.ndim < 2 or not torch.isfinite(tensor).all():
-            found = " with NaN/inf" if tensor.is_floating_point() and tensor.ndim >= 2 else ""
-            raise ValueError(f"LoRA tensor {key!r} must hold finite floating-point values in a matrix, got "
-                             f"{tensor.dtype} of shape {tuple(tensor.shape)}{found}")
+        if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
+            raise ValueError(f"LoRA tensor {key!r} must hold finite floating-point values, got {tensor.dtype}"
+                             f"{' with NaN/inf' if tensor.is_floating_point() else ''}")
         module, _, kind = key.partition(".lora_")
-        side = "A" if kind.startswith(("A", "embedding_A")) else "B"
-        rank = tensor.shape[0] if side == "A" else tensor.shape[1]  # A: (r, in), B: (out, r)
-        ranks.setdefault(module.split(".", 1)[0], {}).setdefault(module, set()).add(rank)
+        prefix = module.split(".", 1)[0]
+        if kind == "B.bias":
+            biases.add(prefix)
+            continue
+        if kind not in ("A.weight", "B.weight", "embedding_A", "embedding_B"):
+            continue
+        if tensor.ndim < 2:
+            raise ValueError(f"LoRA tensor {key!r} must be a matrix, got the shape {tuple(tensor.shape)}")
+        rank = tensor.shape[0] if "A" in kind else tensor.shape[1]  # A: (r, in), B: (out, r)
+        ranks.setdefault(prefix, {}).setdefault(module, set()).add(rank)
     for part in ranks.values():
         mixed = {m: sorted(r) for m, r in part.items() if len(r) > 1}
         if mixed:
@@ -272,6 +281,12 @@ def _check_lora_contents(state_dict: Mapping[str, torch.Tensor], metadata: dict 
         alphas = [config["lora_alpha"]] if "lora_alpha" in config else []
         for alpha in alphas + list((config.get("alpha_pattern") or {}).values()):
             _check_finite(f"{prefix} lora_alpha", alpha)
+        if config.get("use_dora"):
+            raise ValueError(f"LoRA file: its header asks for DoRA (`use_dora`) for the {prefix}; var-clip loads "
+                             "LoRA adapters only")
+        if config.get("lora_bias") and prefix not in biases:
+            raise ValueError(f"LoRA file: its header asks for `lora_bias` for the {prefix}, but the file holds no "
+                             "`lora_B.bias` tensors; the header does not describe the weights")
 
 
 def _local_lora_file(path: Path, weight_name: str | None) -> Path:
