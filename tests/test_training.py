@@ -122,12 +122,18 @@ def test_var_training_learns_and_saves_a_pipeline_that_generates(var_dir):
     assert json.loads((var_dir / "model_index.json").read_text())["_class_name"] == "VARCLIPPipeline"
 
 
-def test_var_bf16_mixed_precision_runs_on_cpu(workdir, vqvae_dir, clip_dir):
-    args = common(workdir, "var-bf16", 3, 4, 1e-3) + TINY_VAR + [
-        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), "--mixed_precision", "bf16"]
+def short_var_run(workdir: Path, vqvae_dir: Path, clip_dir: Path, name: str, steps: int, *flags: str) -> list[float]:
+    """Train the tiny VAR-CLIP for ``steps`` steps with extra ``flags``; its losses, checked finite."""
+    args = common(workdir, name, steps, 4, 1e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), *flags]
     assert train_var.main(args) == 0
-    losses = [r["loss"] for r in read_log(workdir / "var-bf16")]
-    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    losses = [r["loss"] for r in read_log(workdir / name)]
+    assert len(losses) == steps and all(torch.isfinite(torch.tensor(losses)))
+    return losses
+
+
+def test_var_bf16_mixed_precision_runs_on_cpu(workdir, vqvae_dir, clip_dir):
+    short_var_run(workdir, vqvae_dir, clip_dir, "var-bf16", 3, "--mixed_precision", "bf16")
     pipe = VARCLIPPipeline.from_pretrained(workdir / "var-bf16")
     assert pipe.transformer.dtype == torch.float32  # master weights stay fp32; only the forward ran in bf16
 
@@ -254,11 +260,7 @@ def test_scale_weighted_loss_is_the_mean_of_the_per_scale_means():
 
 
 def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
-    args = common(workdir, "var-scales", 2, 4, 1e-3) + TINY_VAR + [
-        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), "--scale_loss_weighting", "scales"]
-    assert train_var.main(args) == 0
-    losses = [r["loss"] for r in read_log(workdir / "var-scales")]
-    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
+    short_var_run(workdir, vqvae_dir, clip_dir, "var-scales", 2, "--scale_loss_weighting", "scales")
     with pytest.raises(SystemExit):
         train_var.main(common(workdir, "var-bad", 1, 4, 1e-3) + ["--scale_loss_weighting", "pixels"])
 
