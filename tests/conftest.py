@@ -112,14 +112,20 @@ def parity_dir() -> Path:
     return PARITY_DIR
 
 
-@pytest.fixture
-def fresh_accelerate_state():
-    """Reset accelerate's process-wide state after a test (trainers create their own Accelerator)."""
-    yield
+def _reset_accelerate_state() -> None:
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """Reset accelerate's process-wide state before and after a test (trainers create their own Accelerator; a
+    module-scoped fixture that trained may have left one with other settings, e.g. another mixed precision)."""
+    _reset_accelerate_state()
+    yield
+    _reset_accelerate_state()
 
 
 @contextmanager
