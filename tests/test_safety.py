@@ -782,6 +782,14 @@ def test_special_files_are_refused_without_blocking(model_dir, tmp_path, capsys)
 
     with pytest.raises(ValueError, match="LoRA file .* is a FIFO"):
         VARCLIPPipeline.lora_state_dict(tmp_path / "pipe.png")
+    # training images: a FIFO would block the data loader for ever
+    data = _imagefolder(tmp_path / "data", ['{"file_name": "a.png", "text": "x"}'], {"a.png": PIL.Image.new("RGB", (8, 8))})
+    os.mkfifo(data / "b.png")
+    with pytest.raises(ValueError, match=r"training image .*data/b.png' is a FIFO"):
+        load_image_caption_dataset(data, cache_dir=tmp_path / "cache")
+    (tmp_path / "captions.txt").write_text("data/a.png: x\ndata/b.png: y\n")
+    with pytest.raises(ValueError, match=r"training image .*data/b.png' is a FIFO"):
+        load_image_caption_dataset(caption_file=tmp_path / "captions.txt", image_root=tmp_path)
     for device, kind in (("/dev/zero", "a device"), (str(tmp_path), "a folder")):
         assert main(["img2img", "x", "--model", model_dir, "--image", device, "-o", str(tmp_path / "o.png")]) == 1
         assert kind in capsys.readouterr().err

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..utils.files import check_regular_file
 from ..utils.image_files import as_seen
 
 __all__ = [
@@ -123,6 +125,7 @@ def load_image_caption_dataset(
 
     if caption_file is not None:
         pairs = read_caption_file(caption_file, image_root)
+        _refuse_special_files(Path(p) for p, _ in pairs)
         columns: dict[str, list[Any]] = {"image": [p for p, _ in pairs], "text": [c for _, c in pairs]}
         features = {"image": datasets.Image(), "text": datasets.Value("string")}
         if condition == "class":
@@ -136,6 +139,7 @@ def load_image_caption_dataset(
         if not data_dir.is_dir():
             raise ValueError(f"`data_dir` {str(data_dir)!r} is not a folder")
         _check_metadata_files(data_dir)
+        _refuse_special_files(data_dir.rglob("*"))
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train",
                                             cache_dir=None if cache_dir is None else str(cache_dir),
@@ -162,6 +166,17 @@ def load_image_caption_dataset(
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
     return dataset
+
+
+def _refuse_special_files(paths: Iterable[Path]) -> None:
+    """A FIFO or a device among the training images would block the data loader for ever: refuse it up front."""
+    for path in paths:
+        try:
+            mode = path.stat().st_mode
+        except OSError:  # missing, or a broken link: reported where it is read
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            check_regular_file(path, "training image")  # raises, naming the kind of file
 
 
 def _check_metadata_files(data_dir: Path) -> None:
