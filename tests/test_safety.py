@@ -850,6 +850,20 @@ def test_settings_and_metadata_files_errors_name_file_and_line(model_dir, tmp_pa
         _prompts(tmp_path / "gen", "text")
 
 
+def test_eval_fid_output_json_never_replaces_an_input(tmp_path, capsys):
+    pytest.importorskip("torchmetrics")
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=images)
+    before = (tmp_path / "a.npz").read_bytes()
+    for target in (tmp_path / "a.npz", tmp_path / "missing" / "fid.json"):
+        rc = main(["eval-fid", "--generated", str(tmp_path / "a.npz"), "--reference", str(tmp_path / "a.npz"),
+                   "--output-json", str(target)])
+        err = capsys.readouterr().err
+        assert rc == 1 and "--output-json" in err, err
+        _one_line_error(err)
+    assert (tmp_path / "a.npz").read_bytes() == before
+
+
 def test_lora_header_that_is_not_json_is_one_line(tiny_pipe, tmp_path):
     from safetensors.torch import save_file
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..utils.arguments import OneLineParser, add_option, int_at_least
 from ..utils.atomic import atomic_open
+from ..utils.files import check_writable
 from ..utils.records import read_jsonl
 from .images import WeightsError, image_files, iter_image_batches
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.output_json:  # before the model is loaded, not after the scoring
+            check_writable(args.output_json, "--output-json", (Path(args.images) / "metadata.jsonl",))
         model, processor = load_clip(args.clip_model)
         score = compute_clip_score(args.images, model, processor, args.prompt_column, args.batch_size, args.device,
                                    show_progress=not args.no_progress_bar)

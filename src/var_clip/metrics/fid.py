@@ -24,6 +24,7 @@ from torch import nn
 
 from ..utils.arguments import OneLineParser, add_option, int_at_least
 from ..utils.atomic import atomic_open
+from ..utils.files import check_writable
 from .images import WeightsError, count_images, iter_image_batches
 
 __all__ = ["INCEPTION_HELP", "TorchScriptInception", "build_parser", "compute_fid", "load_inception", "main"]
@@ -161,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.output_json:  # before the features are computed, not after
+            check_writable(args.output_json, "--output-json", (args.generated, args.reference, args.inception_weights))
         fid = compute_fid(args.generated, args.reference, weights=args.inception_weights, batch_size=args.batch_size,
                           device=args.device, show_progress=not args.no_progress_bar)
     except (WeightsError, ValueError, OSError) as error:

@@ -310,10 +310,14 @@ def image_format_of(path: str | os.PathLike, flag: str) -> str:
     return IMAGE_FORMATS[suffix]
 
 
-def check_writable(path: str | os.PathLike, flag: str) -> Path:
-    """Check, before any compute, that a file can be created at ``path``: its folder exists and accepts files, and
-    ``path`` is not a folder. Returns the absolute path."""
+def check_writable(path: str | os.PathLike, flag: str, inputs: Iterable[str | os.PathLike | None] = ()) -> Path:
+    """Check, before any compute, that a file can be created at ``path``: its folder exists and accepts files,
+    ``path`` is not a folder and not one of the command's ``inputs``. Returns the absolute path."""
     path = Path(path).expanduser().absolute()
+    for given in inputs:
+        if given is not None and str(given) and path.resolve() == Path(given).expanduser().resolve():
+            raise ValueError(f"{flag} {str(path)!r} is the input {str(given)!r}; writing there would replace it "
+                             "(name another file)")
     if path.is_dir():
         raise ValueError(f"{flag} {str(path)!r} is a folder; name a file")
     folder = path.parent
