@@ -432,6 +432,12 @@ def test_output_path_is_checked_before_any_compute(model_dir, tmp_path, capsys, 
         err = capsys.readouterr().err
         assert rc == code and message in err and "--output" in err, err
         _one_line_error(err)
+    PIL.Image.new("RGB", (16, 16), "red").save(tmp_path / "scene.png")
+    rc = main(["img2img", "x", "--model", model_dir, "--image", str(tmp_path / "scene.png"), "-o",
+               str(tmp_path / "scene.png")])  # an output that is an input
+    err = capsys.readouterr().err
+    assert rc == 1 and "--output" in err and "is the input" in err
+    (tmp_path / "scene.png").unlink()
     rc = main(["generate", "x", "--model", model_dir, "-o", str(tmp_path / "o.png"), "--save-progress",
                str(tmp_path / "missing" / "p.png")])
     assert rc == 1 and "--save-progress" in capsys.readouterr().err

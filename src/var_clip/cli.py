@@ -262,7 +262,7 @@ def _check_outputs(args) -> None:
                 image_format_of(path, flag)
             except ValueError as error:
                 raise UsageError(str(error)) from None
-            check_writable(path, flag)
+            check_writable(path, flag, (getattr(args, "image", None), getattr(args, "mask", None)))
 
 
 def _load_image(path: str, flag: str):
