@@ -205,14 +205,18 @@ class DemoEngine:
         self._pipe: VARCLIPPipeline | None = None
         self._load_error: BaseException | None = None
         self._loaded = threading.Event()
+        self._started, self._start_lock = False, threading.Lock()
         self._lock = SharedExclusiveLock()
         self._lora: tuple[str, float] | None = None  # (source, weight) of the loaded adapter
 
     # -- the model ------------------------------------------------------------------------------------------------------
 
     def start(self) -> DemoEngine:
-        """Load the pipeline in a background thread; requests wait for it."""
-        threading.Thread(target=self._load, name="var-clip-demo-load", daemon=True).start()
+        """Load the pipeline in a background thread (the first call; later ones do nothing); requests wait for it."""
+        with self._start_lock:
+            if not self._started:
+                self._started = True
+                threading.Thread(target=self._load, name="var-clip-demo-load", daemon=True).start()
         return self
 
     def _load(self) -> None:

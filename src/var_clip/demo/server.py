@@ -26,6 +26,9 @@ from ..utils.dtypes import DTYPE_NAMES
 
 __all__ = ["Workspace", "build_parser", "main", "serve"]
 
+#: Seconds after the server starts at which the model loads if no page has asked for it yet.
+MODEL_LOAD_DELAY_S = 3.0
+
 
 class Workspace:
     """A temporary folder the demo creates, works in and removes at exit."""
@@ -110,7 +113,11 @@ def serve(model: str | None = None, share: bool = False, server_name: str | None
     demo.queue(max_size=queue_size, default_concurrency_limit=workers)
     demo.launch(share=share, server_name=server_name, server_port=server_port, max_file_size=limits.max_bytes,
                 css=CSS, ssr_mode=False, show_error=False, prevent_thread_lock=True, footer_links=[])
-    engine.start()  # torch, the pipelines and the weights load while the page is already served
+    # Torch, the pipelines and the weights load once the first visitor's page is on screen (its load event starts
+    # them), or after a few seconds without visitors. Importing them holds the interpreter for seconds, and the page's
+    # own requests (scripts, configuration) would wait behind it: first the page, then the model, takes as long in all
+    # and shows the page sooner.
+    threading.Timer(MODEL_LOAD_DELAY_S, engine.start).start()
     if block:
         demo.block_thread()
     return demo

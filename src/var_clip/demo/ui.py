@@ -299,6 +299,7 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
                          concurrency_id="lora", concurrency_limit=1)
         def on_page_load():
             """Once the model is loaded: say so, and show the pipeline's sampling defaults in both tabs."""
+            engine.start()  # the first page is on screen: the model may take the CPU now (see `serve`)
             readiness = engine.describe_readiness()
             from .. import sampling  # torch: loaded with the model
 
