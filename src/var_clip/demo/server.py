@@ -117,7 +117,9 @@ def serve(model: str | None = None, share: bool = False, server_name: str | None
     # them), or after a few seconds without visitors. Importing them holds the interpreter for seconds, and the page's
     # own requests (scripts, configuration) would wait behind it: first the page, then the model, takes as long in all
     # and shows the page sooner.
-    threading.Timer(MODEL_LOAD_DELAY_S, engine.start).start()
+    timer = threading.Timer(MODEL_LOAD_DELAY_S, engine.start)
+    timer.daemon = True
+    timer.start()
     if block:
         demo.block_thread()
     return demo
