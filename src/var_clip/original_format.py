@@ -17,6 +17,7 @@ from accelerate import init_empty_weights
 
 from .models.multiscale_vq import MultiScaleVQModel
 from .models.var_transformer import VARTransformer2DModel
+from .utils.dtypes import cast_keeping_fp32_modules
 
 __all__ = [
     "OriginalCheckpointError",
@@ -25,6 +26,8 @@ __all__ = [
     "transformer_from_original",
     "infer_vqvae_config",
     "infer_transformer_config",
+    "vqvae_from_single_file",
+    "transformer_from_single_file",
 ]
 
 DEFAULT_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -264,6 +267,42 @@ def transformer_from_original(state_dict: Mapping[str, torch.Tensor], num_heads:
             continue
         mapped[_transformer_key(key)] = value
     _load_exact(model, mapped, "transformer")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One file, one model (``from_single_file``)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def vqvae_from_single_file(checkpoint: str | os.PathLike, patch_nums=DEFAULT_PATCH_NUMS, quant_resi: float = 0.5,
+                           dtype: torch.dtype | None = None, **config_overrides) -> MultiScaleVQModel:
+    """Read VAR's VQ-VAE file (``vae_ch160v4096z32.pth``) into a :class:`MultiScaleVQModel`, as the converter does.
+
+    The file does not store ``patch_nums`` (VAR's 256-px schedule by default; the transformer's own when a pipeline
+    is loaded) nor φ's ratio ``quant_resi``. ``dtype`` casts all but the float32 modules (the quantizer).
+    """
+    state_dict = load_original_state_dict(checkpoint, "checkpoint")
+    if looks_like_transformer(state_dict):
+        raise OriginalCheckpointError(f"checkpoint {os.fspath(checkpoint)!r} holds a VAR transformer, not a VQ-VAE: "
+                                      f"load it with VARTransformer2DModel.from_single_file")
+    model = vqvae_from_original(state_dict, patch_nums=patch_nums, quant_resi=quant_resi, **config_overrides)
+    if dtype is not None:
+        cast_keeping_fp32_modules(model, dtype)
+    return model
+
+
+def transformer_from_single_file(checkpoint: str | os.PathLike, num_heads: int | None = None, patch_nums=None,
+                                 dtype: torch.dtype | None = None, **config_overrides) -> VARTransformer2DModel:
+    """Read a VAR-CLIP ``ar-ckpt-*.pth`` (or a bare transformer state dict) or VAR's ``var_d*.pth`` into a
+    :class:`VARTransformer2DModel`, as the converter does. ``dtype`` casts all but the float32 logits head."""
+    state_dict = load_original_state_dict(checkpoint, "checkpoint")
+    if looks_like_vqvae(state_dict):
+        raise OriginalCheckpointError(f"checkpoint {os.fspath(checkpoint)!r} holds a VQ-VAE, not a VAR transformer: "
+                                      f"load it with MultiScaleVQModel.from_single_file")
+    model = transformer_from_original(state_dict, num_heads=num_heads, patch_nums=patch_nums, **config_overrides)
+    if dtype is not None:
+        cast_keeping_fp32_modules(model, dtype)
     return model
 
 

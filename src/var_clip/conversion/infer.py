@@ -126,8 +126,9 @@ def load_original_pipeline(
         held = ("a text-conditional VAR-CLIP transformer" if kind == "text"
                 else f"a class-conditional VAR transformer ({var_sd['class_emb.weight'].shape[0] - 1} classes)")
         command = "convert-var-clip" if kind == "text" else "convert-var"
+        loader = "VARCLIPPipeline" if kind == "text" else "VARPipeline"
         raise ConversionError(f"var_checkpoint {str(var_checkpoint)!r} holds {held}; convert it with "
-                              f"var-clip {command}")
+                              f"var-clip {command} (or load it with {loader}.from_single_file)")
     encoder = tokenizer = None
     if condition_type == "text" and text_encoder is not None and kind == "text":
         # before the slow part, so that a wrong or unreachable text encoder is reported at once

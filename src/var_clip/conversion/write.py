@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.dtypes import VARIANT_DTYPE_NAMES, torch_dtype
+from ..utils.dtypes import VARIANT_DTYPE_NAMES, cast_keeping_fp32_modules, torch_dtype
 from ..utils.files import check_replaceable, resolve_output_dir, write_marker
 from . import check as final_check
 from .card import _card_data, _card_fields, render_model_card
@@ -42,20 +42,13 @@ class ConversionResult:
 
 
 def _cast(pipe, dtype: torch.dtype) -> None:
-    """Cast every component's floating weights to ``dtype`` except the modules its class keeps in float32.
-
-    ``pipe.to(dtype)`` would cast those too (the transformer's head, the quantizer's codebook), and a half-precision
-    variant would then lose them for good; diffusers keeps them in float32 when loading with ``dtype=``.
-    """
+    """Cast every component to ``dtype`` except the modules its class keeps in float32 (see
+    :func:`~var_clip.utils.dtypes.cast_keeping_fp32_modules`)."""
     if dtype == torch.float32:
         return
     for component in pipe.components.values():
-        if not isinstance(component, torch.nn.Module):
-            continue
-        keep = getattr(component, "_keep_in_fp32_modules", None) or []
-        for name, tensor in [*component.named_parameters(), *component.named_buffers()]:
-            if tensor.is_floating_point() and not any(k in name.split(".") for k in keep):
-                tensor.data = tensor.data.to(dtype)
+        if isinstance(component, torch.nn.Module):
+            cast_keeping_fp32_modules(component, dtype)
 
 
 def _check_output_dir(output_dir: Path, overwrite: bool, inputs: Sequence[str | os.PathLike]) -> None:

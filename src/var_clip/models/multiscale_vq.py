@@ -468,6 +468,22 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         self.quant_conv = nn.Conv2d(latent_channels, latent_channels, k, padding=k // 2)
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, k, padding=k // 2)
 
+    @classmethod
+    def from_single_file(cls, checkpoint, patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16),
+                         quant_resi: float = 0.5, dtype: torch.dtype | None = None, **config_overrides):
+        r"""Load VAR's original VQ-VAE file (``vae_ch160v4096z32.pth``), as ``var-clip convert-var`` reads it.
+
+        The file is read with ``torch.load(weights_only=True)`` after a look at its first bytes (Git LFS pointers and
+        HTML pages are named as such), every key is consumed and every shape checked; the model equals the one a
+        converted folder loads. The file stores neither ``patch_nums`` (VAR's 256-px schedule by default) nor φ's
+        ratio ``quant_resi`` (0.5 in VAR); ``dtype`` casts all but the quantizer, which stays in float32.
+        """
+        # original_format builds this class: imported on use, so that the model module does not depend on it
+        from ..original_format import vqvae_from_single_file
+
+        return vqvae_from_single_file(checkpoint, patch_nums=patch_nums, quant_resi=quant_resi, dtype=dtype,
+                                      **config_overrides)
+
     # -- derived sizes -------------------------------------------------------------------------------------------------
 
     @property

@@ -406,6 +406,23 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
 
         self._init_weights()
 
+    @classmethod
+    def from_single_file(cls, checkpoint, num_heads: int | None = None, patch_nums: tuple[int, ...] | None = None,
+                         dtype: torch.dtype | None = None, **config_overrides):
+        r"""Load an original transformer file, as ``var-clip convert-var-clip`` / ``convert-var`` read it: VAR-CLIP's
+        ``ar-ckpt-*.pth`` (weights under ``['trainer']['var_wo_ddp']``) or a bare state dict, or VAR's ``var_d*.pth``.
+
+        The file is read with ``torch.load(weights_only=True)`` after a look at its first bytes, every key is
+        consumed and every shape checked; every hyperparameter comes from the file (``patch_nums`` from its per-token
+        scale index; ``num_heads`` is needed only for checkpoints without L2-normalised attention, else heads =
+        depth). The model equals the one a converted folder loads; ``dtype`` casts all but the float32 logits head.
+        """
+        # original_format builds this class: imported on use, so that the model module does not depend on it
+        from ..original_format import transformer_from_single_file
+
+        return transformer_from_single_file(checkpoint, num_heads=num_heads, patch_nums=patch_nums, dtype=dtype,
+                                            **config_overrides)
+
     # -- derived sizes -------------------------------------------------------------------------------------------------
 
     @property

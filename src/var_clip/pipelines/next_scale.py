@@ -92,22 +92,21 @@ class NextScalePipelineMixin:
         into float32, or cast its float32 quantizer and logits head to bfloat16, with a warning either way; here the
         default is the pipeline's own dtype, and the float32 modules are restored afterwards.
         """
-        import logging as std_logging
-
-        from diffusers.models import modeling_utils
-
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs["dtype"] = pipeline.dtype
-        previous = modeling_utils.logger.level
-        modeling_utils.logger.setLevel(std_logging.ERROR)  # the warning describes what the loop below undoes
-        try:
+        with _without_fp32_cast_warning():  # the warning describes what the restore below undoes
             new = super().from_pipe(pipeline, **kwargs)
-        finally:
-            modeling_utils.logger.setLevel(previous)
-        for component in new.components.values():
-            for name in getattr(component, "_keep_in_fp32_modules", None) or []:
-                getattr(component, name).float()
+        _restore_fp32_modules(new)
         return new
+
+    def to(self, *args, **kwargs):
+        """diffusers' ``to``; a dtype cast keeps the modules each component keeps in float32 (the quantizer, whose
+        nearest-code search is exact only in float32, and the logits head), as ``from_pretrained(dtype=...)`` does.
+        """
+        with _without_fp32_cast_warning():  # the warning describes what the restore below undoes
+            super().to(*args, **kwargs)
+        _restore_fp32_modules(self)
+        return self
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
@@ -169,8 +168,10 @@ class NextScalePipelineMixin:
 
     def prepare_request(self, num_images: int, generator=None, output_type: str = "pil", return_dict: bool = True,
                         callback_on_step_end=None, callback_on_step_end_tensor_inputs=None, more_smooth: bool = False,
-                        edit: EditRequest | None = None, **schedule_kwargs) -> GenerationRequest:
+                        edit: EditRequest | None = None, height: int | None = None, width: int | None = None,
+                        num_inference_steps: int | None = None, **schedule_kwargs) -> GenerationRequest:
         """Validate the sampling arguments once; returns them as one request, the schedule resolved per scale."""
+        self.check_size_and_steps(height, width, num_inference_steps, edit)
         schedule = resolve_schedule(self.transformer.config.patch_nums, **schedule_kwargs)
         if isinstance(generator, list):
             if len(generator) != num_images:
@@ -197,6 +198,34 @@ class NextScalePipelineMixin:
                                  generator=generator, output_type=output_type, return_dict=return_dict,
                                  callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=inputs,
                                  edit=edit)
+
+    def check_size_and_steps(self, height, width, num_inference_steps, edit: EditRequest | None = None) -> None:
+        """diffusers' ``height``, ``width`` and ``num_inference_steps``: accepted when they state what the model does,
+        refused with what to do instead otherwise.
+
+        Next-scale prediction has neither a free resolution nor a free number of steps: the image side is the last
+        scale's side times the VQ-VAE's downsampling (``patch_nums``), and there is one step per scale. An edited
+        image keeps its own size (an inpainting canvas larger than the model is filled window by window).
+        """
+        patch_nums = self.transformer.config.patch_nums
+        if edit is not None:
+            H, W = edit.image_B3HW.shape[-2:]
+        else:
+            H = W = self.vqvae.sample_size
+        for name, value, expected in (("height", height, H), ("width", width, W)):
+            if value is not None and (isinstance(value, bool) or value != expected):
+                if edit is not None:
+                    raise ValueError(f"`{name}`={value!r}: the output keeps the input image's size, {W}×{H}; leave "
+                                     "`height` and `width` out (resize the image itself to change it)")
+                raise ValueError(f"`{name}`={value!r}: this model makes {W}×{H} images, a size fixed by the VQ-VAE's "
+                                 f"patch_nums (last scale {patch_nums[-1]} × downsampling {self.vqvae.downsample_factor})"
+                                 f"; leave `height` and `width` out (a larger or wider image: outpaint with "
+                                 f"VARCLIPInpaintPipeline and `prepare_outpainting`)")
+        S = len(patch_nums)
+        if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or num_inference_steps != S):
+            raise ValueError(f"`num_inference_steps`={num_inference_steps!r}: next-scale prediction takes one step per "
+                             f"scale, {S} for this model (patch_nums {tuple(patch_nums)}), so leave it out; to trade "
+                             f"quality for speed use `guidance_interval` or `prune_ratios`")
 
     @staticmethod
     def check_num_images(num_images_per_prompt) -> None:
@@ -287,8 +316,10 @@ class NextScalePipelineMixin:
 
     def _run_callback(self, request, si, pn, f_hat, next_BChw, idx_Bl, logits_BlV, tokens, condition):
         """diffusers' convention ``callback(pipe, step, timestep, tensors)``; the "timestep" is the scale's side."""
+        # `prompt_embeds` are the condition rows: a class pipeline's are its labels (diffusers' guidance callbacks
+        # slice them as they would embeddings)
         local = {"f_hat": f_hat, "latents": f_hat, "idx_Bl": idx_Bl, "logits_BlV": logits_BlV, "tokens": list(tokens),
-                 "prompt_embeds": condition.get("text_embeds")}
+                 "prompt_embeds": condition.get("text_embeds", condition.get("class_labels"))}
         kwargs = {k: local[k] for k in request.callback_on_step_end_tensor_inputs}
         returned = request.callback_on_step_end(self, si, pn, kwargs) or {}
         if not isinstance(returned, dict):
@@ -423,6 +454,29 @@ class NextScalePipelineMixin:
         if not request.return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+
+@contextmanager
+def _without_fp32_cast_warning():
+    """Silence diffusers' warning that a cast reaches the float32 modules, for the casts that restore them."""
+    import logging as std_logging
+
+    from diffusers.models import modeling_utils
+
+    previous = modeling_utils.logger.level
+    modeling_utils.logger.setLevel(std_logging.ERROR)
+    try:
+        yield
+    finally:
+        modeling_utils.logger.setLevel(previous)
+
+
+def _restore_fp32_modules(pipe) -> None:
+    for component in pipe.components.values():
+        for name in getattr(component, "_keep_in_fp32_modules", None) or []:
+            module = getattr(component, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.float()
 
 
 @contextmanager

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline
@@ -11,6 +12,7 @@ from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .next_scale import EditRequest, NextScalePipelineMixin, check_components_agree
+from .single_file import pipeline_from_single_file
 
 
 class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
@@ -31,6 +33,28 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
             if vqvae is not None:
                 check_components_agree(transformer, vqvae)
         self.register_modules(transformer=transformer, vqvae=vqvae)
+
+    @classmethod
+    def from_single_file(
+        cls,
+        var_checkpoint: str | os.PathLike,
+        vae_checkpoint: str | os.PathLike,
+        *,
+        patch_nums: Sequence[int] | str | None = None,
+        num_heads: int | None = None,
+        quant_resi: float = 0.5,
+        dtype: torch.dtype | None = None,
+    ):
+        r"""Load VAR's original files (``var_d16.pth`` … ``var_d30.pth`` and ``vae_ch160v4096z32.pth``) directly.
+
+        The files are read by the converter's own code (``var-clip convert-var``): ``torch.load(weights_only=True)``
+        after a look at their first bytes, every key consumed, every hyperparameter inferred; the pipeline equals the
+        one the converted folder loads. ``num_heads`` is needed only for checkpoints without L2-normalised attention
+        (VAR's released ones use heads = depth, the default); the other arguments are as in
+        [`VARCLIPPipeline.from_single_file`].
+        """
+        return pipeline_from_single_file(cls, "class", var_checkpoint, vae_checkpoint, patch_nums=patch_nums,
+                                         num_heads=num_heads, quant_resi=quant_resi, dtype=dtype)
 
     def check_inputs(self, class_labels) -> list[int]:
         labels = [class_labels] if isinstance(class_labels, int) and not isinstance(class_labels, bool) else class_labels
@@ -62,6 +86,9 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
     ):
         r"""Generate images of the given classes.
 
@@ -87,6 +114,7 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
             more_smooth=more_smooth, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
             guidance_interval=guidance_interval, top_k=top_k, top_p=top_p, temperature=temperature,
             prune_ratios=prune_ratios,
+            height=height, width=width, num_inference_steps=num_inference_steps,
         )
         return self._generate(labels, num_images_per_prompt, request)
 
@@ -134,6 +162,9 @@ class VARInpaintPipeline(VARPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
     ):
         r"""As [`VARCLIPInpaintPipeline.__call__`], with `class_labels` in place of prompts."""
         if image is None or mask_image is None:
@@ -147,5 +178,6 @@ class VARInpaintPipeline(VARPipeline):
             more_smooth=more_smooth, edit=edit, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
             guidance_interval=guidance_interval, top_k=top_k, top_p=top_p, temperature=temperature,
             prune_ratios=prune_ratios,
+            height=height, width=width, num_inference_steps=num_inference_steps,
         )
         return self._generate(labels, num_images_per_prompt, request)

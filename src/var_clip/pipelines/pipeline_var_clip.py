@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -18,6 +19,7 @@ from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ..vocabulary import unknown_words
 from .next_scale import NextScalePipelineMixin, check_components_agree
+from .single_file import NOT_GIVEN, check_text_components, pipeline_from_single_file
 
 logger = logging.get_logger(__name__)
 
@@ -64,6 +66,54 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
                 raise ValueError(f"`text_encoder`'s hidden states have {text_encoder.config.hidden_size} dims but "
                                  f"`transformer` cross-attends to {H}")
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, transformer=transformer, vqvae=vqvae)
+
+    @classmethod
+    def from_single_file(
+        cls,
+        var_checkpoint: str | os.PathLike,
+        vae_checkpoint: str | os.PathLike,
+        *,
+        text_encoder: CLIPTextModelWithProjection | str | os.PathLike | None = NOT_GIVEN,
+        tokenizer: CLIPTokenizer | None = NOT_GIVEN,
+        patch_nums: Sequence[int] | str | None = None,
+        num_heads: int | None = None,
+        quant_resi: float = 0.5,
+        dtype: torch.dtype | None = None,
+    ):
+        r"""Load the original VAR-CLIP files directly, without converting them first.
+
+        The files are read by the converter's own code (``var-clip convert-var-clip``): ``torch.load(weights_only=True)``
+        after a look at their first bytes, every key consumed, every hyperparameter inferred; the pipeline equals the
+        one the converted folder loads.
+
+        Args:
+            var_checkpoint: VAR-CLIP's ``ar-ckpt-*.pth`` (or a bare transformer state dict).
+            vae_checkpoint: VAR's VQ-VAE, ``vae_ch160v4096z32.pth``.
+            text_encoder, tokenizer: the CLIP text tower and tokenizer, which the original files do not hold (VAR-CLIP
+                d16: ``openai/clip-vit-large-patch14``); ``text_encoder`` may also be a local folder holding both.
+                Both must be given; both None makes a pipeline that takes ``prompt_embeds`` only.
+            patch_nums: the scale sides; default the checkpoint's own (else VAR's 256-px schedule).
+            num_heads: only for checkpoints without L2-normalised attention (else heads = depth is assumed).
+            quant_resi: φ's residual ratio (0.5 in VAR), which the files do not store.
+            dtype: cast the weights (all but the modules kept in float32).
+
+        Examples:
+            ```py
+            >>> from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+            >>> from var_clip import VARCLIPPipeline
+
+            >>> clip = "openai/clip-vit-large-patch14"
+            >>> pipe = VARCLIPPipeline.from_single_file(
+            ...     "ar-ckpt-last.pth", "vae_ch160v4096z32.pth",
+            ...     text_encoder=CLIPTextModelWithProjection.from_pretrained(clip),
+            ...     tokenizer=CLIPTokenizer.from_pretrained(clip),
+            ... )
+            ```
+        """
+        check_text_components(cls.__name__, text_encoder, tokenizer)
+        return pipeline_from_single_file(cls, "text", var_checkpoint, vae_checkpoint, text_encoder=text_encoder,
+                                         tokenizer=tokenizer, patch_nums=patch_nums, num_heads=num_heads,
+                                         quant_resi=quant_resi, dtype=dtype)
 
     @property
     def tokenizer_max_length(self) -> int:
@@ -115,7 +165,9 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
         Returns a :class:`PromptEmbeddings`: the pooled, normalised embeddings (B·n, E) and, with guidance, the
         negative ones; and, when the transformer cross-attends to the text (or has no transformer to ask), the
         token states (B·n, T, H) with their masks. Without a negative prompt the negative condition is the
-        transformer's learned null embedding (and null token), as in VAR-CLIP.
+        transformer's learned null embedding (and null token), as in VAR-CLIP; on a pipeline loaded without a
+        transformer (``transformer=None``, only the text components) the negative fields stay None, and the
+        transformer applies its null condition when these embeddings are passed to ``__call__``.
         """
         device = device or self._execution_device
         tokens = self.transformer is None or self.transformer.uses_text_tokens
@@ -130,7 +182,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
                 negative_prompt_embeds, states, mask = self._encode_text(negatives, device)
                 if negative_prompt_token_embeds is None:
                     negative_prompt_token_embeds, negative_prompt_attention_mask = states, mask
-            else:
+            elif self.transformer is not None:
                 negative_prompt_embeds = self.transformer.null_condition(batch_size)
         if do_classifier_free_guidance and tokens and negative_prompt_token_embeds is None and self.transformer is not None:
             negative_prompt_token_embeds, negative_prompt_attention_mask = self.transformer.null_text_states(batch_size)
@@ -283,6 +335,9 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
     ):
         r"""Generate images from text.
 
@@ -325,6 +380,9 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
                 latent, and may set `pipe._guidance_scale` (the remaining scales follow it).
             callback_on_step_end_tensor_inputs (`list[str]`, optional): which of `latents` (= `f_hat`), `idx_Bl`,
                 `logits_BlV`, `tokens`, `prompt_embeds` to pass.
+            height, width, num_inference_steps (`int`, optional): diffusers' names, for apps that always pass them:
+                accepted only with this model's values (the image side, fixed by the VQ-VAE's `patch_nums`, and one
+                step per scale); any other value is a ValueError that says what to use instead.
 
         Examples:
             ```py
@@ -343,6 +401,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth,
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
             top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
+            height=height, width=width, num_inference_steps=num_inference_steps,
         )
         return self._generate(prompts, num_images_per_prompt, request)
 

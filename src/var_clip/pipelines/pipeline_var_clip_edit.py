@@ -65,6 +65,9 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
     ):
         r"""Inpaint ``mask_image``'s white region of ``image`` following ``prompt``.
 
@@ -92,6 +95,7 @@ class VARCLIPInpaintPipeline(VARCLIPPipeline):
             edit=EditRequest(image_B3HW=pixels, mask_B1HW=mask, cell_threshold=cell_threshold),
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
             top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
+            height=height, width=width, num_inference_steps=num_inference_steps,
         )
         size = self.vqvae.sample_size
         if pixels.shape[-2:] == (size, size):
@@ -156,6 +160,9 @@ class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
     ):
         r"""Re-generate ``image`` under ``prompt``, keeping its coarse scales.
 
@@ -179,6 +186,7 @@ class VARCLIPImg2ImgPipeline(VARCLIPPipeline):
             callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs, more_smooth=more_smooth, edit=edit,
             guidance_scale=guidance_scale, guidance_schedule=guidance_schedule, guidance_interval=guidance_interval,
             top_k=top_k, top_p=top_p, temperature=temperature, prune_ratios=prune_ratios,
+            height=height, width=width, num_inference_steps=num_inference_steps,
         )
         return self._generate(prompts, num_images_per_prompt, request)
 

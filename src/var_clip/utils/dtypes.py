@@ -7,7 +7,7 @@ Torch is imported only when a name is resolved, so the command line can list the
 
 from __future__ import annotations
 
-__all__ = ["DTYPE_NAMES", "VARIANT_DTYPE_NAMES", "has_native_bf16", "torch_dtype"]
+__all__ = ["DTYPE_NAMES", "VARIANT_DTYPE_NAMES", "cast_keeping_fp32_modules", "has_native_bf16", "torch_dtype"]
 
 #: ``--dtype`` choices of the commands that load a model, torch's own names.
 DTYPE_NAMES: tuple[str, ...] = ("float32", "bfloat16", "float16")
@@ -23,6 +23,17 @@ def torch_dtype(name: str):
     import torch
 
     return getattr(torch, full)
+
+
+def cast_keeping_fp32_modules(module, dtype) -> None:
+    """Cast ``module``'s floating weights and buffers to ``dtype`` in place, except those under the submodules its
+    class keeps in float32 (``_keep_in_fp32_modules``: the transformer's head, the quantizer's codebook), as diffusers
+    does when loading with ``dtype=``; ``module.to(dtype)`` would cast those too, and a half-precision copy would
+    lose them for good."""
+    keep = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not any(k in name.split(".") for k in keep):
+            tensor.data = tensor.data.to(dtype)
 
 
 def has_native_bf16(device_type: str) -> bool:
