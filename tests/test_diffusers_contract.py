@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 from diffusers.callbacks import SDCFGCutoffCallback
 
 from var_clip import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
+
+from .conftest import REPO
 
 
 def gen(seed=0):
@@ -142,3 +145,21 @@ def test_a_long_prompt_gets_one_warning_naming_the_dropped_words(tiny_pipe, capl
         tiny_pipe(" ".join(["red circle"] * 60), generator=gen(), output_type="tokens")
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 1 and "was dropped" in messages[0], messages
+
+
+def test_diffusers_generic_loaders_fail_inside_diffusers_and_the_readme_names_what_works(tiny_pipe, tmp_path):
+    """diffusers looks a folder's pipeline class up in its own namespace (DiffusionPipeline) or in its own task
+    mappings (AutoPipeline), before any var-clip code runs, and offers no public way to register another; changing
+    these errors would mean patching diffusers. They are pinned here (a diffusers release that opens a way makes this
+    fail), and the README says what to call instead."""
+    tiny_pipe.save_pretrained(tmp_path)
+    with pytest.raises(AttributeError, match="has no attribute VARCLIPPipeline"):
+        DiffusionPipeline.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="AutoPipeline can't find a pipeline linked to VARCLIPPipeline"):
+        AutoPipelineForText2Image.from_pretrained(tmp_path)
+    assert type(VARCLIPPipeline.from_pretrained(tmp_path)) is VARCLIPPipeline  # the call that works
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for fact in ("`DiffusionPipeline.from_pretrained(folder)` without `custom_pipeline`",
+                 "`AutoPipelineForText2Image`", "`custom_pipeline=custom_pipeline_file(folder)`",
+                 "`VARCLIPPipeline.from_pretrained(folder)`"):
+        assert fact in readme, fact
