@@ -328,3 +328,18 @@ def test_failures_become_sentences(caplog):
     assert "cannot be reached" in _sentence(ConnectionError("no route"), "x")
     assert _sentence(KeyError("bug"), "a request failed") == "Something went wrong on the server; its log has the details."
     assert "a request failed" in caplog.text and "KeyError" in caplog.text  # the traceback is in the log
+
+
+def test_every_image_the_page_shows_is_a_new_file_written_whole(tmp_path):
+    """Gradio rewrites its hash-named copy of a returned PIL image in place, so two sessions showing the same image
+    raced (a page was sent a half-written file): the page hands Gradio paths to files written once, renamed into place."""
+    pytest.importorskip("gradio")
+    from var_clip.demo.ui import _ImageFiles
+
+    files = _ImageFiles(tmp_path / "images", keep=3)
+    image = PIL.Image.new("RGB", (8, 8), (200, 30, 30))
+    paths = [files.write(image) for _ in range(5)]
+    assert len(set(paths)) == 5  # the same image twice: two files, neither rewritten
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == sorted(Path(p).name for p in paths[-3:])
+    with PIL.Image.open(paths[-1]) as written:
+        assert written.format == "PNG" and np.array_equal(np.asarray(written), np.asarray(image))

@@ -109,7 +109,7 @@ def serve(model: str | None = None, share: bool = False, server_name: str | None
     from .ui import CSS, build_demo  # Gradio
 
     label = f"`{model}`" if model else "the embedded shapes-world model"
-    demo = build_demo(engine, label, limits=limits, allow_lora=allow_lora)
+    demo = build_demo(engine, label, limits=limits, allow_lora=allow_lora, image_dir=workspace.root / "images")
     demo.queue(max_size=queue_size, default_concurrency_limit=workers)
     demo.launch(share=share, server_name=server_name, server_port=server_port, max_file_size=limits.max_bytes,
                 css=CSS, ssr_mode=False, show_error=False, prevent_thread_lock=True, footer_links=[])

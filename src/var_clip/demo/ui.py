@@ -4,11 +4,19 @@ Three tabs (text to image, editing, LoRA). Every handler turns a failure into a 
 upload says what is wrong, an unexpected error is logged with its traceback on the server and shown as one line.
 """
 
+import atexit
+import collections
 import logging
+import os
+import shutil
+import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import gradio as gr
+import PIL.Image
 
 from ..cli import describe_failure
 from ..utils.image_grid import make_image_grid
@@ -71,7 +79,37 @@ class _Sessions:
                 del self._flags[session]
 
 
-def _stream(engine: DemoEngine, sessions: _Sessions, request: DemoRequest, session: str) -> Iterator[tuple]:
+class _ImageFiles:
+    """The PNG files the page hands to Gradio: each written once, under a fresh name, and renamed into place.
+
+    Gradio saves a returned PIL image to a file named by the image's hash and rewrites that file in place each time;
+    two sessions showing the same image (the same prompt and seed, or the same coarse first scale) then race, and a
+    page can be sent a half-written file (the server logs "Too little data for declared Content-Length"). A returned
+    path is instead copied into Gradio's cache under a temporary name and renamed, never rewritten. Only the newest
+    ``keep`` files stay here: Gradio copies each one as the handler yields it, long before ``keep`` more are written.
+    """
+
+    def __init__(self, folder: Path, keep: int = 512):
+        self.folder, self.keep = folder, keep
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._written: collections.deque[Path] = collections.deque()
+        self._lock = threading.Lock()
+
+    def write(self, image: PIL.Image.Image) -> str:
+        path = self.folder / f"{uuid.uuid4().hex}.png"
+        staging = path.with_suffix(".tmp")
+        image.save(staging, format="PNG")
+        os.replace(staging, path)
+        with self._lock:
+            self._written.append(path)
+            stale = [self._written.popleft() for _ in range(max(0, len(self._written) - self.keep))]
+        for old in stale:
+            old.unlink(missing_ok=True)
+        return str(path)
+
+
+def _stream(engine: DemoEngine, sessions: _Sessions, request: DemoRequest, session: str,
+            files: _ImageFiles) -> Iterator[tuple]:
     """(preview, gallery, verdicts, warning, status) as the request runs; failures end it with a sentence."""
     flag = sessions.begin(session)
     skip = gr.skip()
@@ -80,11 +118,12 @@ def _stream(engine: DemoEngine, sessions: _Sessions, request: DemoRequest, sessi
         for event in engine.generate(request, flag):
             if isinstance(event, Preview):
                 status = f"Scale {event.scale_index + 1} of {event.num_scales} ({event.side}×{event.side} tokens)"
-                yield event.image, skip, skip, skip, status  # enlarged by the page (CSS): a small file to send
+                yield files.write(event.image), skip, skip, skip, status  # enlarged by the page (CSS): a small file
             elif isinstance(event, Result):
                 final = [g.image for g in event.images]
                 preview = final[0] if len(final) == 1 else make_image_grid(final, cols=min(len(final), 4))
-                yield (preview, gallery_items(event), verdict_table(event),
+                gallery = [(files.write(image), caption) for image, caption in gallery_items(event)]
+                yield (files.write(preview), gallery, verdict_table(event),
                        unknown_word_warning(event.unknown_words, engine.vocabulary), result_summary(event))
     except Cancelled:
         yield skip, skip, skip, skip, "Stopped."
@@ -95,9 +134,14 @@ def _stream(engine: DemoEngine, sessions: _Sessions, request: DemoRequest, sessi
 
 
 def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = UploadLimits(),
-               allow_lora: bool = True) -> gr.Blocks:
-    """The demo's page over ``engine``; ``model_label`` names the model in the header."""
+               allow_lora: bool = True, image_dir: Path | None = None) -> gr.Blocks:
+    """The demo's page over ``engine``; ``model_label`` names the model in the header; the images it shows are
+    written to ``image_dir`` (default: a new temporary folder, removed at exit)."""
     sessions = _Sessions()
+    if image_dir is None:
+        image_dir = Path(tempfile.mkdtemp(prefix="var-clip-demo-images-"))
+        atexit.register(shutil.rmtree, image_dir, ignore_errors=True)
+    files = _ImageFiles(image_dir)
 
     def sampling_controls():
         with gr.Accordion("Sampling", open=False):
@@ -214,7 +258,7 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
             except ValueError as error:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {error}", gr.skip()
                 return
-            for outputs in _stream(engine, sessions, job, request.session_hash):
+            for outputs in _stream(engine, sessions, job, request.session_hash, files):
                 yield *outputs, chosen
 
         def run_edit(request: gr.Request, image, editor_value, prompt_, mode_label, strength_, left, top, right, bottom,
@@ -232,7 +276,7 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
             except ValueError as error:
                 yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), f"⚠️ {error}", gr.skip()
                 return
-            for outputs in _stream(engine, sessions, job, request.session_hash):
+            for outputs in _stream(engine, sessions, job, request.session_hash, files):
                 yield *outputs, chosen
 
         def stop_request(request: gr.Request):
