@@ -217,10 +217,11 @@ class NextScalePipelineMixin:
                 if edit is not None:
                     raise ValueError(f"`{name}`={value!r}: the output keeps the input image's size, {W}×{H}; leave "
                                      "`height` and `width` out (resize the image itself to change it)")
+                factor = self.vqvae.downsample_factor
                 raise ValueError(f"`{name}`={value!r}: this model makes {W}×{H} images, a size fixed by the VQ-VAE's "
-                                 f"patch_nums (last scale {patch_nums[-1]} × downsampling {self.vqvae.downsample_factor})"
-                                 f"; leave `height` and `width` out (a larger or wider image: outpaint with "
-                                 f"VARCLIPInpaintPipeline and `prepare_outpainting`)")
+                                 f"patch_nums (last scale {patch_nums[-1]} × downsampling {factor}); leave `height` "
+                                 f"and `width` out (a larger or wider image: outpaint with VARCLIPInpaintPipeline and "
+                                 f"`prepare_outpainting`)")
         S = len(patch_nums)
         if num_inference_steps is not None and (isinstance(num_inference_steps, bool) or num_inference_steps != S):
             raise ValueError(f"`num_inference_steps`={num_inference_steps!r}: next-scale prediction takes one step per "

@@ -82,9 +82,9 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
     ):
         r"""Load the original VAR-CLIP files directly, without converting them first.
 
-        The files are read by the converter's own code (``var-clip convert-var-clip``): ``torch.load(weights_only=True)``
-        after a look at their first bytes, every key consumed, every hyperparameter inferred; the pipeline equals the
-        one the converted folder loads.
+        The files are read by the converter's own code (``var-clip convert-var-clip``):
+        ``torch.load(weights_only=True)`` after a look at their first bytes, every key consumed, every hyperparameter
+        inferred; the pipeline equals the one the converted folder loads.
 
         Args:
             var_checkpoint: VAR-CLIP's ``ar-ckpt-*.pth`` (or a bare transformer state dict).

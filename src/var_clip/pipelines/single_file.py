@@ -39,7 +39,8 @@ def check_text_components(pipeline_name: str, text_encoder, tokenizer) -> None:
         raise ValueError(f"`text_encoder` must be a transformers CLIPTextModelWithProjection (VAR-CLIP conditions on "
                          f"CLIP's projected text embedding), got {type(text_encoder).__name__}")
     if tokenizer is not None and not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise ValueError(f"`tokenizer` must be a transformers tokenizer (CLIPTokenizer), got {type(tokenizer).__name__}")
+        raise ValueError(f"`tokenizer` must be a transformers tokenizer (CLIPTokenizer), got "
+                         f"{type(tokenizer).__name__}")
 
 
 def pipeline_from_single_file(
