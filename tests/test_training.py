@@ -270,42 +270,6 @@ def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def test_fused_adamw_trains_like_the_per_tensor_loop():
-    import argparse
-
-    from tests.conftest import make_tiny_transformer, make_tiny_vqvae
-    from var_clip.training.engine import build_optimizer
-    from var_clip.training.train_var import TRANSFORMER_NO_DECAY_KEYS, var_loss
-
-    args = argparse.Namespace(learning_rate=3e-3, adam_weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95,
-                              adam_epsilon=1e-8)
-    vqvae = make_tiny_vqvae()
-    L = sum(pn * pn for pn in vqvae.config.patch_nums)
-    idx_BL = torch.randint(0, 64, (4, L), generator=torch.Generator().manual_seed(0))
-    condition = {"text_embeds": torch.nn.functional.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1)}
-
-    def run(fused: bool) -> tuple[list[float], torch.Tensor]:
-        model = make_tiny_transformer().train()
-        optimizer = build_optimizer(model, args, TRANSFORMER_NO_DECAY_KEYS)
-        assert optimizer.defaults["fused"] is True
-        if not fused:  # the same groups, stepped tensor by tensor
-            optimizer = torch.optim.AdamW(optimizer.param_groups, lr=args.learning_rate, betas=(0.9, 0.95),
-                                          eps=1e-8, foreach=False)
-        generator, losses = torch.Generator().manual_seed(2), []
-        for _ in range(6):
-            loss, _ = var_loss(model, model, vqvae, idx_BL, condition, 0.0, generator)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-        return losses, torch.cat([p.detach().flatten() for p in model.parameters()])
-
-    (fused_losses, fused_params), (loop_losses, loop_params) = run(True), run(False)
-    assert fused_losses == pytest.approx(loop_losses, rel=1e-5)
-    assert torch.allclose(fused_params, loop_params, atol=1e-5)
-    assert fused_losses[-1] < fused_losses[0]
-
-
 def test_mixed_precision_auto_picks_bf16_only_where_the_hardware_has_it(caplog):
     from var_clip.training.engine import resolve_mixed_precision
     from var_clip.utils.dtypes import has_native_bf16

@@ -262,10 +262,8 @@ def resolve_mixed_precision(requested: str) -> str:
 
 def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: Sequence[str] = ()) -> torch.optim.AdamW:
     """AdamW with two groups, as VAR: no weight decay on biases, 1-D tensors (norms, gains) and ``no_decay_keys``
-    (positional and level embeddings, learned null condition, attention scales).
-
-    The fused implementation (one kernel for all parameters, CPU and CUDA) does the same arithmetic as the per-tensor
-    loop in far fewer calls; other devices keep the loop.
+    (positional and level embeddings, learned null condition, attention scales). torch's default implementation:
+    the fused one measured no faster on two CPU cores (`benchmarks/bench_training.py --optimizers default fused`).
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -276,10 +274,8 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: S
         else:
             decay.append(param)
     groups = [{"params": decay, "weight_decay": args.adam_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    devices = {p.device.type for g in groups for p in g["params"]}
-    fused = devices <= {"cpu", "cuda"} and bool(devices)
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate,
-                             betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon, fused=fused or None)
+                             betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
