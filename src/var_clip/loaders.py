@@ -171,9 +171,7 @@ def _load_text_encoder_adapter(text_encoder, state_dict: Mapping[str, torch.Tens
     loaded = {k.removesuffix(".weight") + f".{adapter_name}" + (".weight" if k.endswith(".weight") else "")
               for k in part}
     if unexpected or expected - loaded:
-        from diffusers.utils.peft_utils import delete_adapter_layers
-
-        delete_adapter_layers(text_encoder, adapter_name)
+        remove_adapter(text_encoder, adapter_name)
         raise ValueError(f"this LoRA file's text-encoder part does not fit this text encoder: "
                          f"{len(unexpected)} unexpected tensors (e.g. {unexpected[:2]}), "
                          f"{len(expected - loaded)} adapter tensors missing (e.g. {sorted(expected - loaded)[:2]})")

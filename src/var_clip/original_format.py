@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -71,7 +72,9 @@ def load_original_state_dict(path: str | os.PathLike, what: str = "checkpoint") 
     if problem:
         raise OriginalCheckpointError(f"{what} {path!r} cannot be loaded: {problem}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # files saved with pickle protocol 4 read fine; torch's note about it is noise
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the message below says what each failure means
         msg = str(e)
         if "Weights only load failed" in msg or "weights_only" in msg:
