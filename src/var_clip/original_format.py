@@ -285,25 +285,33 @@ def vqvae_from_single_file(checkpoint: str | os.PathLike, patch_nums=DEFAULT_PAT
     The file does not store ``patch_nums`` (VAR's 256-px schedule by default; the transformer's own when a pipeline
     is loaded) nor φ's ratio ``quant_resi``. ``dtype`` casts all but the float32 modules (the quantizer).
     """
-    state_dict = load_original_state_dict(checkpoint, "checkpoint")
-    if looks_like_transformer(state_dict):
-        raise OriginalCheckpointError(f"checkpoint {os.fspath(checkpoint)!r} holds a VAR transformer, not a VQ-VAE: "
-                                      f"load it with VARTransformer2DModel.from_single_file")
-    model = vqvae_from_original(state_dict, patch_nums=patch_nums, quant_resi=quant_resi, **config_overrides)
-    if dtype is not None:
-        cast_keeping_fp32_modules(model, dtype)
-    return model
+    state_dict = _single_file_state_dict(checkpoint, looks_like_transformer, "a VAR transformer, not a VQ-VAE",
+                                         "VARTransformer2DModel")
+    return _cast(vqvae_from_original(state_dict, patch_nums=patch_nums, quant_resi=quant_resi, **config_overrides),
+                 dtype)
 
 
 def transformer_from_single_file(checkpoint: str | os.PathLike, num_heads: int | None = None, patch_nums=None,
                                  dtype: torch.dtype | None = None, **config_overrides) -> VARTransformer2DModel:
     """Read a VAR-CLIP ``ar-ckpt-*.pth`` (or a bare transformer state dict) or VAR's ``var_d*.pth`` into a
     :class:`VARTransformer2DModel`, as the converter does. ``dtype`` casts all but the float32 logits head."""
+    state_dict = _single_file_state_dict(checkpoint, looks_like_vqvae, "a VQ-VAE, not a VAR transformer",
+                                         "MultiScaleVQModel")
+    return _cast(transformer_from_original(state_dict, num_heads=num_heads, patch_nums=patch_nums, **config_overrides),
+                 dtype)
+
+
+def _single_file_state_dict(checkpoint, is_other_model, holds: str, other_class: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors, refused with the class that reads it when ``is_other_model`` says it is the other
+    model's file."""
     state_dict = load_original_state_dict(checkpoint, "checkpoint")
-    if looks_like_vqvae(state_dict):
-        raise OriginalCheckpointError(f"checkpoint {os.fspath(checkpoint)!r} holds a VQ-VAE, not a VAR transformer: "
-                                      f"load it with MultiScaleVQModel.from_single_file")
-    model = transformer_from_original(state_dict, num_heads=num_heads, patch_nums=patch_nums, **config_overrides)
+    if is_other_model(state_dict):
+        raise OriginalCheckpointError(f"checkpoint {os.fspath(checkpoint)!r} holds {holds}: load it with "
+                                      f"{other_class}.from_single_file")
+    return state_dict
+
+
+def _cast(model, dtype: torch.dtype | None):
     if dtype is not None:
         cast_keeping_fp32_modules(model, dtype)
     return model
