@@ -12,7 +12,8 @@ import warnings
 from dataclasses import dataclass
 
 import PIL.Image
-import PIL.ImageOps
+
+from ..utils.image_files import ImageReadError, as_seen
 
 __all__ = ["UploadError", "UploadLimits", "read_upload", "fit_to_square"]
 
@@ -54,9 +55,11 @@ def read_upload(path: str | os.PathLike, limits: UploadLimits = UploadLimits()) 
             with PIL.Image.open(path, formats=ALLOWED_FORMATS) as im:
                 _check_dimensions(im.size, limits)
                 im.load()
-                image = PIL.ImageOps.exif_transpose(im).convert("RGB")
+                image = as_seen(im, "RGB", "the image")  # as every command reads an image: EXIF, 16-bit, alpha
     except UploadError:
         raise
+    except ImageReadError as error:
+        raise UploadError(str(error)) from None
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
         raise UploadError("the image declares more pixels than the demo decodes (a decompression bomb?)") from None
     except PIL.UnidentifiedImageError:

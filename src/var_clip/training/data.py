@@ -16,7 +16,6 @@ Legend: B batch · H, W image size · N dataset size.
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import warnings
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..utils.files import check_regular_file
 from ..utils.image_files import as_seen
+from ..utils.records import read_jsonl
 
 __all__ = [
     "CROP_MODES",
@@ -183,18 +183,8 @@ def _check_metadata_files(data_dir: Path) -> None:
     """Parse every ``metadata.jsonl`` under ``data_dir`` first: `datasets` reports a bad line without its file or
     line number."""
     for path in sorted(data_dir.rglob("metadata.jsonl")):
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except ValueError as error:
-                    raise ValueError(f"{path} line {line_number} is not JSON ({error.msg}): {line.strip()[:120]!r}"
-                                     ) from None
-                if not isinstance(record, dict) or "file_name" not in record:
-                    raise ValueError(f"{path} line {line_number} is not an object with a `file_name`: "
-                                     f"{line.strip()[:120]!r}")
+        read_jsonl(path, required=["file_name"], types={"file_name": str},
+                   fix='each line is an object such as {"file_name": "0001.png", "text": "a caption"}')
 
 
 def _index_all(values: list[str], names: list[str]) -> list[int]:
