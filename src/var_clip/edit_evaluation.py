@@ -123,10 +123,6 @@ def _object_in(image: PIL.Image.Image, color: str, shape: str, box: tuple[float,
                for o in sw.detect_objects(image))
 
 
-def _red_circle_in(image: PIL.Image.Image, x_min: float) -> bool:
-    return _object_in(image, "red", "circle", (x_min, 0, float("inf"), float("inf")))
-
-
 def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
     return (images_B3HW.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
 
@@ -215,7 +211,8 @@ def evaluate_outpainting(pipe, num_images: int = 12, samples_per_image: int = 4,
             sizes_ok &= image.size == canvas.size
             array = np.asarray(image).astype(int)
             max_change = max(max_change, int(np.abs(array[:, :size] - np.asarray(source).astype(int)).max()))
-            found.append(_red_circle_in(_at(image.crop((size, 0, 2 * size, size)), sw.IMAGE_SIZE), 0))
+            new_area = _at(image.crop((size, 0, 2 * size, size)), sw.IMAGE_SIZE)
+            found.append(_object_in(new_area, "red", "circle", (0, 0, sw.IMAGE_SIZE, sw.IMAGE_SIZE)))
             steps = np.abs(np.diff(array, axis=1)).mean(axis=(0, 2))  # mean colour step between neighbouring columns
             seams.append(float(steps[size - 1]))
             baselines.append(float(np.median(steps)))
