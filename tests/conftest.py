@@ -147,3 +147,14 @@ def killed_after_checkpoint(monkeypatch, step: int) -> Iterator[None]:
             yield
     finally:
         monkeypatch.undo()
+
+
+def assert_same_image(got, want, message: str = "") -> None:
+    """Two renderings of the same seed and prompt: what the pipeline guarantees across batch sizes, thread counts and
+    processes is the sampled tokens; the decoder's sums may then differ in the last bits, so a uint8 pixel may differ
+    by one step (another seed or prompt differs by far more)."""
+    import numpy as np
+
+    got, want = np.asarray(got).astype(int), np.asarray(want).astype(int)
+    assert got.shape == want.shape, message
+    assert np.abs(got - want).max() <= 1, message

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import var_clip
+from tests.conftest import assert_same_image
 from var_clip.demo.engine import Cancelled, DemoEngine, DemoRequest, Preview, Result, SharedExclusiveLock, verdict_for
 from var_clip.demo.forms import enlarge, mask_from_layers, resolve_seed, verdict_table
 from var_clip.demo.uploads import UploadError, UploadLimits, fit_to_square, read_upload
@@ -169,7 +170,7 @@ def test_generate_streams_previews_then_the_pipelines_images_with_verdicts(engin
     assert previews[0].image.width >= 3 * 64  # the three images side by side
     assert [g.seed for g in result.images] == [5, 6, 7]
     for got, want in zip(result.images, expected_images(engine, prompt, 5, 3)):
-        assert np.array_equal(np.asarray(got.image), want)
+        assert_same_image(got.image, want)
         assert got.verdict is not None
     assert "| 5 |" in verdict_table(result) and result.unknown_words == []
 
@@ -216,7 +217,8 @@ def test_concurrent_requests_get_their_own_images(engine):
         t.join()
     for seed, guidance in settings:
         want = expected_images(engine, "a green triangle on the left", seed, 2, guidance_scale=guidance)
-        assert all(np.array_equal(np.asarray(g.image), w) for g, w in zip(results[seed].images, want))
+        for g, w in zip(results[seed].images, want):
+            assert_same_image(g.image, w)
 
 
 def test_editing_modes(engine):

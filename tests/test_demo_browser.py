@@ -26,6 +26,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from .conftest import assert_same_image
 from .test_demo import noise_png, png_bytes
 
 pytestmark = pytest.mark.browser
@@ -245,7 +246,7 @@ def test_scales_stream_in_and_the_gallery_holds_the_pipelines_images(ready_serve
     check_timing("4 images done", done_s, FOUR_IMAGES_S)
     got, want = gallery_images(page, log, 4), reference(prompt, 11, 4)
     for g, w in zip(got, want):
-        assert np.array_equal(g, w)
+        assert_same_image(g, w)
     verdicts = page.locator("#verdicts").inner_text()
     assert all(str(seed) in verdicts for seed in (11, 12, 13, 14)) and "whole caption" in verdicts
     assert page.locator("#gallery").get_by_text("seed 11").count() >= 1
@@ -427,7 +428,7 @@ def test_eight_sessions_at_once_each_get_their_own_images(ready_server, browser,
         round(next(t for t, g in log["galleries"] if len(g) == 4) / 1000, 2) for log in logs]
     for i, (page, log, prompt) in enumerate(zip(pages, logs, prompts)):
         for got, want in zip(gallery_images(page, log, 4), reference(prompt, 100 + i, 4)):
-            assert np.array_equal(got, want), f"session {i} shows images that are not its own"
+            assert_same_image(got, want, f"session {i} shows images that are not its own")
         page.context.close()
 
 
