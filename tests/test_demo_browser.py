@@ -270,11 +270,10 @@ def test_screenshots_of_previews_gallery_and_unknown_words(ready_server, browser
     strip = make_image_grid([im.resize((128, 128), PIL.Image.Resampling.NEAREST) for im in shown], captions=captions,
                             cols=len(shown))
     strip.save(out / "demo_previews.png")
-    # the page in the middle of a run, then with its gallery and verdicts
+    # a run seen in the middle (a scale's status), then the page with its gallery and verdicts
     fill_prompt(page, "a red circle on the left", seed=3, count=4)
     page.click("#generate")
     page.locator("#status").get_by_text(re.compile(r"Scale [1-6] of")).wait_for(timeout=30000)
-    page.locator("#preview").screenshot(path=str(out / "demo_preview.png"))
     page.locator("#status").get_by_text("(seeds 3–6)").wait_for(timeout=60000)
     page.screenshot(path=str(out / "demo_gallery.png"), full_page=True)
     fill_prompt(page, "a red fox above a blue square", seed=0, count=1)
