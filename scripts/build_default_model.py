@@ -37,6 +37,10 @@ VQVAE = dict(steps=2400, batch=32, lr=1.5e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab
              patch_nums=(1, 2, 3, 4, 5, 6, 8))
 VAR = dict(steps=3000, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0,
            scale_loss_weighting="tokens")
+# --continue_from: the long run. The transformer of a finished build (same architecture) trains on for `steps` more on
+# a larger dataset of the same seed (its first 20,000 scenes are the base build's), with a warm restart: linear
+# warm-up to `lr`, then cosine decay to 0. 27,000 + 3,000 steps = 960,000 images, 10x the base build.
+CONTINUED = dict(steps=27000, lr=5e-4, warmup=500, scheduler="cosine", num_images=100000)
 EVAL = dict(samples_per_prompt=4, guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P)
 MAX_MB = 25.0
 
@@ -95,14 +99,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the finished pipeline folder goes (default: the package's default_model)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke build)")
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
-    parser.add_argument("--num_images", type=int, default=DATA["num_images"], help="training images (default 20000)")
+    parser.add_argument("--num_images", type=int, default=None,
+                        help=f"training images (default {DATA['num_images']}; {CONTINUED['num_images']} with --continue_from)")
     parser.add_argument("--conditioning", choices=("tokens", "pooled"), default="tokens",
                         help="tokens (default): cross-attention to the caption's token states; pooled: VAR-CLIP as published")
     parser.add_argument("--components", default=None,
                         help="reuse this pipeline folder's text encoder, tokenizer and VQ-VAE (skips their stages)")
+    parser.add_argument("--continue_from", "--continue-from", default=None,
+                        help="the long run: train this pipeline folder's transformer on (its other components are "
+                             f"kept) for {CONTINUED['steps']} × --scale more steps on {CONTINUED['num_images']} images")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be > 0")
+    if args.continue_from and args.components:
+        parser.error("--continue_from keeps that folder's components: leave out --components")
+    if args.num_images is None:
+        args.num_images = (CONTINUED if args.continue_from else DATA)["num_images"]
 
     from var_clip import VARCLIPPipeline, shapes_world
     from var_clip.evaluation import evaluate_shapes
@@ -133,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         shapes_world.generate_dataset(data, num_images=args.num_images, seed=DATA["seed"])
         log["data"] = round(time.time() - t)
 
-    if args.components:
-        components = Path(args.components)
+    if args.continue_from and not (work / "base").is_dir():  # the run's own copy: resumes never see a changed folder
+        shutil.copytree(args.continue_from, work / ".base.partial", dirs_exist_ok=True)
+        os.replace(work / ".base.partial", work / "base")
+    if args.continue_from or args.components:
+        components = work / "base" if args.continue_from else Path(args.components)
         missing = [c for c in ("text_encoder", "tokenizer", "vqvae") if not (components / c).is_dir()]
         if missing:
             raise SystemExit(f"--components {components} lacks {missing}: give a VARCLIPPipeline folder")
@@ -145,15 +160,21 @@ def main(argv: list[str] | None = None) -> int:
 
     # 4. VAR-CLIP transformer on the frozen VQ-VAE and text tower, with cached tokens and embeddings
     r = VAR
-    run_stage("var", work / "var", "var_clip.training.train_var", [
-        "--train_data_dir", str(data), "--output_dir", str(work / "var"), "--vqvae", str(vqvae),
-        "--text_encoder", str(text_encoder), "--tokenizer", str(tokenizer), "--conditioning", args.conditioning,
-        "--cache_dir", str(work / "cache"), "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
-        "--num_heads", str(r["heads"]), "--train_batch_size", str(r["batch"]), "--learning_rate", str(r["lr"]),
-        "--max_train_steps", steps(r["steps"]), "--cond_drop_rate", str(r["cond_drop"]),
-        "--label_smoothing", str(r["label_smoothing"]), "--scale_loss_weighting", r["scale_loss_weighting"],
-        "--checkpointing_steps", "500",
-        "--checkpoints_total_limit", "1", *common], log)
+    var_argv = ["--train_data_dir", str(data), "--output_dir", str(work / "var"), "--cache_dir", str(work / "cache"),
+                "--train_batch_size", str(r["batch"]), "--cond_drop_rate", str(r["cond_drop"]),
+                "--label_smoothing", str(r["label_smoothing"]), "--scale_loss_weighting", r["scale_loss_weighting"],
+                "--checkpointing_steps", "250" if args.continue_from else "500", "--checkpoints_total_limit", "1",
+                *common]
+    if args.continue_from:
+        c = CONTINUED
+        var_argv += ["--pretrained_pipeline", str(components), "--learning_rate", str(c["lr"]),
+                     "--lr_scheduler", c["scheduler"], "--lr_warmup_steps", steps(c["warmup"]),
+                     "--max_train_steps", steps(c["steps"])]
+    else:
+        var_argv += ["--vqvae", str(vqvae), "--text_encoder", str(text_encoder), "--tokenizer", str(tokenizer),
+                     "--conditioning", args.conditioning, "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
+                     "--num_heads", str(r["heads"]), "--learning_rate", str(r["lr"]), "--max_train_steps", steps(r["steps"])]
+    run_stage("var", work / "var", "var_clip.training.train_var", var_argv, log)
     log_path.write_text(json.dumps(log, indent=1))
 
     # 5. export, evaluate what ships, write the card; the folder replaces --output only when complete
@@ -199,6 +220,18 @@ def ship_folder(folder: Path) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def transformer_training(args) -> str:
+    base_steps = VAR["steps"] if args.continue_from else steps_of(args, VAR["steps"])  # the base build ran in full
+    base = (f"{base_steps} steps × {VAR['batch']} images, lr {VAR['lr']} decayed linearly, "
+            f"{int(VAR['cond_drop'] * 100)} % condition dropout")
+    if not args.continue_from:
+        return base
+    c = CONTINUED
+    return (f"{base} (the base build), then continued for {steps_of(args, c['steps'])} steps × {VAR['batch']} images "
+            f"from the base build's float16 weights: warm-up to lr {c['lr']} over {steps_of(args, c['warmup'])} steps, "
+            "cosine decay to 0")
+
+
 def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, output: Path) -> None:
     from huggingface_hub import ModelCardData
 
@@ -227,8 +260,7 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
                                  f"contrastively on the shapes world with {CLIP['hard_negatives']} hard negative captions per image",
         text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
         vqvae_training=f"{steps_of(args, VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
-        transformer_training=f"{steps_of(args, VAR['steps'])} steps × {VAR['batch']} images, lr {VAR['lr']}, "
-                             f"{int(VAR['cond_drop'] * 100)} % condition dropout",
+        transformer_training=transformer_training(args),
         training_hardware="2 CPU cores", training_time=(f"{sum(log.values()) / 60:.0f} minutes for the stages run here (the text encoder and "
                                        "VQ-VAE were reused from an earlier build of this recipe)" if args.components
                                        else f"{sum(log.values()) / 60:.0f} minutes (all stages)"),
