@@ -10,9 +10,12 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    package_dir={"": "src"},
+    # the custom-pipeline files and the model-card templates live at the top of the repository and ship inside the
+    # package (var_clip.utils.package_data finds them in either place)
+    package_dir={"": "src", "var_clip.custom_pipelines": "pipelines", "var_clip.model_cards": "model_cards"},
     # the embedded default model's folders (no Python files) are namespace packages holding its weights and configs
-    packages=find_namespace_packages("src", include=["var_clip", "var_clip.*"], exclude=["*.__pycache__"]),
+    packages=[*find_namespace_packages("src", include=["var_clip", "var_clip.*"], exclude=["*.__pycache__"]),
+              "var_clip.custom_pipelines", "var_clip.model_cards"],
     include_package_data=True,
     # data that ships in the wheel: the embedded default model (its folders hold no Python files and are namespace
     # packages), the model-card templates of the conversion and the diffusers custom-pipeline files

@@ -536,7 +536,7 @@ def test_full_size_d16_pair_converts_and_loads(tmp_path, capsys):
 def test_model_card_templates_ship_in_the_package(tmp_path):
     from var_clip.conversion import MODEL_CARDS_DIR, ConversionError, model_card_template
 
-    assert MODEL_CARDS_DIR.parent.name == "var_clip"  # inside the package, so an installed wheel has them
+    assert MODEL_CARDS_DIR.is_dir()  # where the wheel maps it is tests/test_packaging.py's
     for name in ("var_clip_d16.md", "var_class_conditional.md", "default_model.md"):
         assert model_card_template(name) == MODEL_CARDS_DIR / name
     own = tmp_path / "card.md"

@@ -27,13 +27,15 @@ import numpy as np
 from huggingface_hub import HfApi, constants, snapshot_download
 
 from .utils.files import LOCK_NAME, MARKER_NAME
+from .utils.package_data import shipped_folder
 
 __all__ = ["CUSTOM_PIPELINES_DIR", "push_pipeline_to_hub", "snapshot", "select_files", "check_folder", "is_pickle_file",
            "diffusers_download", "check_no_remote_code", "custom_pipeline_file"]
 
 #: The diffusers custom-pipeline files that ship with the package: ``pipeline_var_clip.py`` (VARCLIPPipeline) and
-#: ``pipeline_var.py`` (VARPipeline), for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=...)``.
-CUSTOM_PIPELINES_DIR = Path(__file__).resolve().parent / "custom_pipelines"
+#: ``pipeline_var.py`` (VARPipeline), for ``DiffusionPipeline.from_pretrained(..., custom_pipeline=...)``: the
+#: repository's top-level ``pipelines/``, ``var_clip/custom_pipelines`` in the wheel.
+CUSTOM_PIPELINES_DIR = shipped_folder("custom_pipelines", "pipelines")
 
 # Weight formats that unpickle (run code) when loaded; never downloaded, never uploaded.
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".ckpt", ".pkl", ".pickle")

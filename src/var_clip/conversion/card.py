@@ -1,4 +1,4 @@
-"""The model card of a converted folder: the templates shipped in ``var_clip/model_cards`` and their fields."""
+"""The model card of a converted folder: the templates shipped in ``model_cards/`` and their fields."""
 
 from __future__ import annotations
 
@@ -9,12 +9,13 @@ from pathlib import Path
 from .. import __version__
 from ..original_format import DEFAULT_PATCH_NUMS
 from ..utils.dtypes import VARIANT_DTYPE_NAMES
+from ..utils.package_data import shipped_folder
 from .describe import _params
 from .infer import DEFAULT_TEXT_ENCODER, ConversionError
 
 #: The model-card templates that ship with the package (``var_clip_d16.md``, ``var_class_conditional.md``,
-#: ``default_model.md``).
-MODEL_CARDS_DIR = Path(__file__).resolve().parent.parent / "model_cards"
+#: ``default_model.md``): the repository's top-level ``model_cards/``, ``var_clip/model_cards`` in the wheel.
+MODEL_CARDS_DIR = shipped_folder("model_cards", "model_cards")
 
 # The architecture of the released weights, to tell in the model card whether a conversion is one of them.
 _RELEASED_VQVAE = dict(vocab_size=4096, latent_channels=32, ch=160)
