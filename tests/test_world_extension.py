@@ -19,6 +19,7 @@ from var_clip.evaluation import evaluate_prompts
 PINK = sw.WorldExtension(colors={"pink": (255, 105, 180)})
 HUGE = sw.WorldExtension(sizes={"huge": (34, 38)})
 TINY = sw.WorldExtension(sizes={"tiny": (9, 11)})
+CORNERS = sw.WorldExtension(positions={"top left corner": ("top", "left"), "bottom right corner": ("bottom", "right")})
 
 
 def one(color: str, shape: str, size_px: int, caption: str = "") -> sw.Scene:
@@ -99,11 +100,46 @@ def test_extension_scenes_mix_the_words_and_score_correct_as_drawn():
         (obj,) = scene.objects
         assert obj.color == "pink" or (scene.size_word == "tiny" and (obj.color, obj.shape) not in sw.HELD_OUT_PAIRS)
         assert sw.score_image(sw.render_scene(scene, both), scene.caption, both)["caption"], scene
-    with pytest.raises(ValueError, match="names no colour and no size"):
+    with pytest.raises(ValueError, match="names no colour, size or place"):
         sw.sample_extension_scene(rng, sw.WorldExtension())
 
 
+def test_an_extra_place_is_both_of_its_regions_and_its_words_are_not_read_as_world_positions():
+    corner = sw.render_scene(sw.Scene((sw.ShapeObject("red", "circle", 14, 12.0, 11.0),), ""))
+    top_right = sw.render_scene(sw.Scene((sw.ShapeObject("red", "circle", 14, 50.0, 11.0),), ""))
+    assert sw.score_image(corner, "a red circle in the top left corner", CORNERS)["caption"]
+    verdict = sw.score_image(top_right, "a red circle in the top left corner", CORNERS)
+    assert verdict["color"] and verdict["shape"] and not verdict["position"] and not verdict["caption"]
+    assert sw.parse_caption("There is a red circle, in the top left corner.", CORNERS) == sw.CaptionSpec(
+        (sw.ObjectSpec("red", "circle"),), position="top left corner")
+    assert sw.parse_caption("a red circle at the top", CORNERS).position == "top"  # the world's positions stay
+    with pytest.raises(ValueError, match="several positions"):  # without the extension: "top" and "left"
+        sw.parse_caption("a red circle in the top left corner")
+    prompts = sw.extension_prompts(CORNERS)
+    assert len(prompts) == 30 and prompts[0] == "a red circle in the top left corner"
+    assert prompts[15] == "a red circle in the bottom right corner"
+
+
+def test_extension_scenes_of_a_place_name_it_and_score_correct_as_drawn():
+    rng = random.Random(2)
+    scenes = [sw.sample_extension_scene(rng, CORNERS) for _ in range(40)]
+    assert {s.position for s in scenes} == set(CORNERS.positions)
+    for scene in scenes:
+        (obj,) = scene.objects
+        assert scene.caption.endswith(f"in the {scene.position}") and scene.caption in sw.caption_variants(
+            scene, CORNERS)
+        assert CORNERS.position_holds(scene.position, obj.cx, obj.cy)
+        assert (obj.color, obj.shape) not in sw.HELD_OUT_PAIRS
+        assert sw.score_image(sw.render_scene(scene, CORNERS), scene.caption, CORNERS)["caption"], scene
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
+    ({"positions": {"corner": ("top", "left")}}, "two or more lower-case words"),
+    ({"positions": {"top  left": ("top", "left")}}, "two or more lower-case words"),
+    ({"positions": {"on the left": ("left",)}}, "already one of the world's positions"),
+    ({"positions": {"top left corner": ("top", "center")}}, "one or two of"),
+    ({"positions": {"top left corner": ("left", "right")}}, "at most one per axis"),
+    ({"positions": {"left corner": ("left",), "top left corner": ("top", "left")}}, "is part of place"),
     ({"colors": {"red": (1, 2, 3)}}, "must be a new lower-case word"),
     ({"sizes": {"Huge": (34, 38)}}, "must be a new lower-case word"),
     ({"colors": {"pink": (300, 0, 0)}}, "RGB triple"),

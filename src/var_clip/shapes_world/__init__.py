@@ -11,8 +11,8 @@ that the pipeline makes meaningful images offline and so that how faithfully an 
 - ``render``: ``render_scene``; ``dataset``: ``generate_dataset``, a Hugging Face ``imagefolder`` of scenes;
 - ``evaluate``: ``detect_objects`` / ``score_image`` / ``summarize_scores``, the faithfulness evaluator;
 - ``prompts``: ``evaluation_prompts``, the report's fixed prompt sets, and ``extension_prompts``;
-- ``extension``: ``WorldExtension`` (an extra colour or size, for fine-tuning data and a scorer that knows it) and
-  ``sample_extension_scene``. ``render_scene``, ``parse_caption``, ``detect_objects``, ``score_image`` and
+- ``extension``: ``WorldExtension`` (an extra colour, size or place, for fine-tuning data and a scorer that knows
+  it) and ``sample_extension_scene``. ``render_scene``, ``parse_caption``, ``detect_objects``, ``score_image`` and
   ``generate_dataset`` take one as ``extension=``; without it everything is the spec's world.
 
 Coordinates are continuous canvas coordinates: pixel ``(i, j)`` (column ``i``, row ``j``) covers ``[i, i+1) x [j, j+1)``

@@ -39,16 +39,21 @@ def _noun_phrase(color: str, shape: str, size: str | None = None) -> str:
     return f"{_article(words)} {words}"
 
 
-def caption_variants(scene: Scene) -> list[str]:
+def caption_variants(scene: Scene, extension: WorldExtension | None = None) -> list[str]:
     """Every caption the templates produce for ``scene``'s objects, position, relation and size word.
 
     One object: ``PREFIX + np [+ " " + position phrase]``; two objects: ``PREFIX + np + " " + relation phrase + " " +
-    np``, with the prefixes of ``CAPTION_PREFIXES`` and the paraphrases of ``POSITION_PHRASES``/``RELATION_PHRASES``.
+    np``, with the prefixes of ``CAPTION_PREFIXES`` and the paraphrases of ``POSITION_PHRASES``/``RELATION_PHRASES``
+    (and, with ``extension``, the phrases of its places).
     """
     if len(scene.objects) == 1:
         (obj,) = scene.objects
         noun = _noun_phrase(obj.color, obj.shape, scene.size_word)
-        tails = [f" {p}" for p in POSITION_PHRASES[scene.position]] if scene.position else [""]
+        phrases = POSITION_PHRASES if extension is None else extension.position_phrases
+        if scene.position is not None and scene.position not in phrases:
+            raise ValueError(f"scene.position must be one of {list(phrases)}, got {scene.position!r} (an extension's "
+                             "place needs `extension=`)")
+        tails = [f" {p}" for p in phrases[scene.position]] if scene.position else [""]
         return [f"{prefix}{noun}{tail}" for prefix in CAPTION_PREFIXES for tail in tails]
     if len(scene.objects) == 2:
         if scene.relation not in RELATION_PHRASES:
@@ -119,6 +124,18 @@ def _parse_noun_phrase(tokens: list[str], caption: str, extension: WorldExtensio
     return ObjectSpec(colors[0], shapes[0], sizes[0] if sizes else None)
 
 
+def _find_places(tokens: list[str], extension: WorldExtension) -> list[str]:
+    """The extension's places named in ``tokens`` (longest first), each occurrence's tokens blanked in place."""
+    found = []
+    for place in sorted(extension.positions, key=lambda p: -len(p.split())):
+        words = place.split()
+        for i in range(len(tokens) - len(words) + 1):
+            if tokens[i : i + len(words)] == words:
+                found.append(place)
+                tokens[i : i + len(words)] = [""] * len(words)
+    return found
+
+
 def parse_caption(caption: str, extension: WorldExtension | None = None) -> CaptionSpec:
     """Read the colour(s), shape(s), size, position and relation a caption names.
 
@@ -126,11 +143,15 @@ def parse_caption(caption: str, extension: WorldExtension | None = None) -> Capt
     ignored ("A small red circle, on the left."). Words outside the vocabulary are skipped. "left"/"right" followed
     by "of", "above" and "below" are relations; "left", "right", "top", "bottom", "center" alone are positions.
     Raises ``ValueError`` naming the caption when it names no object, several per role, or mixes a relation and a
-    position. With ``extension`` its colour and size words count as colours and sizes.
+    position. With ``extension`` its colour and size words count as colours and sizes, and its places ("top left
+    corner") as positions.
     """
     if not isinstance(caption, str):
         raise ValueError(f"caption must be a str, got {type(caption).__name__}")
     tokens = "".join(ch if ch.isalpha() else " " for ch in caption.lower()).split()
+    # an extension's place ("top left corner") is read first, so that its words are not read as world positions
+    places = [] if extension is None else _find_places(tokens, extension)
+    tokens = [token for token in tokens if token]
 
     relations: list[tuple[int, int, str]] = []  # (first token, one past last token, relation)
     for i, token in enumerate(tokens):
@@ -139,7 +160,8 @@ def parse_caption(caption: str, extension: WorldExtension | None = None) -> Capt
         elif token in ("above", "below"):
             relations.append((i, i + 1, token))
     relation_tokens = {j for start, end, _ in relations for j in range(start, end)}
-    positions = [_POSITION_WORDS[t] for j, t in enumerate(tokens) if t in _POSITION_WORDS and j not in relation_tokens]
+    positions = places + [_POSITION_WORDS[t] for j, t in enumerate(tokens)
+                          if t in _POSITION_WORDS and j not in relation_tokens]
 
     if len(relations) > 1:
         raise ValueError(f"cannot parse caption {caption!r}: it names several relations {[r for *_, r in relations]}")

@@ -156,7 +156,7 @@ def score_image(
     ``caption`` when distinct objects matching A and B in full satisfy the relation. ``position`` is ``None``.
 
     With ``extension`` (a :class:`WorldExtension`) the caption parser and the detector know its colour and size
-    words; without one scoring is exactly the spec's.
+    words, and its places' regions; without one scoring is exactly the spec's.
     """
     spec = caption if isinstance(caption, CaptionSpec) else parse_caption(caption, extension)
     objects = detect_objects(image, extension)
@@ -166,7 +166,9 @@ def score_image(
         largest = objects[0] if objects else None
         color = largest is not None and largest.color == named.color
         shape = largest is not None and largest.shape == named.shape
-        position = None if spec.position is None else (largest is not None and largest.in_region(spec.position))
+        holds = position_holds if extension is None else extension.position_holds
+        position = None if spec.position is None else (
+            largest is not None and holds(spec.position, largest.cx, largest.cy))
         size = None if named.size is None else (largest is not None and largest.size == named.size)
         alone = all(o.area <= MIN_OBJECT_AREA for o in objects[1:])
         verdict = color and shape and position is not False and size is not False and alone

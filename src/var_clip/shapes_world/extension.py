@@ -1,4 +1,4 @@
-"""Words the shapes world does not have: an extra colour or an extra size, with what each means on the canvas.
+"""Words the shapes world does not have: an extra colour, size or place, with what each means on the canvas.
 
 A :class:`WorldExtension` is how a fine-tuning experiment teaches the default model something new and measures
 whether it learned it: ``generate_dataset(..., extension=...)`` writes captioned images of the new words in the
@@ -14,8 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
-from .captions import caption_variants
-from .scenes import RandomSource, Scene, _allowed_pairs, _choice, _sample_object, _uniform01
+from .captions import POSITION_PHRASES, caption_variants
+from .scenes import _POSITION_AXES, RandomSource, Scene, _allowed_pairs, _choice, _sample_object, _uniform01
 from .vocabulary import (
     BACKGROUND,
     COLOR_TOLERANCE,
@@ -27,6 +27,7 @@ from .vocabulary import (
     SHAPES,
     SIZE_MENTION_PROBABILITY,
     SIZES,
+    position_holds,
 )
 
 # The sides an extra size may span. At 8 px the edge pixels of a triangle that blend too far from its colour to join
@@ -35,6 +36,8 @@ from .vocabulary import (
 # "top") region with the generator's margin.
 MIN_EXTENSION_SIDE = 9
 MAX_EXTENSION_SIDE = 2 * (REGION_LOW - PLACEMENT_MARGIN)
+# the world positions a place may combine, one per axis: "top left corner" is the top region and the left one
+_PLACE_PARTS = {"left": "x", "right": "x", "top": "y", "bottom": "y"}
 
 
 @dataclass(frozen=True)
@@ -49,15 +52,20 @@ class WorldExtension:
             within ``MIN_EXTENSION_SIDE``..``MAX_EXTENSION_SIDE``; ranges may not overlap each other's or the
             world's. The detector's size classes get boundaries halfway between neighbouring ranges, as the spec's
             small/large boundary (20 px) lies halfway between 16 and 24.
+        positions: extra places, phrase → the world positions whose regions it lies in, one per axis, e.g.
+            ``{"top left corner": ("top", "left")}``: an object is "in the top left corner" when its centre is both
+            in the top region (y < 22) and in the left one (x < 22). Captions say ``in the <phrase>``; the phrase is
+            lower-case words, at least two (one word is a world position's job).
 
-    Every word must be a new lower-case word. The mappings are copied on construction.
+    Every colour and size must be a new lower-case word. The mappings are copied on construction.
     """
 
     colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    positions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("colors", "sizes"):
+        for name in ("colors", "sizes", "positions"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"`{name}` must be a mapping word → value, got {type(getattr(self, name)).__name__}")
         known = {*COLORS, *SHAPES, *SIZES}
@@ -89,9 +97,24 @@ class WorldExtension:
         for (a, (_, a_high)), (b, (b_low, _)) in pairwise(ranges):
             if b_low <= a_high:
                 raise ValueError(f"sizes {a!r} and {b!r} overlap")
+        for phrase, parts in self.positions.items():
+            words = phrase.split(" ") if isinstance(phrase, str) else []
+            if len(words) < 2 or not all(w.isalpha() and w.islower() for w in words):
+                raise ValueError(f"place {phrase!r} must be two or more lower-case words separated by single spaces")
+            if phrase in POSITION_PHRASES or any(phrase in p for p in POSITION_PHRASES.values()):
+                raise ValueError(f"place {phrase!r} is already one of the world's positions")
+            axes = [_PLACE_PARTS.get(part) for part in parts] if isinstance(parts, tuple | list) else [None]
+            if not parts or None in axes or len(set(axes)) != len(axes):
+                raise ValueError(f"place {phrase!r} must name one or two of {list(_PLACE_PARTS)}, at most one per "
+                                 f"axis, got {parts!r}")
+        for phrase in self.positions:
+            for other in self.positions:
+                if other != phrase and f" {phrase} " in f" {other} ":
+                    raise ValueError(f"place {phrase!r} is part of place {other!r}: a caption could not tell them apart")
         # frozen: store private copies, so a caller's later edit of its dicts cannot change the extension
         object.__setattr__(self, "colors", {w: tuple(rgb) for w, rgb in self.colors.items()})
         object.__setattr__(self, "sizes", {w: tuple(s) for w, s in self.sizes.items()})
+        object.__setattr__(self, "positions", {p: tuple(parts) for p, parts in self.positions.items()})
 
     @property
     def palette(self) -> dict[str, tuple[int, int, int]]:
@@ -102,6 +125,26 @@ class WorldExtension:
     def all_sizes(self) -> dict[str, tuple[int, int]]:
         """The world's sizes, then the extension's."""
         return {**SIZES, **self.sizes}
+
+    @property
+    def position_phrases(self) -> dict[str, tuple[str, ...]]:
+        """The world's position phrases, then the extension's places (``"in the <place>"``)."""
+        return {**POSITION_PHRASES, **{place: (f"in the {place}",) for place in self.positions}}
+
+    def position_axes(self, position: str | None) -> tuple[str | None, str | None]:
+        """The (x, y) region constraints of a world position or a place: ``"low"``, ``"high"``, ``"mid"`` or None."""
+        if position not in self.positions:
+            return _POSITION_AXES[position]
+        parts = self.positions[position]
+        x = next((_POSITION_AXES[p][0] for p in parts if _PLACE_PARTS[p] == "x"), None)
+        y = next((_POSITION_AXES[p][1] for p in parts if _PLACE_PARTS[p] == "y"), None)
+        return x, y
+
+    def position_holds(self, position: str, cx: float, cy: float) -> bool:
+        """Whether a bounding-box centre lies in a world position's region or in a place (every part's region)."""
+        if position in self.positions:
+            return all(position_holds(part, cx, cy) for part in self.positions[position])
+        return position_holds(position, cx, cy)
 
     def size_class(self, size_px: float) -> str:
         """The size word of a measured bounding-box side: the range it falls in, with boundaries halfway between
@@ -116,22 +159,30 @@ class WorldExtension:
 def sample_extension_scene(rng: RandomSource, extension: WorldExtension) -> Scene:
     """One object that shows one of ``extension``'s words, and its caption from the world's templates.
 
-    The word is drawn uniformly among the extension's colours and sizes. An extra colour goes on any shape at either
-    of the world's sizes, the size named in half of the captions; an extra size goes on a seen colour-shape pair and
-    is always named. The position is named in 80 % of captions, as in the world. Held-out pairs never occur.
+    The word is drawn uniformly among the extension's colours, sizes and places. An extra colour goes on any shape
+    at either of the world's sizes, the size named in half of the captions; an extra size goes on a seen colour-shape
+    pair and is always named; an extra place holds a seen pair at either size, the size named in half of the
+    captions, and is always named. Otherwise the position is named in 80 % of captions, as in the world. Held-out
+    pairs never occur.
     """
-    concepts = [("color", c) for c in extension.colors] + [("size", s) for s in extension.sizes]
+    concepts = ([("color", c) for c in extension.colors] + [("size", s) for s in extension.sizes]
+                + [("position", p) for p in extension.positions])
     if not concepts:
-        raise ValueError("`extension` names no colour and no size")
+        raise ValueError("`extension` names no colour, size or place")
     kind, word = _choice(rng, concepts)
     if kind == "color":
         pair = (word, _choice(rng, SHAPES))
-        size = _choice(rng, tuple(SIZES))
-        size_word = size if _uniform01(rng) < SIZE_MENTION_PROBABILITY else None
     else:
         pair = _choice(rng, _allowed_pairs(allow_held_out=False))
+    if kind == "size":
         size = size_word = word
-    position = _choice(rng, POSITIONS) if _uniform01(rng) < POSITION_MENTION_PROBABILITY else None
-    obj = _sample_object(rng, pair, size, position, sizes=extension.all_sizes)
+    else:
+        size = _choice(rng, tuple(SIZES))
+        size_word = size if _uniform01(rng) < SIZE_MENTION_PROBABILITY else None
+    if kind == "position":
+        position = word
+    else:
+        position = _choice(rng, POSITIONS) if _uniform01(rng) < POSITION_MENTION_PROBABILITY else None
+    obj = _sample_object(rng, pair, size, sizes=extension.all_sizes, axes=extension.position_axes(position))
     scene = Scene((obj,), "", position=position, size_word=size_word)
-    return replace(scene, caption=_choice(rng, caption_variants(scene)))
+    return replace(scene, caption=_choice(rng, caption_variants(scene, extension)))

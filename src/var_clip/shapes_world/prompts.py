@@ -58,11 +58,13 @@ def evaluation_prompts(held_out: bool, num_objects: int) -> list[str]:
 
 
 def extension_prompts(extension: WorldExtension) -> list[str]:
-    """One-object prompts that name ``extension``'s words, in canonical wording and without a position (they measure
-    the new word, not the placement):
+    """One-object prompts that name ``extension``'s words, in canonical wording and, for colours and sizes, without a
+    position (they measure the new word, not the placement):
 
     - each extra colour on each shape, size cycling not named / small / large (3 prompts per colour);
-    - each extra size on each seen colour-shape pair, colour-major (15 prompts per size).
+    - each extra size on each seen colour-shape pair, colour-major (15 prompts per size);
+    - each extra place with each seen colour-shape pair, colour-major, size not named (15 prompts per place; the
+      place is the new phrase, so these do name a position).
     """
     prompts = []
     for color in extension.colors:
@@ -70,4 +72,6 @@ def extension_prompts(extension: WorldExtension) -> list[str]:
     seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
     for size in extension.sizes:
         prompts += [_noun_phrase(color, shape, size) for color, shape in seen]
+    for place in extension.positions:
+        prompts += [f"{_noun_phrase(color, shape)} {extension.position_phrases[place][0]}" for color, shape in seen]
     return prompts

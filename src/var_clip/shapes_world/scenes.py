@@ -166,15 +166,16 @@ _POSITION_AXES: dict[str | None, tuple[str | None, str | None]] = {
 
 def _sample_object(
     rng: RandomSource, pair: tuple[str, str], size_word: str, position: str | None = None,
-    sizes: Mapping[str, tuple[int, int]] = SIZES,
+    sizes: Mapping[str, tuple[int, int]] = SIZES, axes: tuple[str | None, str | None] | None = None,
 ) -> ShapeObject:
     """An object of the given pair and size class, its bbox centre inside ``position``'s region (anywhere if None).
 
     Edges land on whole pixels, so squares render crisp and the centre is ``edge + size / 2``. ``sizes`` maps the
-    size words to their ranges (a ``WorldExtension``'s ``all_sizes`` for its extra sizes).
+    size words to their ranges (a ``WorldExtension``'s ``all_sizes`` for its extra sizes); ``axes`` gives the
+    region's (x, y) constraints instead of ``position`` (a ``WorldExtension``'s places).
     """
     size_px = _randint(rng, *sizes[size_word])
-    x_constraint, y_constraint = _POSITION_AXES[position]
+    x_constraint, y_constraint = _POSITION_AXES[position] if axes is None else axes
     x0 = _randint(rng, *_corner_range(size_px, x_constraint))
     y0 = _randint(rng, *_corner_range(size_px, y_constraint))
     return ShapeObject(pair[0], pair[1], size_px, x0 + size_px / 2, y0 + size_px / 2)
