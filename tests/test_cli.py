@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def test_inpaint_and_img2img(model_dir, tmp_path):
         (["generate", "x", "--num-images", "0"], 2, "must be an int >= 1"),
         (["generate", "x", "--top-p", "1.5"], 2, r"must be a number in \[0, 1\]"),
         (["generate", "x", "--guidance-scale", "-1"], 2, "must be a finite number >= 0"),
-        (["generate", "x", "--dtype", "int8"], 2, "invalid choice"),
+        (["generate", "x", "--dtype", "int8"], 2, "must be one of float32, bfloat16, float16"),
         (["generate"], 2, "required: prompt"),
         (["img2img", "x", "--image", "i.png", "--strength", "2"], 2, r"must be a number in \[0, 1\]"),
     ],
@@ -184,3 +185,48 @@ def test_inpainting_tasks_draw_the_new_object_and_its_relation_from_the_seed():
         top, bottom = kept.cy - kept.size_px / 2, kept.cy + kept.size_px / 2
         half = sw.IMAGE_SIZE / 2
         assert {"right": hi < half, "left": lo > half, "top": top > half, "bottom": bottom < half}[MASKED_HALF[t.relation]]
+
+
+def _every_command_parser():
+    """(name, parser) of every var-clip subcommand, built the way the command builds it."""
+    import importlib
+
+    from var_clip.cli import DELEGATED, GENERATION_COMMANDS, build_parser
+    from var_clip.conversion import cli as conversion
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    parsers = [(name, sub.choices[name]) for name in GENERATION_COMMANDS]
+    for name, (target, _) in DELEGATED.items():
+        if name.startswith("convert-"):
+            command = conversion.VAR_CLIP if name == "convert-var-clip" else conversion.VAR
+            parsers.append((name, conversion.conversion_parser(command.condition_type, command.description,
+                                                               command.var_help)))
+        else:
+            parsers.append((name, importlib.import_module(target.partition(":")[0]).build_parser()))
+    return parsers
+
+
+def test_one_command_line_convention_across_commands():
+    """Every option has help and both spellings; --dtype takes torch's and the variant names; --device defaults to
+    auto; --model defaults to the embedded model (caption's --model is its captioner, a different thing)."""
+    problems = []
+    for name, parser in _every_command_parser():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction) or not action.option_strings:
+                continue
+            longs = [s for s in action.option_strings if s.startswith("--")]
+            if action.help in (None, "", argparse.SUPPRESS) and action.help is not argparse.SUPPRESS:
+                problems.append(f"{name} {longs}: no help")
+            for option in longs:
+                twin = "--" + option[2:].replace("-", "_") if "-" in option[2:] else "--" + option[2:].replace("_", "-")
+                if twin != option and twin not in action.option_strings:
+                    problems.append(f"{name} {option}: no {twin}")
+            if action.dest == "device" and action.default != "auto":
+                problems.append(f"{name} --device: default {action.default!r}")
+            if action.dest == "model" and name != "caption" and action.default is not None:
+                problems.append(f"{name} --model: default {action.default!r}")
+            if action.dest == "dtype":
+                values = [action.type(v) for v in ("bf16", "bfloat16", "fp16", "float16")]
+                if values != ["bfloat16"] * 2 + ["float16"] * 2:
+                    problems.append(f"{name} --dtype: {values}")
+    assert problems == []

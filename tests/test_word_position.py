@@ -182,7 +182,7 @@ def test_cli_with_a_clip_text_encoder_and_phrases(tmp_path):
     [
         (["--caption", "a blue car", "--key_word", "red"], "does not occur"),
         (["--filler", "a car"], "key_word"),
-        (["--filler", "a car", "--key_word", "red", "--generate"], "model"),
+        (["--filler", "a car", "--key_word", "red", "--generate", "--batch_size", "0"], "batch_size"),
         (["--captions", "no-such-file.txt"], "captions"),
     ],
 )

@@ -19,8 +19,7 @@ import os
 import re
 import sys
 
-from .utils.arguments import ArgumentParser, add_option
-from .utils.dtypes import DTYPE_NAMES as DTYPES
+from .utils.arguments import ArgumentParser, add_device_option, add_dtype_option, add_model_option, add_option
 from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
 from .utils.loading import is_network_error as _is_network_error
 from .utils.loading import load_pipeline
@@ -168,8 +167,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P  # torch: only when this command runs
 
     p.add_argument("prompt", help="what to draw (English text; quote it)")
-    p.add_argument("--model", default=None,
-                   help="a pipeline folder or Hugging Face Hub repo id (default: the embedded shapes-world model)")
+    add_model_option(p)
     add_option(p, "negative-prompt", default=None, help="replaces the learned null embedding in guidance")
     add_option(p, "num-images", type=_positive_int, default=1,
                help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid (default 1; more: generate-batch)")
@@ -182,8 +180,8 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     add_option(p, "top-p", type=_unit_float, default=None,
                    help=f"nucleus sampling threshold in [0, 1]; 0 disables (default {DEFAULT_TOP_P})")
     add_option(p, "more-smooth", action="store_true", help="Gumbel-softmax smoothing (the original's visualisation setting)")
-    p.add_argument("--dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    add_dtype_option(p)
+    add_device_option(p)
     add_option(p, "save-progress", metavar="PNG", default=None,
                    help="also write the coarse-to-fine progression (one preview per scale) as a strip")
     p.add_argument("-o", "--output", default="var_clip.png",

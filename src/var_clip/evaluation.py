@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from . import shapes_world as sw
 from .edit_evaluation import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
-from .utils.arguments import finite_floats_only
+from .utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option, int_at_least
 from .utils.files import claim_output_folder, input_paths
 
 __all__ = ["evaluate_shapes", "evaluate_prompts", "build_parser", "main"]
@@ -138,28 +138,30 @@ def inpainting_grid(records: list, per_row: int = 8):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = finite_floats_only(argparse.ArgumentParser(prog="var-clip eval-shapes", description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    p.add_argument("--model", default=None, help="pipeline folder or Hub repo id (default: the embedded default model)")
-    p.add_argument("--output-dir", default="shapes_report", help="where report.json and samples.png go")
-    p.add_argument("--samples-per-prompt", type=int, default=4, help="samples per prompt (default 4, the spec's minimum)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="main guidance scale (default: the pipeline's)")
-    p.add_argument("--guidance-scales", default=None,
-                   help="comma-separated extra guidance scales to sweep, e.g. 0,2,4,6 (whole-caption accuracy each)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k (default: the pipeline's)")
-    p.add_argument("--top-p", type=float, default=None, help="top-p (default: the pipeline's)")
-    p.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    p.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompts of each group (quick runs)")
-    p.add_argument("--batch-size", type=int, default=16, help="images per pipeline call (default 16)")
-    p.add_argument("--inpainting", type=int, default=0, metavar="N",
-                   help="also inpaint a red circle into the right half of N shapes-world images and score it")
-    p.add_argument("--cell-threshold", "--cell_threshold", dest="cell_threshold", type=float, default=0.5,
-                   help="inpainting: a token cell straddling the mask is regenerated above this masked share (default 0.5)")
-    p.add_argument("--outpainting", type=int, default=0, metavar="N",
-                   help="also extend N scenes by 64 px to the right with a red circle and score it")
-    p.add_argument("--img2img", type=int, default=0, metavar="N",
-                   help="also re-prompt N scenes at every strength (adherence vs similarity)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p = ArgumentParser(prog="var-clip eval-shapes", description=__doc__)
+    add_model_option(p)
+    add_option(p, "output-dir", default="shapes_report", help="where report.json and samples.png go (default shapes_report)")
+    add_option(p, "samples-per-prompt", type=int_at_least(1), default=4,
+               help="samples per prompt (default 4, the spec's minimum)")
+    add_option(p, "guidance-scale", type=float, default=None, help="main guidance scale (default: the pipeline's)")
+    add_option(p, "guidance-scales", default=None,
+               help="comma-separated extra guidance scales to sweep, e.g. 0,2,4,6 (whole-caption accuracy each)")
+    add_option(p, "top-k", type=int_at_least(0), default=None, help="top-k (default: the pipeline's)")
+    add_option(p, "top-p", type=float, default=None, help="top-p (default: the pipeline's)")
+    add_option(p, "seed", type=int, default=0, help="base seed (default 0)")
+    add_option(p, "max-prompts", type=int_at_least(1), default=None,
+               help="use only the first N prompts of each group (quick runs)")
+    add_option(p, "batch-size", type=int_at_least(1), default=16, help="images per pipeline call (default 16)")
+    add_option(p, "inpainting", type=int_at_least(0), default=0, metavar="N",
+               help="also inpaint a random new object (colour, shape and relation drawn from the world, seeded) into "
+                    "the masked half of N shapes-world images and score it")
+    add_option(p, "cell-threshold", type=float, default=0.5,
+               help="inpainting: a token cell straddling the mask is regenerated above this masked share (default 0.5)")
+    add_option(p, "outpainting", type=int_at_least(0), default=0, metavar="N",
+               help="also extend N scenes by 64 px to the right with a red circle and score it")
+    add_option(p, "img2img", type=int_at_least(0), default=0, metavar="N",
+               help="also re-prompt N scenes at every strength (adherence vs similarity)")
+    add_device_option(p)
     return p
 
 
@@ -169,12 +171,6 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("samples_per_prompt", "batch_size"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    for name in ("inpainting", "outpainting", "img2img"):
-        if getattr(args, name) < 0:
-            parser.error(f"--{name} must be >= 0")
     if not 0.0 <= args.cell_threshold < 1.0:
         parser.error("--cell-threshold must be in [0, 1)")
     sweep = []

@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
-from .utils.arguments import OneLineParser, add_option, int_at_least, is_main_process
+from .utils.arguments import (OneLineParser, add_dtype_option, add_model_option, add_option, int_at_least,
+                              is_main_process)
 from .utils.atomic import TEMP_PREFIX, atomic_open
-from .utils.dtypes import DTYPE_NAMES
 
 __all__ = [
     "GenerationJob",
@@ -59,7 +59,6 @@ NPZ_NAME = "samples.npz"
 # Every file generate-batch writes at the top of its folder (GenerationJob.file_name, unfinished atomic writes too)
 OUTPUT_FILES = re.compile(rf"^(\d{{6,}}_\d{{3,}}\.png|{re.escape(METADATA_NAME)}|{re.escape(SETTINGS_NAME)}|"
                           rf"{re.escape(NPZ_NAME)}|{re.escape(TEMP_PREFIX)}.*)$")
-DTYPES = DTYPE_NAMES
 SAMPLING_OPTIONS = ("guidance_scale", "top_k", "top_p")
 #: The most images one folder holds (prompts or labels × images per prompt): every job is planned up front (about
 #: 0.2 ms each), and FID protocols use 50,000.
@@ -303,12 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(group, "per-class", type=int_at_least(1), dest="num_images_per_prompt", help=argparse.SUPPRESS)
 
     group = p.add_argument_group("model and sampling")
-    add_option(group, "model", default=None, help="a pipeline folder or Hub repo id (default: the embedded default model)")
+    add_model_option(group)
     add_option(group, "batch-size", type=int_at_least(1), default=32, help="images per forward pass and process (default 32)")
     add_option(group, "guidance-scale", type=_non_negative_float, default=None, help=f"classifier-free guidance (default {DEFAULT_GUIDANCE_SCALE})")
     add_option(group, "top-k", type=int_at_least(0), default=None, help=f"top-k filter; 0 disables (default {DEFAULT_TOP_K})")
     add_option(group, "top-p", type=_unit_float, default=None, help=f"nucleus threshold in [0, 1]; 0 disables (default {DEFAULT_TOP_P})")
-    add_option(group, "dtype", choices=DTYPES, default="float32", help="weights' precision (default float32)")
+    add_dtype_option(group)
     add_option(group, "seed", type=int_at_least(0), default=0,
          help="global seed; image i of prompt p uses a seed derived from (seed, p, i) only (default 0)")
 

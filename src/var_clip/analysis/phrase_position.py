@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .. import shapes_world as sw
+from ..utils.arguments import ArgumentParser, add_option, int_at_least
 from ..utils.atomic import atomic_write
 from ..utils.files import claim_output_folder
 
@@ -157,15 +158,17 @@ def plot_phrase_position(results: dict[str, dict], path: Path) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="var-clip phrase-position", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", default=None,
-                        help="a VARCLIPPipeline folder (repeat to compare models; default: the embedded default model)")
-    parser.add_argument("--label", action="append", default=None, help="a name per --model for the table and plot")
-    parser.add_argument("--output-dir", "--output_dir", dest="output_dir", default="phrase_position",
-                        help="where phrase_position.json and .png go (default: phrase_position)")
-    parser.add_argument("--samples-per-prompt", "--samples_per_prompt", dest="samples_per_prompt", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = ArgumentParser(prog="var-clip phrase-position", description=__doc__.split("\n\n")[0])
+    add_option(parser, "model", action="append", default=None,
+               help="a VARCLIPPipeline folder or Hub repo id; repeat to compare models (default: the embedded "
+                    "shapes-world model)")
+    add_option(parser, "label", action="append", default=None, help="a name per --model for the table and plot")
+    add_option(parser, "output-dir", default="phrase_position",
+               help="where phrase_position.json and .png go (default: phrase_position)")
+    add_option(parser, "samples-per-prompt", type=int_at_least(1), default=4,
+               help="images per caption variant and prompt (default 4, the shapes-world report's minimum)")
+    add_option(parser, "seed", type=int, default=0,
+               help="base seed: sample j of prompt i uses seed + 1000·i + j in every variant (default 0)")
     return parser
 
 

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
-from ..utils.arguments import ArgumentParser, add_option
+from ..utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option
 from ..utils.atomic import atomic_open, atomic_write
 from ..utils.device import resolve_device
 from ..utils.files import claim_output_folder, input_paths
@@ -353,9 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="var-clip word-position",
         description="How the position of a word in a caption changes VAR-CLIP's CLIP text embedding and its images.",
     )
-    add_option(parser, "model", default=None,
-                        help="VARCLIPPipeline folder or Hub repo id (its text encoder embeds the captions; needed for "
-                             "--generate)")
+    add_model_option(parser, "a VARCLIPPipeline folder or Hub repo id, whose text encoder embeds the captions and "
+                             "which draws the images of --generate")
     add_option(parser, "text-encoder", default=None,
                         help="a CLIP model folder or Hub repo id to embed the captions with instead of the "
                              "pipeline's (images still come from the pipeline's own text encoder when it has one)")
@@ -375,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus sampling filter (default: {DEFAULT_TOP_P})")
     add_option(parser, "batch-size", type=int, default=8, help="images per pipeline call (default: 8)")
     add_option(parser, "cols", type=int, default=None, help="images per row in the grid (default: up to 6)")
-    add_option(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', ...")
+    add_device_option(parser)
     return parser
 
 
@@ -409,9 +408,6 @@ def run(args: argparse.Namespace) -> dict:
     """Do what the parsed command line asks; returns the report written to ``word_position.json``."""
     # 1. what to compare, and where it goes (refused before any compute)
     variants, filler = _variants_from_args(args)
-    if args.model is None and (args.generate or args.text_encoder is None):
-        raise ValueError("`model` (a VARCLIPPipeline) is required" + (" with --generate" if args.generate else
-                                                                      " unless --text_encoder is given"))
     if args.batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive int, got {args.batch_size}")
     if args.cols is not None and args.cols < 1:
@@ -420,14 +416,14 @@ def run(args: argparse.Namespace) -> dict:
                         own_files=re.compile("^(" + "|".join(map(re.escape, (JSON_FILE, PLOT_FILE, GRID_FILE))) + ")$"))
 
     # 2. embeddings and similarities
-    pipe = None
-    if args.model is not None:
-        pipe = load_pipeline(args.model, device=args.device, flag="--model")
+    pipe = None  # a --text-encoder alone embeds the captions; images, or no --text-encoder, need the pipeline
+    if args.generate or args.text_encoder is None:
+        pipe = load_pipeline(args.model, device=args.device, flag="--model")  # None: the embedded default model
         pipe.set_progress_bar_config(disable=True)
     embed = load_embedder(pipe, args.text_encoder, args.device)
     report = analyze_word_position(variants, embed, key_word=args.key_word, filler=filler)
-    report["model"] = None if args.model is None else str(args.model)
-    report["text_encoder"] = str(args.text_encoder if args.text_encoder is not None else args.model)
+    report["model"] = None if pipe is None else str(args.model or "default")
+    report["text_encoder"] = str(args.text_encoder if args.text_encoder is not None else report["model"])
     report["files"] = {"plot": PLOT_FILE, "grid": None}
     outputs: dict[str, Image.Image] = {PLOT_FILE: plot_similarities(report)}
 

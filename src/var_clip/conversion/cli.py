@@ -18,9 +18,9 @@ import sys
 import time
 from dataclasses import dataclass
 
-from ..utils.arguments import ArgumentParser, add_option
+from ..utils.arguments import ArgumentParser, add_dtype_option, add_option
 from .infer import DEFAULT_TEXT_ENCODER
-from .write import DTYPES, convert_original_checkpoints
+from .write import convert_original_checkpoints
 
 
 @dataclass(frozen=True)
@@ -68,8 +68,8 @@ def conversion_parser(condition_type: str, description: str, var_help: str,
                    help=f"Hub id or local folder of a CLIP model (text tower with projection and tokenizer; default "
                         f"{DEFAULT_TEXT_ENCODER}); 'none' writes a pipeline without text encoder and tokenizer, used "
                         f"with prompt_embeds")
-    add_option(parser, "dtype", default="fp32", choices=tuple(DTYPES),
-               help="weight precision; fp16/bf16 are saved as the diffusers variant of that name")
+    add_dtype_option(parser, what="weights' precision; float16 and bfloat16 are saved as the diffusers variants fp16 "
+                                  "and bf16")
     add_option(parser, "num-heads", type=int, default=None,
                help="only for checkpoints without L2-normalised attention (default: heads = depth, as VAR)")
     add_option(parser, "quant-resi", type=float, default=0.5, help="φ's residual ratio (VAR: 0.5)")

@@ -114,14 +114,16 @@ def convert_original_checkpoints(
         patch_nums: the scale sides; default the checkpoint's own, else ``1,2,3,4,5,6,8,10,13,16``.
         num_heads: only for checkpoints without L2-normalised attention.
         quant_resi: φ's residual ratio (0.5 in VAR); the checkpoint does not store it.
-        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``; the latter two are saved as diffusers variants of that name.
+        dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (or torch's names, ``"float16"``, ...); half precisions are
+            saved as the diffusers variant of that name (``fp16``, ``bf16``).
         overwrite: replace a non-empty ``output_dir``, only once the new folder is complete.
         model_card_template: a Jinja template file, or the name of one shipped in ``var_clip/model_cards``, for the folder's ``README.md``; None writes none.
         repo_id: the Hub repository the folder is meant for, used in the card's usage snippet (else the local path).
         check: load the written folder and generate one image before moving it into place.
     """
+    dtype = {torch_name: variant for variant, torch_name in DTYPES.items()}.get(dtype, dtype)  # "bfloat16" → "bf16"
     if dtype not in DTYPES:
-        raise ConversionError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+        raise ConversionError(f"dtype must be one of {tuple(DTYPES)} (or {tuple(DTYPES.values())}), got {dtype!r}")
     output_dir = resolve_output_dir(output_dir, "output_dir")
     _check_output_dir(output_dir, overwrite, [var_checkpoint, vae_checkpoint])
     variant = None if dtype == "fp32" else dtype

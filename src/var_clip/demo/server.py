@@ -21,8 +21,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..utils.arguments import ArgumentParser, add_option, int_at_least
-from ..utils.dtypes import DTYPE_NAMES
+from ..utils.arguments import (ArgumentParser, add_device_option, add_dtype_option, add_model_option, add_option,
+                               int_at_least)
 
 __all__ = ["Workspace", "build_parser", "main", "serve"]
 
@@ -45,8 +45,7 @@ class Workspace:
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="var-clip demo", description=__doc__)
-    p.add_argument("--model", default=None,
-                   help="a pipeline folder or Hugging Face Hub repo id (default: the embedded shapes-world model)")
+    add_model_option(p)
     p.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     add_option(p, "server-name", default=None,
                help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME; 0.0.0.0 for every interface)")
@@ -58,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                help="requests generating at once, one CPU thread each on a CPU (default 2)")
     add_option(p, "max-upload-mb", type=int_at_least(1), default=10, help="largest upload accepted (default 10 MB)")
     add_option(p, "no-lora", action="store_true", help="hide the LoRA tab (visitors cannot change the shared model)")
-    p.add_argument("--dtype", choices=DTYPE_NAMES, default="float32", help="weights' precision (default float32)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda (default cpu)")
+    add_dtype_option(p)
+    add_device_option(p)
     return p
 
 

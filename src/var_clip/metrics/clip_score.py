@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..utils.arguments import OneLineParser, add_option, int_at_least
+from ..utils.arguments import OneLineParser, add_device_option, add_option, int_at_least
 from ..utils.atomic import atomic_open
 from ..utils.files import check_writable
 from ..utils.records import read_jsonl
@@ -82,19 +82,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(p, "clip-model", default=DEFAULT_CLIP, help=f"CLIP folder or Hub id (default {DEFAULT_CLIP}); {CLIP_HELP}")
     add_option(p, "prompt-column", default="text", help="metadata.jsonl field with the prompt (default text)")
     add_option(p, "batch-size", type=int_at_least(1), default=32, help="images per forward pass (default 32)")
-    add_option(p, "device", default="cpu", help="torch device (default cpu)")
+    add_device_option(p)
     add_option(p, "output-json", default=None, help="also write {'clip_score': ..., ...} to this JSON file")
     add_option(p, "no-progress-bar", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..utils.device import resolve_device
+
     args = build_parser().parse_args(argv)
     try:
         if args.output_json:  # before the model is loaded, not after the scoring
             check_writable(args.output_json, "--output-json", (Path(args.images) / "metadata.jsonl",))
         model, processor = load_clip(args.clip_model)
-        score = compute_clip_score(args.images, model, processor, args.prompt_column, args.batch_size, args.device,
+        score = compute_clip_score(args.images, model, processor, args.prompt_column, args.batch_size,
+                                   resolve_device(args.device),
                                    show_progress=not args.no_progress_bar)
     except (WeightsError, ValueError, OSError) as error:
         print(f"var-clip eval-clip-score: error: {error}", file=sys.stderr)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..utils.arguments import OneLineParser, add_option, int_at_least
+from ..utils.arguments import OneLineParser, add_device_option, add_option, int_at_least
 from ..utils.atomic import atomic_open
 from ..utils.files import check_writable
 from .images import WeightsError, count_images, iter_image_batches
@@ -153,19 +153,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(p, "reference", required=True, help="reference images: a folder or an .npz (e.g. guided-diffusion's)")
     add_option(p, "inception-weights", default=None, help=f"local Inception weights; {INCEPTION_HELP[5:]}")
     add_option(p, "batch-size", type=int_at_least(1), default=50, help="images per forward pass (default 50)")
-    add_option(p, "device", default="cpu", help="torch device (default cpu)")
+    add_device_option(p)
     add_option(p, "output-json", default=None, help="also write {'fid': ..., ...} to this JSON file")
     add_option(p, "no-progress-bar", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..utils.device import resolve_device
+
     args = build_parser().parse_args(argv)
     try:
         if args.output_json:  # before the features are computed, not after
             check_writable(args.output_json, "--output-json", (args.generated, args.reference, args.inception_weights))
         fid = compute_fid(args.generated, args.reference, weights=args.inception_weights, batch_size=args.batch_size,
-                          device=args.device, show_progress=not args.no_progress_bar)
+                          device=resolve_device(args.device), show_progress=not args.no_progress_bar)
     except (WeightsError, ValueError, OSError) as error:
         print(f"var-clip eval-fid: error: {error}", file=sys.stderr)
         return 1

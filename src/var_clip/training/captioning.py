@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..utils.arguments import ArgumentParser, add_option
+from ..utils.arguments import ArgumentParser, add_device_option, add_option, dtype_name
 from ..utils.atomic import atomic_open
 from ..utils.device import resolve_device
 from ..utils.dtypes import DTYPE_NAMES, torch_dtype
@@ -402,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write only the generated continuation, without the prompt")
     add_option(parser, "max-new-tokens", type=int, default=30, help="longest caption in tokens (default: 30)")
     add_option(parser, "num-beams", type=int, default=1, help="beam search width; 1 = greedy (default: 1)")
-    add_option(parser, "device", default="auto", help="'auto' (CUDA when available), 'cpu', 'cuda', 'cuda:1', ...")
-    add_option(parser, "dtype", default="auto", choices=["auto", *DTYPES],
-                        help="model precision; 'auto' = float16 on CUDA, float32 otherwise")
+    add_device_option(parser)
+    add_option(parser, "dtype", default="auto", type=lambda text: text if text == "auto" else dtype_name(text),
+               metavar="{auto,float32,bfloat16,float16}",
+               help="model precision; 'auto' = float16 on CUDA, float32 otherwise (fp32, bf16, fp16 also accepted)")
     add_option(parser, "no-progress", dest="show_progress", action="store_false", help="hide the progress bar")
     return parser
 

@@ -100,8 +100,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="VAR-CLIP's caption file instead: lines 'relative/path.JPEG: caption'")
     add_option(group, "image-root", type=str, default=None,
                        help="folder the caption file's paths are relative to (default: its folder or parent)")
-    add_option(group, "image-column", type=str, default="image")
-    add_option(group, "caption-column", type=str, default="text")
+    add_option(group, "image-column", type=str, default="image", help="the dataset's image column (default image)")
+    add_option(group, "caption-column", type=str, default="text", help="the dataset's caption column (default text)")
     add_option(group, "max-train-samples", type=int, default=None, help="use only the first N samples")
     add_option(group, "dataset-cache-dir", type=str, default=None, help="cache folder of `datasets`")
     add_option(group, "resolution", type=int, default=None,
@@ -113,7 +113,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
                             "random crops)")
     add_option(group, "random-flip", action="store_true",
                        help="random horizontal flips (off by default: captions name left and right)")
-    add_option(group, "dataloader-num-workers", type=int, default=0)
+    add_option(group, "dataloader-num-workers", type=int, default=0,
+               help="processes that load and augment images (default 0: the training process itself)")
 
 
 def add_training_arguments(
@@ -136,22 +137,27 @@ def add_training_arguments(
 
     group = parser.add_argument_group("optimisation")
     add_option(group, "train-batch-size", type=int, default=train_batch_size, help="batch size per process")
-    add_option(group, "gradient-accumulation-steps", type=int, default=1)
+    add_option(group, "gradient-accumulation-steps", type=int, default=1,
+               help="batches whose gradients add up before one optimizer step (default 1)")
     add_option(group, "max-train-steps", type=int, default=None,
                        help="optimizer steps (overrides --num_train_epochs)")
-    add_option(group, "num-train-epochs", type=int, default=1)
-    add_option(group, "learning-rate", type=float, default=learning_rate)
-    add_option(group, "lr-scheduler", choices=LR_SCHEDULERS, default=lr_scheduler)
+    add_option(group, "num-train-epochs", type=int, default=1, help="passes over the data (default 1)")
+    add_option(group, "learning-rate", type=float, default=learning_rate,
+               help="peak learning rate" + (f" (default {learning_rate})" if learning_rate is not None else
+                                            " (default: chosen by the trainer, printed at the start)"))
+    add_option(group, "lr-scheduler", choices=LR_SCHEDULERS, default=lr_scheduler,
+               help=f"learning-rate schedule after the warm-up (default {lr_scheduler})")
     add_option(group, "lr-warmup-steps", type=int, default=None,
                        help="linear warm-up steps (default: 2%% of the steps, as VAR's ep/50)")
-    add_option(group, "adam-beta1", type=float, default=adam_beta1)
-    add_option(group, "adam-beta2", type=float, default=adam_beta2)
-    add_option(group, "adam-weight-decay", type=float, default=weight_decay)
-    add_option(group, "adam-epsilon", type=float, default=1e-8)
+    add_option(group, "adam-beta1", type=float, default=adam_beta1, help=f"AdamW's β1 (default {adam_beta1})")
+    add_option(group, "adam-beta2", type=float, default=adam_beta2, help=f"AdamW's β2 (default {adam_beta2})")
+    add_option(group, "adam-weight-decay", type=float, default=weight_decay,
+               help=f"AdamW's decoupled weight decay (default {weight_decay})")
+    add_option(group, "adam-epsilon", type=float, default=1e-8, help="AdamW's ε (default 1e-8)")
     add_option(group, "max-grad-norm", type=float, default=max_grad_norm, help="0 disables clipping")
     add_option(group, "use-ema", action="store_true", help="keep an exponential moving average of the weights "
                                                               "and export it")
-    add_option(group, "ema-decay", type=float, default=0.9999)
+    add_option(group, "ema-decay", type=float, default=0.9999, help="the moving average's decay per step (default 0.9999)")
 
     group = parser.add_argument_group("speed")
     add_option(group, "mixed-precision", choices=MIXED_PRECISION_CHOICES, default="no",
@@ -168,7 +174,8 @@ def add_training_arguments(
                        help="'latest' (the newest complete checkpoint in --output_dir, if any) or a checkpoint folder")
     add_option(group, "report-to", choices=REPORT_TO_CHOICES, default="none",
                        help="log to TensorBoard (pip install tensorboard) besides train_log.jsonl")
-    add_option(group, "tracker-project-name", type=str, default=None)
+    add_option(group, "tracker-project-name", type=str, default=None,
+               help="the TensorBoard run's project name (default: the trainer's name)")
     add_option(group, "validation-steps", type=int, default=0,
                        help="write samples / validation metrics every N steps and at the end (0: only at the end)")
     add_option(group, "no-progress-bar", action="store_true", help="disable the tqdm progress bar")

@@ -76,14 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     group = parser.add_argument_group("model (when not --init_from)")
     add_option(group, "init-from", type=str, default=None,
                        help="continue from a CLIPModel folder (e.g. a previous run's clip/)")
-    add_option(group, "projection-dim", type=int, default=64)
-    add_option(group, "text-width", type=int, default=256)
-    add_option(group, "text-layers", type=int, default=4)
-    add_option(group, "text-heads", type=int, default=4)
-    add_option(group, "vision-width", type=int, default=256)
-    add_option(group, "vision-layers", type=int, default=4)
-    add_option(group, "vision-heads", type=int, default=4)
-    add_option(group, "patch-size", type=int, default=8)
+    add_option(group, "projection-dim", type=int, default=64, help="width of the shared embedding space (default 64)")
+    add_option(group, "text-width", type=int, default=256, help="text transformer width (default 256)")
+    add_option(group, "text-layers", type=int, default=4, help="text transformer layers (default 4)")
+    add_option(group, "text-heads", type=int, default=4, help="text attention heads (default 4)")
+    add_option(group, "vision-width", type=int, default=256, help="vision transformer width (default 256)")
+    add_option(group, "vision-layers", type=int, default=4, help="vision transformer layers (default 4)")
+    add_option(group, "vision-heads", type=int, default=4, help="vision attention heads (default 4)")
+    add_option(group, "patch-size", type=int, default=8, help="vision patch side in pixels (default 8)")
 
     group = parser.add_argument_group("hard negatives")
     add_option(group, "hard-negatives", type=int, default=0,

@@ -44,6 +44,7 @@ from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
+from ..utils.arguments import add_option
 from ..vocabulary import build_vocabulary, unknown_words
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset, num_classes_of
 from .engine import (
@@ -85,77 +86,81 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(parser)
 
     group = parser.add_argument_group("frozen components")
-    group.add_argument("--pretrained_pipeline", type=str, default=None,
+    add_option(group, "pretrained-pipeline", type=str, default=None,
                        help="fine-tune this VARCLIPPipeline/VARPipeline folder (its vqvae, text encoder and "
                             "tokenizer are used unless given below)")
-    group.add_argument("--vqvae", type=str, default=None,
+    add_option(group, "vqvae", type=str, default=None,
                        help="MultiScaleVQModel folder (or a pipeline folder with vqvae/)")
-    group.add_argument("--text_encoder", type=str, default=None,
+    add_option(group, "text-encoder", type=str, default=None,
                        help="CLIPTextModelWithProjection folder (e.g. train_clip's text_encoder/ or a CLIP checkpoint)")
-    group.add_argument("--tokenizer", type=str, default=None,
+    add_option(group, "tokenizer", type=str, default=None,
                        help="CLIPTokenizer folder (default: the text encoder's folder or its sibling tokenizer/)")
-    group.add_argument("--condition", choices=("text", "class"), default="text",
+    add_option(group, "condition", choices=("text", "class"), default="text",
                        help="text: VAR-CLIP on captions; class: VAR on class labels (class subfolders)")
-    group.add_argument("--label_column", type=str, default="label")
-    group.add_argument("--num_classes", type=int, default=None, help="default: the dataset's number of classes")
+    add_option(group, "label-column", type=str, default="label", help="with --condition class: the label column (default label)")
+    add_option(group, "num-classes", type=int, default=None, help="default: the dataset's number of classes")
 
     group = parser.add_argument_group("LoRA (fine-tune adapters on a frozen --pretrained_pipeline)")
-    group.add_argument("--lora_rank", type=int, default=None,
+    add_option(group, "lora-rank", type=int, default=None,
                        help="train LoRA adapters of this rank instead of the whole transformer; writes "
                             f"{LORA_WEIGHT_NAME} and a model card")
-    group.add_argument("--lora_alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank)")
-    group.add_argument("--lora_dropout", type=float, default=0.0, help="dropout on the adapters' input")
-    group.add_argument("--lora_target_modules", type=str, nargs="+", default=None,
+    add_option(group, "lora-alpha", type=float, default=None, help="LoRA scaling numerator (default: the rank)")
+    add_option(group, "lora-dropout", type=float, default=0.0, help="dropout on the adapters' input")
+    add_option(group, "lora-target-modules", type=str, nargs="+", default=None,
                        help="module-name suffixes to adapt (default: text_proj attn.mat_qkv attn.proj, plus the "
                             "cross-attention's to_q to_k to_v proj with --conditioning tokens models); `none` with "
                             "--train_text_encoder leaves the transformer as it is")
-    group.add_argument("--text_encoder_lora_target_modules", type=str, nargs="+", default=None,
+    add_option(group, "text-encoder-lora-target-modules", type=str, nargs="+", default=None,
                        help="with --train_text_encoder: module-name suffixes of the text encoder to adapt (default: "
                             f"{' '.join(TEXT_ENCODER_LORA_TARGETS)}); `token_embedding` adapts the embeddings of "
                             "tokens the base model never read (the pieces of new words) and no others")
-    group.add_argument("--keep_known_captions", action="store_true",
+    add_option(group, "keep-known-captions", action="store_true",
                        help="learning without forgetting: for captions made only of words the base model knows (its "
                             "recorded vocabulary), and for the rows trained without condition, the loss is the KL "
                             "divergence to the frozen base model's predictions instead of cross-entropy to the image; "
                             "captions with new words learn from their images. Use replay images of the base model's "
                             "world with it")
-    group.add_argument("--train_text_encoder", action="store_true",
+    add_option(group, "train-text-encoder", action="store_true",
                        help="also train adapters (same rank, alpha, dropout) on the CLIP text encoder's "
                             f"{' '.join(TEXT_ENCODER_LORA_TARGETS)}: for words it never saw, whose pieces it cannot "
                             "read yet; the adapter file then holds both parts")
 
     group = parser.add_argument_group("transformer (when training from scratch)")
-    group.add_argument("--depth", type=int, default=16)
-    group.add_argument("--embed_dim", type=int, default=None, help="default 64 × depth, as VAR")
-    group.add_argument("--num_heads", type=int, default=None, help="default depth, as VAR")
-    group.add_argument("--mlp_ratio", type=float, default=4.0)
-    group.add_argument("--shared_aln", action="store_true")
-    group.add_argument("--no_attn_l2_norm", action="store_true", help="plain dot-product attention")
-    group.add_argument("--conditioning", choices=("pooled", "tokens"), default="pooled",
+    add_option(group, "depth", type=int, default=16, help="transformer blocks (default 16, VAR-d16)")
+    add_option(group, "embed-dim", type=int, default=None, help="default 64 × depth, as VAR")
+    add_option(group, "num-heads", type=int, default=None, help="default depth, as VAR")
+    add_option(group, "mlp-ratio", type=float, default=4.0, help="MLP hidden width / model width (default 4)")
+    add_option(group, "shared-aln", action="store_true", help="one AdaLN projection shared by all blocks (VAR's shared_aln)")
+    add_option(group, "no-attn-l2-norm", action="store_true", help="plain dot-product attention")
+    add_option(group, "conditioning", choices=("pooled", "tokens"), default="pooled",
                        help="pooled: VAR-CLIP as published (the pooled CLIP embedding is the start token and the AdaLN "
                             "condition); tokens: also cross-attend to the caption's token states in every block")
-    group.add_argument("--cond_drop_rate", type=float, default=0.1)
-    group.add_argument("--drop_rate", type=float, default=0.0)
-    group.add_argument("--attn_drop_rate", type=float, default=0.0)
-    group.add_argument("--drop_path_rate", type=float, default=None, help="default 0.1 × depth / 24, as VAR")
+    add_option(group, "cond-drop-rate", type=float, default=0.1,
+               help="share of rows trained without condition, for classifier-free guidance (default 0.1)")
+    add_option(group, "drop-rate", type=float, default=0.0, help="dropout after attention and MLP (default 0)")
+    add_option(group, "attn-drop-rate", type=float, default=0.0, help="dropout on the attention weights (default 0)")
+    add_option(group, "drop-path-rate", type=float, default=None, help="default 0.1 × depth / 24, as VAR")
 
     group = parser.add_argument_group("VAR training")
-    group.add_argument("--label_smoothing", type=float, default=0.1)
-    group.add_argument("--scale_loss_weighting", choices=SCALE_WEIGHTINGS, default="tokens",
+    add_option(group, "label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1, as VAR)")
+    add_option(group, "scale-loss-weighting", choices=SCALE_WEIGHTINGS, default="tokens",
                        help="tokens (VAR): the mean over all L tokens; scales: each scale's mean weighs alike, so the "
                             "coarse scales that decide the layout get as much of the loss as the finest")
-    group.add_argument("--cache_dir", type=str, default=None,
+    add_option(group, "cache-dir", type=str, default=None,
                        help="precompute every image's token indices and every caption's embedding once into this "
                             "folder and train from them (much faster on CPU; needs center crops, no flips)")
-    group.add_argument("--cache_batch_size", type=int, default=64)
+    add_option(group, "cache-batch-size", type=int, default=64,
+               help="images per forward pass while the token cache is built (default 64)")
 
     group = parser.add_argument_group("validation samples")
-    group.add_argument("--validation_prompts", type=str, nargs="*", default=None)
-    group.add_argument("--validation_class_labels", type=int, nargs="*", default=None)
-    group.add_argument("--validation_guidance_scale", type=float, default=4.0)
-    group.add_argument("--validation_top_k", type=int, default=900)
-    group.add_argument("--validation_top_p", type=float, default=0.95)
-    group.add_argument("--validation_seed", type=int, default=0)
+    add_option(group, "validation-prompts", type=str, nargs="*", default=None,
+               help="captions sampled at every --validation_steps and at the end")
+    add_option(group, "validation-class-labels", type=int, nargs="*", default=None,
+               help="with --condition class: labels sampled at every --validation_steps and at the end")
+    add_option(group, "validation-guidance-scale", type=float, default=4.0, help="the samples' guidance scale (default 4)")
+    add_option(group, "validation-top-k", type=int, default=900, help="the samples' top-k (default 900)")
+    add_option(group, "validation-top-p", type=float, default=0.95, help="the samples' top-p (default 0.95)")
+    add_option(group, "validation-seed", type=int, default=0, help="the samples' seed (default 0)")
     return parser
 
 

@@ -51,25 +51,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("model (when not --init_from)")
     add_option(group, "init-from", type=str, default=None, help="fine-tune this MultiScaleVQModel folder")
-    add_option(group, "vocab-size", type=int, default=4096)
-    add_option(group, "latent-channels", type=int, default=32)
-    add_option(group, "ch", type=int, default=160)
+    add_option(group, "vocab-size", type=int, default=4096, help="codebook entries V (default 4096, as VAR)")
+    add_option(group, "latent-channels", type=int, default=32, help="codebook vector width C (default 32)")
+    add_option(group, "ch", type=int, default=160, help="base channel count of encoder and decoder (default 160)")
     add_option(group, "ch-mult", type=int, nargs="+", default=[1, 1, 2, 2, 4],
                        help="width multipliers; the image is downsampled 2^(len-1) times")
-    add_option(group, "num-res-blocks", type=int, default=2)
+    add_option(group, "num-res-blocks", type=int, default=2, help="residual blocks per resolution (default 2)")
     add_option(group, "patch-nums", type=int, nargs="+", default=[1, 2, 3, 4, 5, 6, 8, 10, 13, 16],
                        help="side of each scale; image size = last × 2^(len(ch_mult)-1)")
     add_option(group, "no-attention", action="store_true", help="no self-attention in encoder and decoder")
-    add_option(group, "quant-resi", type=float, default=0.5)
-    add_option(group, "share-quant-resi", type=int, default=4)
+    add_option(group, "quant-resi", type=float, default=0.5, help="φ's residual ratio (default 0.5, as VAR)")
+    add_option(group, "share-quant-resi", type=int, default=4,
+               help="φ convolutions shared across the scales (default 4, as VAR; 0: one per scale)")
     add_option(group, "beta", type=float, default=0.25, help="commitment weight")
     add_option(group, "using-znorm", action="store_true", help="cosine-similarity codebook search")
-    add_option(group, "dropout", type=float, default=0.0)
+    add_option(group, "dropout", type=float, default=0.0, help="dropout in the residual blocks (default 0)")
 
     group = parser.add_argument_group("loss")
-    add_option(group, "l2-weight", type=float, default=1.0)
-    add_option(group, "l1-weight", type=float, default=1.0)
-    add_option(group, "vq-weight", type=float, default=1.0)
+    add_option(group, "l2-weight", type=float, default=1.0, help="weight of the pixel MSE (default 1)")
+    add_option(group, "l1-weight", type=float, default=1.0, help="weight of the pixel L1 loss (default 1)")
+    add_option(group, "vq-weight", type=float, default=1.0,
+               help="weight of the codebook and commitment losses (default 1)")
 
     group = parser.add_argument_group("validation")
     add_option(group, "num-validation-images", type=int, default=8,

@@ -8,8 +8,9 @@ import os
 import re
 import sys
 
-__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "add_option", "finite_float",
-           "finite_floats_only", "int_at_least", "is_main_process"]
+__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "add_device_option", "add_dtype_option",
+           "add_model_option", "add_option", "dtype_name", "finite_float", "finite_floats_only", "int_at_least",
+           "is_main_process"]
 
 
 def is_main_process() -> bool:
@@ -102,3 +103,38 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text}")
         return value
     return parse
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The options every command that loads a model spells the same way
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def dtype_name(text: str) -> str:
+    """An argparse type: torch's name of a precision (``float32``, ``bfloat16``, ``float16``), also given as the
+    diffusers variant name (``fp32``, ``bf16``, ``fp16``); the value is always torch's name."""
+    from .dtypes import DTYPE_NAMES, VARIANT_DTYPE_NAMES
+
+    name = VARIANT_DTYPE_NAMES.get(text, text)
+    if name not in DTYPE_NAMES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(DTYPE_NAMES)} (or {', '.join(VARIANT_DTYPE_NAMES)}), "
+                                          f"got {text!r}")
+    return name
+
+
+def add_model_option(group, what: str = "a pipeline folder or Hugging Face Hub repo id") -> argparse.Action:
+    """``--model``: ``what``, by default the embedded shapes-world model (None)."""
+    return add_option(group, "model", default=None, help=f"{what} (default: the embedded shapes-world model)")
+
+
+def add_dtype_option(group, default: str = "float32", what: str = "weights' precision") -> argparse.Action:
+    """``--dtype``: torch's names, the variant names accepted too (see :func:`dtype_name`)."""
+    return add_option(group, "dtype", type=dtype_name, default=default, metavar="{float32,bfloat16,float16}",
+                      help=f"{what} (fp32, bf16, fp16 also accepted; default {default})")
+
+
+def add_device_option(group) -> argparse.Action:
+    """``--device``: ``auto`` (CUDA when available, else the CPU) or a torch device."""
+    return add_option(group, "device", default="auto",
+                      help="'auto' (CUDA when available, else the CPU) or a torch device: cpu, cuda, cuda:1 "
+                           "(default auto)")
