@@ -1,9 +1,9 @@
 """Wall time and peak memory of converting a full-size VAR-CLIP d16 checkpoint pair.
 
-    python benchmarks/bench_conversion.py [--dtype fp32|fp16|bf16] [--skip_check]
+    python benchmarks/bench_conversion.py [--dtype float32|float16|bfloat16] [--skip_check]
 
 Writes a d16 transformer (``ar-ckpt-last.pth`` layout) and VAR's 256-px VQ-VAE with random weights in the original
-key layout (tests/full_size.py), then runs var-clip convert-var-clip on them in a child
+key layout (`var_clip.original_format.save_original_checkpoints`), then runs var-clip convert-var-clip on them in a child
 process with ``--text_encoder none`` (no CLIP ViT-L/14 weights offline) and reports the child's wall time and peak
 resident memory (``getrusage(RUSAGE_CHILDREN).ru_maxrss``), including the final load-and-generate check unless
 ``--skip_check``.
@@ -19,10 +19,22 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+D16_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
-from tests.full_size import write_var_clip_d16_pair  # noqa: E402
+
+def write_var_clip_d16_pair(directory: Path) -> tuple[Path, Path]:
+    """Random weights at the released VAR-CLIP d16's size, written in the original code's layout."""
+    import torch
+
+    from var_clip import MultiScaleVQModel, VARTransformer2DModel
+    from var_clip.original_format import save_original_checkpoints
+
+    torch.manual_seed(0)
+    transformer = VARTransformer2DModel(vocab_size=4096, latent_channels=32, patch_nums=D16_PATCH_NUMS, depth=16,
+                                        embed_dim=1024, num_heads=16, condition_type="text", text_embed_dim=768)
+    vqvae = MultiScaleVQModel(vocab_size=4096, latent_channels=32, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
+                              share_quant_resi=4, patch_nums=D16_PATCH_NUMS)
+    return tuple(map(Path, save_original_checkpoints(transformer, vqvae, directory)))
 
 
 def _size_mib(path: Path) -> float:
@@ -31,7 +43,7 @@ def _size_mib(path: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--skip_check", action="store_true")
     args = parser.parse_args()
 

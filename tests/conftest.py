@@ -112,7 +112,8 @@ def parity_dir() -> Path:
     return PARITY_DIR
 
 
-def _reset_accelerate_state() -> None:
+def reset_accelerate_state() -> None:
+    """Forget accelerate's process-wide state (the next Accelerator starts from its own settings)."""
     from accelerate.state import AcceleratorState, GradientState
 
     AcceleratorState._reset_state(reset_partial_state=True)
@@ -123,9 +124,9 @@ def _reset_accelerate_state() -> None:
 def fresh_accelerate_state():
     """Reset accelerate's process-wide state before and after a test (trainers create their own Accelerator; a
     module-scoped fixture that trained may have left one with other settings, e.g. another mixed precision)."""
-    _reset_accelerate_state()
+    reset_accelerate_state()
     yield
-    _reset_accelerate_state()
+    reset_accelerate_state()
 
 
 @contextmanager

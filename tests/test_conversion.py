@@ -19,7 +19,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 from var_clip import VARCLIPPipeline, VARPipeline
 
 from .conftest import REPO, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
-from .original_layout import transformer_to_original, vqvae_to_original
+from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 SCRIPTS = REPO / "conversion_scripts"
 

@@ -15,7 +15,7 @@ from var_clip.original_format import (
 )
 
 from .conftest import make_tiny_transformer, make_tiny_vqvae
-from .original_layout import transformer_to_original, vqvae_to_original
+from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 
 @pytest.mark.parametrize(

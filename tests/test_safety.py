@@ -43,7 +43,7 @@ from var_clip.utils.files import (
 )
 
 from .conftest import REPO, make_tiny_transformer, make_tiny_vqvae
-from .original_layout import transformer_to_original, vqvae_to_original
+from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 
 def _script(name: str):

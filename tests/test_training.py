@@ -15,6 +15,8 @@ from var_clip.shapes_world import generate_dataset
 from var_clip.training import train_clip, train_var, train_vqvae
 from var_clip.training.engine import read_log
 
+from .conftest import reset_accelerate_state
+
 NUM_IMAGES = 16
 TINY_VQVAE = ["--ch", "32", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--no_attention", "--vocab_size", "32",
               "--latent_channels", "8", "--patch_nums", "1", "2", "4"]  # 8×8 images, L = 21 tokens
@@ -187,10 +189,7 @@ def test_docs_quick_start_commands_run(tmp_path, monkeypatch):
             if arg in shrink:
                 args[i + 1] = shrink[arg]
         assert importlib.import_module(command[3]).main(args + ["--no_progress_bar"]) == 0
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate_state()
     assert Image.open(tmp_path / "red_circle.png").size == (64, 64)
     assert (tmp_path / "runs" / "var" / "checkpoint-2" / "training_state.json").is_file()
 
@@ -211,10 +210,7 @@ def test_torch_compile_trains_like_eager(workdir, vqvae_dir, clip_dir):
             "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder"), *extra]
         assert train_var.main(args) == 0
         runs[name] = [r["loss"] for r in read_log(workdir / name)]
-        from accelerate.state import AcceleratorState, GradientState
-
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate_state()
     assert runs["var-compiled"] == pytest.approx(runs["var-eager"], abs=1e-4)
 
 

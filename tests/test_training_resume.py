@@ -16,7 +16,8 @@ from var_clip.training import train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log
 
-from .conftest import killed_after_checkpoint, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_vqvae
+from .conftest import (killed_after_checkpoint, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_vqvae,
+                       reset_accelerate_state)
 
 STEPS = 6
 
@@ -81,10 +82,7 @@ def test_interrupted_then_resumed_run_matches_the_uninterrupted_one(workdir, uni
     state = json.loads((workdir / "resumed" / "checkpoint-3" / "training_state.json").read_text())
     assert state["position"] == {"epoch": 1, "batch_index": 2}  # 6 batches of 4 consumed: mid-epoch
 
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     assert train_var.main(var_args(workdir, "resumed", checkpointing_steps=3, resume_from_checkpoint="latest")) == 0
     assert_same_result(workdir / "resumed", uninterrupted)
 
@@ -114,10 +112,7 @@ def test_crash_while_saving_keeps_the_previous_checkpoint_and_latest_resumes_fro
     assert [p.name for p in list_checkpoints(out)] == ["checkpoint-2"]
     assert not (out / "model_index.json").exists()  # no final output from a failed run
 
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     args = var_args(workdir, "crashed", checkpointing_steps=2, checkpoints_total_limit=1,
                     resume_from_checkpoint="latest")
     assert train_var.main(args) == 0
@@ -155,11 +150,8 @@ def test_token_cache_is_built_once_and_trains_like_encoding_on_the_fly(workdir, 
                   resize_ratio=1.0, gradient_accumulation_steps=1, validation_steps=0, conditioning=conditioning)
     plain = [a for a in var_args(workdir, f"no-cache-{conditioning}", 0, **common) if a not in ("--random_flip", "--use_ema")]
     assert train_var.main(plain) == 0
-    from accelerate.state import AcceleratorState, GradientState
-
     for attempt in range(2):
-        AcceleratorState._reset_state(reset_partial_state=True)
-        GradientState._reset_state()
+        reset_accelerate_state()
         cached = [a for a in var_args(workdir, f"cache-{conditioning}-{attempt}", 0, cache_dir=workdir / f"tokens-{conditioning}", **common)
                   if a not in ("--random_flip", "--use_ema")]
         assert train_var.main(cached) == 0

@@ -1,4 +1,4 @@
-"""Load checkpoints of the original VAR and VAR-CLIP code into this package's models.
+"""Load checkpoints of the original VAR and VAR-CLIP code into this package's models, and write them back.
 
 Supported files: VAR-CLIP's ``ar-ckpt-last.pth`` (weights under ``['trainer']['var_wo_ddp']``) or a bare transformer
 state dict, VAR's class-conditional ``var_d{16,20,24,30}.pth``, and VAR's VQ-VAE ``vae_ch160v4096z32.pth``.
@@ -29,6 +29,9 @@ __all__ = [
     "infer_transformer_config",
     "vqvae_from_single_file",
     "transformer_from_single_file",
+    "transformer_to_original",
+    "vqvae_to_original",
+    "save_original_checkpoints",
 ]
 
 DEFAULT_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
@@ -338,3 +341,68 @@ def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], wha
         raise OriginalCheckpointError(f"the {what} checkpoint does not fit the inferred model; " + "; ".join(parts))
     model.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
     model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Writing files: this package's models in the original layout (for the original code, and for tests of the reader)
+# ----------------------------------------------------------------------------------------------------------------------
+
+# this package's transformer key → the original's (the inverse of _transformer_key's renames)
+_TO_ORIGINAL_TRANSFORMER_KEYS = (
+    (r"^pos_embed$", "pos_1LC"),
+    (r"^level_embed\.weight$", "lvl_embed.weight"),
+    (r"^null_text_embed$", "noise.weight"),
+    (r"^text_proj\.(weight|bias)$", r"cond_proj.\1"),
+    (r"^class_embed\.weight$", "class_emb.weight"),
+    (r"^shared_ada_lin\.(weight|bias)$", r"shared_ada_lin.1.\1"),
+    (r"^blocks\.(\d+)\.ada_lin\.(weight|bias)$", r"blocks.\1.ada_lin.1.\2"),
+    (r"^head_ada_lin\.(weight|bias)$", r"head_nm.ada_lin.1.\1"),
+)
+
+
+def transformer_to_original(model: VARTransformer2DModel) -> dict[str, torch.Tensor]:
+    """``model``'s weights as the original ``VAR`` module's state dict, buffers included (the zero key biases, the
+    level indices and the block-causal mask the original saves), so the original code loads it strictly."""
+    state_dict = {}
+    for key, value in model.state_dict().items():
+        for pattern, replacement in _TO_ORIGINAL_TRANSFORMER_KEYS:
+            if re.match(pattern, key):
+                key = re.sub(pattern, replacement, key)
+                break
+        state_dict[key] = value.clone()
+    for i in range(model.config.depth):
+        state_dict[f"blocks.{i}.attn.zero_k_bias"] = torch.zeros(model.config.embed_dim)
+    state_dict["lvl_1L"] = model.level_L.view(1, -1).clone()
+    state_dict["attn_bias_for_masking"] = model.attn_bias_LL.view(1, 1, *model.attn_bias_LL.shape).clone()
+    return state_dict
+
+
+def vqvae_to_original(model: MultiScaleVQModel) -> dict[str, torch.Tensor]:
+    """``model``'s weights as the original ``VQVAE`` module's state dict (φ's convolutions under the original's
+    ``quant_resi`` layout for its ``share_quant_resi`` setting)."""
+    share = model.config.share_quant_resi
+    state_dict = {}
+    for key, value in model.state_dict().items():
+        m = re.match(r"^quantize\.phis\.(\d+)\.(weight|bias)$", key)
+        if m:
+            key = {0: f"quantize.quant_resi.{m[1]}.{m[2]}", 1: f"quantize.quant_resi.qresi.{m[2]}"}.get(
+                share, f"quantize.quant_resi.qresi_ls.{m[1]}.{m[2]}")
+        state_dict[key] = value.clone()
+    return state_dict
+
+
+def save_original_checkpoints(transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel,
+                              directory: str | os.PathLike, var_name: str = "ar-ckpt-last.pth",
+                              vae_name: str = "vae_ch160v4096z32.pth") -> tuple[str, str]:
+    """Write ``transformer`` in VAR-CLIP's training-checkpoint layout (``{'epoch', 'iter', 'trainer':
+    {'var_wo_ddp': ...}, 'args'}``) and ``vqvae`` as a bare state dict, as the original code saves them; returns
+    the two paths. Both hold tensors and plain containers only, so ``weights_only`` loading reads them."""
+    os.makedirs(directory, exist_ok=True)
+    var_path, vae_path = os.path.join(directory, var_name), os.path.join(directory, vae_name)
+    patch_nums = "_".join(map(str, transformer.config.patch_nums))
+    torch.save({"epoch": 0, "iter": 0,
+                "trainer": {"config": {"depth": transformer.config.depth},
+                            "var_wo_ddp": transformer_to_original(transformer)},
+                "args": {"depth": transformer.config.depth, "pn": patch_nums}}, var_path)
+    torch.save(vqvae_to_original(vqvae), vae_path)
+    return var_path, vae_path
