@@ -230,3 +230,19 @@ def test_one_command_line_convention_across_commands():
                 if values != ["bfloat16"] * 2 + ["float16"] * 2:
                     problems.append(f"{name} --dtype: {values}")
     assert problems == []
+
+
+def test_a_missing_extra_is_named_before_any_work_starts(tmp_path, capsys, monkeypatch):
+    from var_clip.cli import missing_extras
+
+    monkeypatch.setitem(sys.modules, "peft", None)  # Python's own way to make a package unimportable
+    out = tmp_path / "lora"
+    for option in (["--lora_rank", "4"], ["--lora-rank=4"]):
+        assert main(["train-var", *option, "--pretrained_pipeline", "x", "--output_dir", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "needs peft" in err and "pip install 'var-clip[lora]'" in err, err
+    assert not out.exists()
+    assert missing_extras("train-var", ["--output_dir", str(out)]) == []  # full training needs no peft
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    assert missing_extras("train-clip", ["--report_to", "tensorboard"]) == ["tensorboard"]
+    assert missing_extras("train-clip", ["--report_to", "none"]) == []

@@ -56,11 +56,41 @@ class CLIError(Exception):
     """A failure to report as one line, with exit code 1."""
 
 
-# Optional packages → what installs them.
+# Optional packages → the extra that installs them.
 INSTALL_HINTS = {"datasets": "pip install 'var-clip[train]'", "tensorboard": "pip install 'var-clip[train]'",
-                 "matplotlib": "pip install 'var-clip[analysis]'", "accelerate": "pip install accelerate",
+                 "peft": "pip install 'var-clip[lora]'", "matplotlib": "pip install 'var-clip[analysis]'",
+                 "torchmetrics": "pip install 'var-clip[eval]'", "accelerate": "pip install accelerate",
                  "jinja2": "pip install 'var-clip[convert]'", "scipy": "pip install scipy",
                  "gradio": "pip install 'var-clip[demo]'"}
+
+#: What a command imports beyond the core requirements: command → packages it always needs, and (option, value or
+#: None for any) → packages that option needs. Checked before any work starts, so a missing extra costs no time.
+COMMAND_EXTRAS = {
+    "train-vqvae": (("datasets",), {("--report-to", "tensorboard"): ("tensorboard",)}),
+    "train-clip": (("datasets",), {("--report-to", "tensorboard"): ("tensorboard",)}),
+    "train-var": (("datasets",), {("--report-to", "tensorboard"): ("tensorboard",), ("--lora-rank", None): ("peft",),
+                                  ("--train-text-encoder", None): ("peft",)}),
+    "word-position": (("matplotlib",), {}),
+    "phrase-position": (("matplotlib",), {}),
+    "eval-fid": (("torchmetrics",), {}),
+    "demo": (("gradio",), {}),
+}
+
+
+def missing_extras(command: str, argv: list[str]) -> list[str]:
+    """The packages ``command`` run with ``argv`` needs and cannot import (found without importing them)."""
+    import importlib.util
+
+    always, by_option = COMMAND_EXTRAS.get(command, ((), {}))
+    needed = list(always)
+    for (option, value), packages in by_option.items():
+        spellings = (option, "--" + option[2:].replace("-", "_"))
+        for i, arg in enumerate(argv):
+            name, _, inline = arg.partition("=")
+            given = inline if inline else (argv[i + 1] if i + 1 < len(argv) else None)
+            if name in spellings and (value is None or given == value):
+                needed += packages
+    return [name for name in dict.fromkeys(needed) if importlib.util.find_spec(name) is None]
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -337,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         # the delegated parsers do not know --debug: it is taken out here
         debug = _debug_requested(argv[1:])
         rest = [a for a in argv[1:] if a != "--debug"]
+        missing = [] if "-h" in rest or "--help" in rest else missing_extras(argv[0], rest)
+        if missing:
+            hints = sorted({INSTALL_HINTS.get(name, f"pip install {name}") for name in missing})
+            print(f"var-clip {argv[0]}: error: needs {', '.join(missing)}, not installed ({'; '.join(hints)})",
+                  file=sys.stderr)
+            return 1
         return _run_reporting(argv[0], lambda: _run_delegated(argv[0], rest), debug)
     args = parser.parse_args(argv)
     if args.command is None:
