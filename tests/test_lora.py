@@ -568,7 +568,7 @@ def test_keep_known_captions_holds_the_adapter_to_the_base_models_predictions(wo
     base.transformer.register_to_config(vocabulary=build_vocabulary(captions))  # every caption is known
     base.save_pretrained(workdir / "base-known", safe_serialization=True)
     runs = {}
-    for name, flags in (("plain", []), ("keep", ["--keep_known_captions"])):
+    for name, flags in (("plain", ["--no_keep_known_captions"]), ("keep", ["--keep_known_captions"])):
         argv = lora_args(workdir, f"known-{name}", pretrained_pipeline=workdir / "base-known", lora_dropout=0.0,
                          max_train_steps=8, checkpointing_steps=8)
         argv.remove("--use_ema")  # the adapters as trained, not their slow average

@@ -33,8 +33,6 @@ import torch.nn.functional as F
 from ..loaders import (
     LORA_WEIGHT_NAME,
     TEXT_ENCODER_LORA_TARGETS,
-    VARCLIPLoraLoaderMixin,
-    adapter_parts,
     add_text_encoder_adapter,
     lora_config,
     require_peft,
@@ -57,6 +55,8 @@ from .engine import (
     create_accelerator,
     run_training,
 )
+from .lora_defaults import add_lora_default_arguments, take_unset
+from .lora_run import LORA_ADAPTER_NAME, export_lora, prepare_lora_run
 from .samples import save_sample_grid
 from .token_cache import (
     TokenCacheDataset,
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(group, "validation-top-k", type=int, default=900, help="the samples' top-k (default 900)")
     add_option(group, "validation-top-p", type=float, default=0.95, help="the samples' top-p (default 0.95)")
     add_option(group, "validation-seed", type=int, default=0, help="the samples' seed (default 0)")
+    add_lora_default_arguments(parser, parser.add_argument_group(
+        "LoRA settings chosen from the data (each unset one is chosen, logged and written to the card)"))
     return parser
 
 
@@ -427,6 +429,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
     """Run a VAR / VAR-CLIP training from parsed arguments."""
     from accelerate.utils import set_seed
 
+    unset = take_unset(args)  # flags left unset: a LoRA run chooses them from its data
     _check_arguments(args)
     accelerator = create_accelerator(args, "var-clip-train-var")
     if args.lora_rank is not None and accelerator.distributed_type.value == "FSDP":
@@ -443,6 +446,10 @@ def train(args: argparse.Namespace) -> TrainingResult:
     tokenizer, text_encoder, transformer, vqvae = _build_components(args, num_classes)
     if args.resolution is not None and args.resolution != vqvae.sample_size:
         raise ValueError(f"`--resolution` {args.resolution} differs from the VQ-VAE's image size {vqvae.sample_size}")
+    lora_run = None
+    if args.lora_rank is not None:  # settings from the data; the base model's own images as replay
+        lora_run = prepare_lora_run(args, unset, accelerator, dataset, tokenizer, text_encoder, transformer, vqvae)
+        dataset = lora_run.dataset
     teacher = None
     if args.keep_known_captions:  # the frozen base model, copied before any adapter is added
         if not transformer.config.vocabulary:
@@ -457,9 +464,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         if args.lora_target_modules != ["none"]:
             transformer.add_adapter(lora_config(transformer, args.lora_rank, args.lora_alpha, args.lora_dropout,
                                                 args.lora_target_modules), adapter_name=LORA_ADAPTER_NAME)
-    if args.learning_rate is None and args.lora_rank is not None:
-        args.learning_rate = LORA_LEARNING_RATE
-    elif args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images
+    if args.learning_rate is None:  # VAR's rule: 1e-4 per 256 images (a LoRA run has chosen its own)
         total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
         args.learning_rate = 1e-4 * total_batch / 256
     vqvae.to(device)
@@ -552,6 +557,11 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
     # 4. samples and export
     def validate(model, step: int, output_dir: Path) -> dict[str, float]:
+        if lora_run is not None:  # the progress grid: the same captions and seeds at every validation
+            pipe = VARCLIPPipeline(tokenizer, text_encoder, getattr(model, "transformer", model), vqvae)
+            pipe.set_progress_bar_config(disable=True)
+            lora_run.record_progress(pipe, step, accelerator)
+            return {}
         if args.condition == "text" and args.validation_prompts:
             pipe = VARCLIPPipeline(tokenizer, text_encoder, getattr(model, "transformer", model), vqvae)
             conditions, captions = {"prompt": list(args.validation_prompts)}, list(args.validation_prompts)
@@ -576,7 +586,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
     def export(model, folder: Path) -> None:
         if args.lora_rank is not None:
-            _export_lora(model, folder, args, len(dataset))
+            export_lora(model, folder, args, lora_run)
         elif args.condition == "text":
             VARCLIPPipeline(tokenizer, text_encoder, model, vqvae).save_pretrained(folder, safe_serialization=True)
         else:
@@ -588,62 +598,6 @@ def train(args: argparse.Namespace) -> TrainingResult:
                         generators={"condition_dropout": cond_generator}, no_decay_keys=TRANSFORMER_NO_DECAY_KEYS,
                         index_names=index_names)
     return run_training(args, accelerator, task)
-
-
-def _export_lora(model: torch.nn.Module, folder: Path, args, num_samples: int) -> None:
-    """diffusers' LoRA file of the trained adapter(s) (configs in its header) and a short model card. ``model`` is the
-    transformer, or a :class:`TextEncoderAndTransformer` under ``--train_text_encoder``."""
-    transformer = getattr(model, "transformer", model)
-    parts = adapter_parts({"transformer": transformer, "text_encoder": getattr(model, "text_encoder", None)},
-                          LORA_ADAPTER_NAME)
-    VARCLIPLoraLoaderMixin.save_lora_weights(folder, **parts)
-    base = sum(p.numel() for n, p in transformer.named_parameters() if "lora_" not in n)
-    config = transformer.peft_config.get(LORA_ADAPTER_NAME) if hasattr(transformer, "peft_config") else None
-    adapter = sum(t.numel() for t in parts.get("transformer_lora_layers", {}).values())
-    targets = " ".join(f"`{t}`" for t in sorted(config.target_modules)) if config else "none"
-    text_part = ""
-    if "text_encoder_lora_layers" in parts:
-        text_config = model.text_encoder.peft_config[LORA_ADAPTER_NAME]
-        text_params = sum(t.numel() for t in parts["text_encoder_lora_layers"].values())
-        text_part = (f"\nThe text encoder has adapters too (`--train_text_encoder`): rank {text_config.r} on "
-                     f"{' '.join(f'`{t}`' for t in sorted(text_config.target_modules))}, {text_params:,} parameters.\n")
-        config = config or text_config
-    (folder / "README.md").write_text(LORA_CARD.format(
-        base=args.pretrained_pipeline, rank=config.r, alpha=config.lora_alpha, dropout=config.lora_dropout,
-        targets=targets, adapter=adapter, base_params=base, share=100 * adapter / base,
-        steps=args.max_train_steps or f"{args.num_train_epochs} epochs of",
-        data=args.train_data_dir or args.caption_file, samples=num_samples, lr=args.learning_rate,
-        batch=args.train_batch_size, weights=LORA_WEIGHT_NAME, text_part=text_part), encoding="utf-8")
-
-
-LORA_ADAPTER_NAME = "default"
-# adapters start at zero and hold few parameters: they want far larger steps than VAR's 1e-4 per 256 images
-LORA_LEARNING_RATE = 1e-3
-LORA_CARD = """---
-library_name: var-clip
-tags: [var-clip, lora, text-to-image]
-base_model: {base}
----
-
-# LoRA adapter for {base}
-
-Trained with `var-clip train-var --lora_rank {rank}` on {samples} images of `{data}` ({steps} steps, batch {batch},
-learning rate {lr:g}); the base model stayed frozen.
-
-| rank | alpha | dropout | targets | adapter parameters | base transformer parameters |
-| --- | --- | --- | --- | --- | --- |
-| {rank} | {alpha:g} | {dropout:g} | {targets} | {adapter:,} | {base_params:,} ({share:.2f} %) |
-{text_part}
-```python
-from var_clip import VARCLIPPipeline
-
-pipe = VARCLIPPipeline.from_pretrained("{base}")
-pipe.load_lora_weights("path/to/this/folder", adapter_name="concept")   # reads {weights}
-pipe.set_adapters(["concept"], adapter_weights=[1.0])
-image = pipe("...").images[0]
-pipe.unload_lora_weights()                                              # the base model again, exactly
-```
-"""
 
 
 def _tokenizer_digest(tokenizer) -> str:

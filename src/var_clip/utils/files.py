@@ -63,9 +63,11 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 
 # What var-clip writes at the top of a pipeline, model or training output folder.
 _OWN_FILES = {MARKER_NAME, LOCK_NAME, "model_index.json", "config.json", "README.md", "train_log.jsonl",
-              "train_log.jsonl.tmp"}
+              "train_log.jsonl.tmp", "progress.png"}
 _OWN_FILE_RE = re.compile(r".*\.safetensors(\.index(\.\w+)?\.json)?$")
-_OWN_DIR_RE = re.compile(r"^(checkpoint-\d+(\.tmp)?|logs|samples|\.final\.tmp|\..+\.(old|partial-[0-9a-f]+))$")
+# (a LoRA run's progress samples and its prior images: training/progress_grid.py, training/prior_preservation.py)
+_OWN_DIR_RE = re.compile(r"^(checkpoint-\d+(\.tmp)?|logs|samples|progress|prior-[0-9a-f]{16}|\.final\.tmp|"
+                         r"\..+\.(old|partial-[0-9a-f]+))$")
 # What a component folder of a pipeline holds: configurations, weights, tokenizer vocabularies.
 _COMPONENT_FILE_RE = re.compile(r".*\.(json|safetensors|txt|model)$")
 # The files `accelerate`'s save_state and var-clip's checkpointing write into `checkpoint-N`.

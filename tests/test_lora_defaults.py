@@ -1,0 +1,249 @@
+"""`train-var --lora_rank` with nothing else: settings chosen from the data, the base model's own images as replay
+(cached, deterministic, resumable), and the progress grid next to the adapter."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from var_clip import VARCLIPPipeline
+from var_clip import shapes_world as sw
+from var_clip.loaders import LORA_WEIGHT_NAME
+from var_clip.training import train_var
+from var_clip.training.engine import read_log
+from var_clip.training.lora_defaults import (
+    LEARNING_RATE,
+    LEARNING_RATE_KEPT,
+    MAX_STEPS,
+    MIN_PRIOR_IMAGES,
+    choose_lora_defaults,
+    take_unset,
+)
+from var_clip.training.prior_preservation import PriorSpec, build_prior_set, known_captions
+from var_clip.training.progress_grid import GRID_NAME, pick_captions
+
+from .conftest import (
+    killed_after_checkpoint,
+    make_tiny_text_encoder,
+    make_tiny_tokenizer,
+    make_tiny_transformer,
+    make_tiny_vqvae,
+    reset_accelerate_state,
+)
+
+WORLD_VOCABULARY = ["a", "an", "at", "blue", "bottom", "circle", "in", "left", "on", "orange", "red", "right", "square", "the",
+                    "top", "triangle", "yellow"]
+
+
+def unset_args(argv: list[str]) -> tuple[argparse.Namespace, frozenset[str]]:
+    args = train_var.build_parser().parse_args(["--output_dir", "unused", "--lora_rank", "8", *argv])
+    return args, take_unset(args)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Settings chosen from the data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_captions_with_new_words_turn_on_the_text_encoder_prior_images_and_known_captions():
+    captions = [f"a red circle in the top left corner {i}" for i in range(60)]  # digits are not words
+    captions += ["a blue square in the bottom right corner"] * 60
+    args, unset = unset_args([])
+    chosen = choose_lora_defaults(args, unset, captions, WORLD_VOCABULARY)
+    assert chosen.new_words == ["corner"]
+    assert args.train_text_encoder and args.keep_known_captions
+    assert args.prior_images == 120  # the user's 120 images are half of the data
+    assert (args.learning_rate, args.label_smoothing) == (LEARNING_RATE_KEPT, 0.0)
+    # each image seen about 32 times at half of each batch of 16: 32 * 120 / 8 = 480 steps
+    assert args.max_train_steps == 480 and args.validation_steps == 120
+    lines = chosen.log_lines()
+    assert any(line.startswith("--train_text_encoder") and "(chosen)" in line and "corner" in line for line in lines)
+    table = chosen.markdown_table()
+    assert "| `--learning_rate` | 0.002 |" in table and "| `--train_text_encoder` | on |" in table
+
+
+def test_known_words_only_leave_the_text_encoder_and_count_as_replay():
+    captions = ["a red circle on the left", "a blue square at the top", "a yellow triangle"] * 10
+    args, unset = unset_args([])
+    chosen = choose_lora_defaults(args, unset, captions, WORLD_VOCABULARY)
+    assert chosen.new_words == [] and chosen.num_known == 30
+    assert not args.train_text_encoder and args.prior_images == 0  # the data is its own replay
+    assert args.keep_known_captions and args.learning_rate == LEARNING_RATE_KEPT
+
+
+def test_a_few_images_get_a_varied_prior_and_steps_stay_within_bounds():
+    args, unset = unset_args([])
+    choose_lora_defaults(args, unset, ["a huge red circle"] * 8, WORLD_VOCABULARY)
+    assert args.prior_images == MIN_PRIOR_IMAGES and 100 <= args.max_train_steps <= MAX_STEPS
+    args, unset = unset_args([])
+    choose_lora_defaults(args, unset, ["a huge red circle"] * 5000, WORLD_VOCABULARY)
+    assert args.max_train_steps == MAX_STEPS
+
+
+def test_without_a_recorded_vocabulary_nothing_is_guessed():
+    args, unset = unset_args([])
+    chosen = choose_lora_defaults(args, unset, ["a photo of my dog"] * 40, None)
+    assert chosen.new_words is None
+    assert not args.train_text_encoder and not args.keep_known_captions and args.prior_images == 0
+    assert args.learning_rate == LEARNING_RATE
+
+
+def test_given_flags_win_and_are_marked_given():
+    args, unset = unset_args(["--learning_rate", "5e-4", "--no_train_text_encoder", "--prior_images", "0",
+                              "--num_train_epochs", "3"])
+    chosen = choose_lora_defaults(args, unset, ["a huge red circle"] * 40, WORLD_VOCABULARY)
+    assert args.learning_rate == 5e-4 and args.train_text_encoder is False and args.prior_images == 0
+    assert args.max_train_steps is None and args.num_train_epochs == 3
+    given = {c.flag for c in chosen.choices if c.given}
+    assert {"--learning_rate", "--train_text_encoder", "--prior_images", "--num_train_epochs"} <= given
+    assert not args.keep_known_captions  # no prior images and no known caption: nothing to hold
+
+
+def test_full_training_keeps_the_former_defaults_and_refuses_lora_only_flags():
+    args = train_var.build_parser().parse_args(["--output_dir", "unused"])
+    take_unset(args)
+    assert (args.num_train_epochs, args.label_smoothing, args.validation_steps) == (1, 0.1, 0)
+    assert args.train_text_encoder is False and args.learning_rate is None
+    for flags in (["--prior_images", "10"], ["--no_keep_known_captions"]):
+        args = train_var.build_parser().parse_args(["--output_dir", "unused", *flags])
+        with pytest.raises(ValueError, match="also pass `--lora_rank`"):
+            take_unset(args)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The prior set
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_known_captions_are_the_captions_without_their_new_words():
+    captions = ["a huge orange circle on the left", "there is a red square in the top left corner.",
+                "a huge orange circle on the left", "a blue square", "huge"]
+    assert known_captions(captions, WORLD_VOCABULARY + ["there", "is"]) == [
+        "an orange circle on the left", "there is a red square in the top left.", "a blue square"]
+
+
+@pytest.fixture
+def base_pipe() -> VARCLIPPipeline:
+    tokenizer = make_tiny_tokenizer()
+    pipe = VARCLIPPipeline(tokenizer, make_tiny_text_encoder(tokenizer), make_tiny_transformer(), make_tiny_vqvae())
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.png"))} | {
+        "metadata.jsonl": (folder / "metadata.jsonl").read_bytes()}
+
+
+def test_the_prior_set_is_deterministic_cached_and_resumes_after_an_interruption(base_pipe, tmp_path, monkeypatch):
+    spec = PriorSpec(("a red circle", "a blue square on the left"), num_images=5, seed=3, base_model="tiny",
+                     chunk_size=2)
+    whole = folder_bytes(build_prior_set(base_pipe, spec, tmp_path / "whole", show_progress=False))
+    assert len(whole) == 6
+    records = [json.loads(line) for line in whole["metadata.jsonl"].decode().splitlines()]
+    assert [r["text"] for r in records] == ["a red circle", "a blue square on the left"] * 2 + ["a red circle"]
+
+    # killed after its first chunk: the rerun samples only the two chunks left, and ends with the same files
+    calls, kill = [], [True]
+    real_call = type(base_pipe).__call__
+
+    def dies_after_one_chunk(self, prompts, **kwargs):
+        calls.append(len(prompts))
+        if kill[0] and len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill")
+        return real_call(self, prompts, **kwargs)
+
+    monkeypatch.setattr(type(base_pipe), "__call__", dies_after_one_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        build_prior_set(base_pipe, spec, tmp_path / "resumed", show_progress=False)
+    assert not (tmp_path / "resumed" / "metadata.jsonl").exists()
+    calls.clear()
+    kill[0] = False
+    assert folder_bytes(build_prior_set(base_pipe, spec, tmp_path / "resumed", show_progress=False)) == whole
+    assert calls == [2, 1]
+
+    # a finished set is reused without sampling
+    calls.clear()
+    build_prior_set(base_pipe, spec, tmp_path / "resumed", show_progress=False)
+    assert calls == []
+
+
+def test_pick_captions_shows_each_new_phrase_and_the_datas_variety():
+    captions = ["a red circle in the top left corner"] * 3 + ["a red square in the top left corner",
+                                                               "a blue circle in the bottom right corner",
+                                                               "a red circle on the left"]
+    picked = pick_captions(captions, WORLD_VOCABULARY, 3)
+    assert picked[:2] == ["a red circle in the top left corner", "a blue circle in the bottom right corner"]
+    assert len(picked) == 3 and "a red circle on the left" not in picked  # new-word captions first
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The one command, on a tiny model
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A tiny base model that records the world's words except "huge", and 16 images of huge objects."""
+    root = tmp_path_factory.mktemp("lora-defaults")
+    huge = sw.WorldExtension(sizes={"huge": (34, 38)})
+    sw.generate_dataset(root / "huge", 16, seed=1, extension=huge, show_progress=False)
+    tokenizer = make_tiny_tokenizer()
+    pipe = VARCLIPPipeline(tokenizer, make_tiny_text_encoder(tokenizer), make_tiny_transformer(), make_tiny_vqvae())
+    rng = np.random.default_rng(0)
+    world = [sw.sample_scene(rng).caption for _ in range(300)]
+    pipe.transformer.register_to_config(vocabulary=sorted({w for c in world for w in c.split()}))
+    pipe.save_pretrained(root / "base", safe_serialization=True)
+    return root
+
+
+def plain_command(workdir: Path, output: str, *extra: str) -> list[str]:
+    """The documented command, with a short run (the chosen step count is tested above) and a cheap prior."""
+    return ["--pretrained_pipeline", str(workdir / "base"), "--train_data_dir", str(workdir / "huge"),
+            "--output_dir", str(workdir / output), "--lora_rank", "4", "--max_train_steps", "4",
+            "--train_batch_size", "4", "--prior_images", "8", "--checkpointing_steps", "2", "--no_progress_bar",
+            *extra]
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_the_plain_command_chooses_mixes_in_prior_images_and_writes_the_grid_and_card(workdir):
+    assert train_var.main(plain_command(workdir, "run")) == 0
+    out = workdir / "run"
+    weights = load_file(out / LORA_WEIGHT_NAME)
+    assert {k.split(".")[0] for k in weights} == {"transformer", "text_encoder"}  # "huge" is new: text encoder on
+    assert any("kl_kept" in record for record in read_log(out))  # known captions held to the base model
+    (prior,) = out.glob("prior-*")
+    assert len(list(prior.glob("*.png"))) == 8 and (prior / "metadata.jsonl").is_file()
+    texts = [json.loads(line)["text"] for line in (prior / "metadata.jsonl").read_text().splitlines()]
+    assert texts and not any("huge" in t for t in texts)
+
+    # the grid: base, steps 1..4 (validation every step: 4 steps / 4 columns), one row per caption
+    with Image.open(out / GRID_NAME) as grid:
+        assert grid.width > 5 * 128
+    steps = sorted(p.name for p in (out / "progress").iterdir())
+    assert steps == [f"step-{s:07d}" for s in range(5)]
+    card = (out / "README.md").read_text()
+    assert "![samples during training](progress.png)" in card
+    assert "| `--train_text_encoder` | on |" in card and "`huge`" in card and "rank | alpha" in card
+    assert "| `--max_train_steps` | 4 | given |" in card
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_a_run_with_prior_images_resumes_bit_identically(workdir, monkeypatch):
+    assert train_var.main(plain_command(workdir, "uninterrupted")) == 0
+    reset_accelerate_state()
+    with killed_after_checkpoint(monkeypatch, step=2):
+        train_var.main(plain_command(workdir, "resumed"))
+    reset_accelerate_state()
+    assert train_var.main(plain_command(workdir, "resumed", "--resume_from_checkpoint", "latest")) == 0
+    logs = [[r["loss"] for r in read_log(workdir / name)] for name in ("uninterrupted", "resumed")]
+    assert logs[0] == logs[1]
+    final, expected = (load_file(workdir / name / LORA_WEIGHT_NAME) for name in ("resumed", "uninterrupted"))
+    assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
