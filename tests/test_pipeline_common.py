@@ -369,9 +369,12 @@ NOT_APPLICABLE = {
     "test_latents_input": "no initial noise: each scale's tokens are drawn from the generator (a callback may edit "
                           "`latents`, see test_diffusers_contract.py)",
     "test_karras_schedulers_shape": "no scheduler: one step per scale",
-    "test_attention_slicing_forward_pass": "the attention runs through scaled_dot_product_attention; there is no "
-                                           "attention processor to slice",
-    "test_xformers_attention_forwardGenerator_pass": "no attention processors (scaled_dot_product_attention)",
+    "test_attention_slicing_forward_pass": "attention slicing is a UNet feature (no var-clip component has "
+                                           "`set_attention_slice`); the kernel is chosen with diffusers' "
+                                           "`set_attention_backend` (test_attention_backends.py)",
+    "test_xformers_attention_forwardGenerator_pass": "needs xformers on a CUDA device; where a mask is needed the "
+                                                     "transformer accepts only backends that apply it as SDPA does "
+                                                     "(test_attention_backends.py)",
     "test_vae_slicing / test_vae_tiling": "the VQ-VAE decodes one fixed-size latent per image; there are no tiles",
     "test_freeu / test_fused_qkv_projections": "UNet / attention-processor features; the blocks already fuse QKV",
     "test_ip_adapter*": "no image-prompt adapter for VAR",

@@ -22,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
+from diffusers.models.attention import AttentionMixin, AttentionModuleMixin
+from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, dispatch_attention_fn
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
@@ -117,12 +119,86 @@ class KVCache:
             self.hidden_BlD = self.hidden_BlD[:rows]
 
 
-class SelfAttention(nn.Module):
+# -- attention, computed by processors through diffusers' attention dispatcher -----------------------------------------
+
+#: diffusers attention backends that apply a boolean or additive (B, Hd, Lq, Lk) mask as SDPA does. The others take
+#: no mask (flash, sage, xla: they raise), keep only its key-padding part (the varlen kernels: VAR's block-causal mask
+#: would silently vanish) or read a boolean mask as an additive one (xformers).
+MASKED_ATTENTION_BACKENDS = ("native", "_native_math", "_native_efficient", "_native_cudnn", "flex")
+#: SDPA kernels that torch has only on CUDA: on a CPU they fail with "No viable backend".
+CUDA_ONLY_ATTENTION_BACKENDS = ("_native_efficient", "_native_cudnn")
+
+
+def active_attention_backend(attn: nn.Module) -> str:
+    """The backend an attention module runs on now: its own (``set_attention_backend``), else the one of the
+    ``diffusers.attention_backend(...)`` context, else ``DIFFUSERS_ATTN_BACKEND``, else ``"native"``."""
+    backend = getattr(attn.processor, "_attention_backend", None)
+    if backend is None:  # what dispatch_attention_fn falls back to; diffusers has no public getter for it
+        backend, _ = _AttentionBackendRegistry.get_active_backend()
+    return AttentionBackendName(backend).value
+
+
+class VARSelfAttnProcessor:
+    """:class:`SelfAttention`'s computation: projections, VAR's biases and L2 norm, the KV cache, then the attention
+    through ``dispatch_attention_fn`` on the backend chosen with ``set_attention_backend`` (diffusers' processor API).
+
+    The dispatcher takes (B, L, Hd, hd). q, k and v stay in the KV cache's (B, Hd, L, hd) layout and go in as
+    transposed views, which the SDPA backends transpose back: the native backend makes exactly the kernel call the
+    original code makes.
+    """
+
+    _attention_backend = None
+
+    def __call__(self, attn: SelfAttention, x_BLD: torch.Tensor, attn_bias_11LL: torch.Tensor | None = None,
+                 kv_cache: LayerKVCache | None = None) -> torch.Tensor:
+        B, L, D = x_BLD.shape
+        bias = torch.cat((attn.q_bias, attn.zero_k_bias, attn.v_bias))
+        # through the module, not its weight, so hooks (offloading, casting), adapters and quantized weights apply;
+        # (B, L, 3D) -> (3, B, Hd, L, hd)
+        qkv = (attn.mat_qkv(x_BLD) + bias.to(x_BLD.dtype)).view(B, L, 3, attn.num_heads, attn.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if attn.l2_norm:
+            scale_mul = attn.scale_mul_1H11.clamp_max(attn.max_log_scale).exp()
+            q = F.normalize(q, dim=-1).mul(scale_mul)
+            k = F.normalize(k, dim=-1)
+        if kv_cache is not None:
+            k, v = kv_cache.append(k, v)
+        if attn_bias_11LL is not None:
+            attn_bias_11LL = attn_bias_11LL.to(q.dtype)
+        out_BLHc = dispatch_attention_fn(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_bias_11LL,
+            dropout_p=attn.attn_drop if attn.training else 0.0, scale=attn.scale, backend=self._attention_backend,
+        )
+        return attn.proj_drop(attn.proj(out_BLHc.reshape(B, L, D)))  # (B, L, Hd, hd) -> (B, L, D)
+
+
+class VARCrossAttnProcessor:
+    """:class:`CrossAttention`'s computation: the image tokens' queries against the text's keys and values, through
+    ``dispatch_attention_fn`` like :class:`VARSelfAttnProcessor`, with the caption's padding mask."""
+
+    _attention_backend = None
+
+    def __call__(self, attn: CrossAttention, x_BLD: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor],
+                 mask_B11T: torch.Tensor) -> torch.Tensor:
+        B, L, D = x_BLD.shape
+        q_BLHc = attn.to_q(x_BLD).view(B, L, attn.num_heads, attn.head_dim)
+        k, v = context_kv  # each (B, Hd, T, hd)
+        out_BLHc = dispatch_attention_fn(q_BLHc, k.to(q_BLHc.dtype).transpose(1, 2), v.to(q_BLHc.dtype).transpose(1, 2),
+                                         attn_mask=mask_B11T, backend=self._attention_backend)
+        return attn.proj_drop(attn.proj(out_BLHc.reshape(B, L, D)))
+
+
+class SelfAttention(nn.Module, AttentionModuleMixin):
     """Multi-head self-attention with VAR's biases (q and v, none on k) and optional L2-normalised q·k.
 
     With ``attn_l2_norm`` the logits are ``cos(q, k) · exp(s_h)`` with a learned per-head log-scale ``s_h``
-    (clamped at log 100); otherwise plain dot products scaled by ``0.25 / sqrt(hd)``, both as in VAR.
+    (clamped at log 100); otherwise plain dot products scaled by ``0.25 / sqrt(hd)``, both as in VAR. The
+    computation is its processor's (:class:`VARSelfAttnProcessor`), as in diffusers' attention modules.
     """
+
+    _default_processor_cls = VARSelfAttnProcessor
+    _available_processors = [VARSelfAttnProcessor]
+    _supports_qkv_fusion = False  # q, k and v already come from one projection
 
     def __init__(self, dim: int, num_heads: int, attn_drop: float, proj_drop: float, l2_norm: bool):
         super().__init__()
@@ -141,34 +217,24 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.attn_drop = attn_drop
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self.set_processor(VARSelfAttnProcessor())
 
-    def forward(self, x_BLD: torch.Tensor, attn_bias: torch.Tensor | None,
+    def forward(self, x_BLD: torch.Tensor, attn_bias_11LL: torch.Tensor | None,
                 kv_cache: LayerKVCache | None) -> torch.Tensor:
-        B, L, D = x_BLD.shape
-        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
-        # through the module, not its weight, so hooks (offloading, casting) and adapters apply; (B, L, 3D) -> (3, B, Hd, L, hd)
-        qkv = (self.mat_qkv(x_BLD) + bias.to(x_BLD.dtype)).view(B, L, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)
-        if self.l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(self.max_log_scale).exp()
-            q = F.normalize(q, dim=-1).mul(scale_mul)
-            k = F.normalize(k, dim=-1)
-        if kv_cache is not None:
-            k, v = kv_cache.append(k, v)
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q.dtype)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_bias, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale
-        )
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))  # (B, Hd, L, hd) -> (B, L, D)
+        return self.processor(self, x_BLD, attn_bias_11LL, kv_cache)
 
 
-class CrossAttention(nn.Module):
+class CrossAttention(nn.Module, AttentionModuleMixin):
     """Multi-head attention from the image tokens (B, l, D) to the text's hidden states (B, T, H).
 
     Plain scaled dot products; the keys and values depend only on the text, so sampling computes them once per
-    generation (:meth:`context_kv`) and every scale reuses them.
+    generation (:meth:`context_kv`) and every scale reuses them. The attention itself is its processor's
+    (:class:`VARCrossAttnProcessor`).
     """
+
+    _default_processor_cls = VARCrossAttnProcessor
+    _available_processors = [VARCrossAttnProcessor]
+    _supports_qkv_fusion = False  # the keys and values are computed once per generation, not per step
 
     def __init__(self, dim: int, context_dim: int, num_heads: int, proj_drop: float):
         super().__init__()
@@ -178,6 +244,7 @@ class CrossAttention(nn.Module):
         self.to_v = nn.Linear(context_dim, dim)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()
+        self.set_processor(VARCrossAttnProcessor())
 
     def context_kv(self, context_BTH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The text's keys and values, each (B, Hd, T, hd)."""
@@ -188,11 +255,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x_BLD: torch.Tensor, context_kv: tuple[torch.Tensor, torch.Tensor],
                 mask_B11T: torch.Tensor) -> torch.Tensor:
-        B, L, D = x_BLD.shape
-        q = self.to_q(x_BLD).view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, Hd, L, hd)
-        k, v = context_kv
-        out = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask_B11T)
-        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, L, D)))
+        return self.processor(self, x_BLD, context_kv, mask_B11T)
 
 
 class FeedForward(nn.Module):
@@ -242,12 +305,12 @@ class AdaLNSelfAttnBlock(nn.Module):
             return self.ada_gss + shared_B16D
         return self.ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.dim)
 
-    def forward(self, x_BLD: torch.Tensor, ada_B16D: torch.Tensor, attn_bias: torch.Tensor | None,
+    def forward(self, x_BLD: torch.Tensor, ada_B16D: torch.Tensor, attn_bias_11LL: torch.Tensor | None,
                 kv_cache: LayerKVCache | None = None,
                 context_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                 context_mask_B11T: torch.Tensor | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16D.unbind(2)  # each (B, 1, D)
-        h = self.attn(self.ln_wo_grad(x_BLD).mul(scale1 + 1).add(shift1), attn_bias, kv_cache)
+        h = self.attn(self.ln_wo_grad(x_BLD).mul(scale1 + 1).add(shift1), attn_bias_11LL, kv_cache)
         x_BLD = x_BLD + _drop_path(h.mul(gamma1), self.drop_path, self.training)
         if self.cross_attn is not None:
             if context_kv is None:
@@ -283,7 +346,7 @@ class Modulations:
         return Modulations(blocks=[m[:rows] for m in self.blocks], head=self.head[:rows])
 
 
-class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin):
+class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAdapterMixin, AttentionMixin):
     r"""GPT-style next-scale prediction transformer of VAR, conditioned on a text embedding (VAR-CLIP) or a class.
 
     Parameters:
@@ -423,6 +486,18 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         return transformer_from_single_file(checkpoint, num_heads=num_heads, patch_nums=patch_nums, dtype=dtype,
                                             **config_overrides)
 
+    def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
+        """The parameter or buffer named ``target`` (a dotted path, as in ``state_dict``).
+
+        accelerate's FSDP2 preparation asks the model for it while it loads the full weights into the sharded model
+        (``--fsdp_cpu_ram_efficient_loading``, on by default in ``accelerate launch``): transformers' models have it,
+        diffusers' do not, and accelerate's fallback fails on a top-level parameter such as ``pos_embed``.
+        """
+        try:
+            return self.get_parameter(target)
+        except AttributeError:
+            return self.get_buffer(target)
+
     # -- derived sizes -------------------------------------------------------------------------------------------------
 
     @property
@@ -561,6 +636,25 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
 
     # -- building blocks shared by training and sampling ---------------------------------------------------------------
 
+    def _check_attention_backends(self, block_causal: bool, device: torch.device) -> None:
+        """Refuse, before any block runs, an attention backend that would drop a mask this call needs (the
+        block-causal mask of the teacher-forced pass, the caption's padding mask of cross-attention) or that has no
+        kernel on this device. Cached sampling needs no self-attention mask, so there a mask-free backend (flash,
+        sage) serves the models without cross-attention (VAR-CLIP as published, VAR)."""
+        for block in self.blocks:
+            for attn, needs_mask in ((block.attn, block_causal), (block.cross_attn, True)):
+                if attn is None:
+                    continue
+                backend = active_attention_backend(attn)
+                if needs_mask and backend not in MASKED_ATTENTION_BACKENDS:
+                    mask = ("VAR's block-causal mask (teacher forcing; cached sampling needs none)"
+                            if attn is block.attn else "the caption's padding mask (cross-attention)")
+                    raise ValueError(f"attention backend {backend!r} cannot apply {mask}: choose one of "
+                                     f"{', '.join(MASKED_ATTENTION_BACKENDS)} with `set_attention_backend`")
+                if backend in CUDA_ONLY_ATTENTION_BACKENDS and device.type != "cuda":
+                    raise ValueError(f"attention backend {backend!r} runs on CUDA only (torch has no such kernel on "
+                                     f"{device.type}): choose 'native', '_native_math' or 'flex' there")
+
     def modulations(self, cond_BD: torch.Tensor) -> Modulations:
         shared = self.shared_ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.config.embed_dim) if self.shared_ada_lin is not None else None
         blocks = [block.modulation(cond_BD, shared) for block in self.blocks]
@@ -657,9 +751,11 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
         x_BLD = torch.cat((sos, self.word_embed(x_BLC_wo_first_l.to(cond_BD.dtype))), dim=1) + self._level_pos(slice(0, L))
         mods = self.modulations(cond_BD)
+        self._check_attention_backends(block_causal=True, device=x_BLD.device)
+        bias_11LL = self.attn_bias_LL[None, None]  # 4-D: no backend may read an (L, L) mask as a (B, L) padding mask
         for block, ada in zip(self.blocks, mods.blocks):
             context_kv = block.cross_attn.context_kv(context.to(self.pos_embed.dtype)) if context is not None else None
-            x_BLD = block(x_BLD, ada, attn_bias=self.attn_bias_LL, context_kv=context_kv, context_mask_B11T=mask_B11T)
+            x_BLD = block(x_BLD, ada, attn_bias_11LL=bias_11LL, context_kv=context_kv, context_mask_B11T=mask_B11T)
         return self.logits(x_BLD, mods.head)
 
     @torch.no_grad()
@@ -695,8 +791,9 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
             x_BlD = x_BlD.gather(1, gather_idx)
         if getattr(self.blocks[0], "_compiled_call_impl", None) is not None:  # only compiled blocks read the marks
             _mark_block_inputs_dynamic(x_BlD, cache)
+        self._check_attention_backends(block_causal=False, device=x_BlD.device)
         for block, ada, layer in zip(self.blocks, cache.modulations.blocks, cache.layers):
-            x_BlD = block(x_BlD, ada, attn_bias=None, kv_cache=layer, context_mask_B11T=cache.context_mask_B11T)
+            x_BlD = block(x_BlD, ada, attn_bias_11LL=None, kv_cache=layer, context_mask_B11T=cache.context_mask_B11T)
         if keep_idx_Bk is not None:
             x_BlD = fill_BlD.to(x_BlD.dtype).scatter(1, gather_idx, x_BlD)
         cache.hidden_BlD = x_BlD
