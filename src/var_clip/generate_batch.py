@@ -310,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_dtype_option(group)
     add_option(group, "seed", type=int_at_least(0), default=0,
          help="global seed; image i of prompt p uses a seed derived from (seed, p, i) only (default 0)")
+    add_option(group, "threads", type=int_at_least(1), default=None,
+         help="intra-op threads per process (default: OMP_NUM_THREADS when set, as `accelerate launch` sets it; "
+              "else chosen by the work: 1 for small models and batches, one per core for d16-sized ones)")
 
     group = p.add_argument_group("output")
     add_option(group, "output-dir", default=None, help="folder of the PNGs, metadata.jsonl and the .npz (created)")
@@ -540,10 +543,12 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from .utils.files import release_held_locks
+    from .utils.threads import pinned_threads
 
     args = build_parser().parse_args(argv)
     try:
-        return run(args)
+        with pinned_threads(args.threads):  # --threads, when given, wins over the pipelines' choice by the work
+            return run(args)
     except UsageError as error:
         code, message = 2, str(error)
     except (GenerationError, ValueError, OSError) as error:

@@ -7,7 +7,7 @@ V codebook size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -18,7 +18,7 @@ from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import SamplingSchedule, gumbel_smooth_probs, resolve_schedule, sample_tokens
-from ..utils.threads import intra_op_threads
+from ..utils.threads import intra_op_threads, threads_for_work
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent", "tokens")
 
@@ -232,6 +232,19 @@ class NextScalePipelineMixin:
     def check_num_images(num_images_per_prompt) -> None:
         if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
             raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
+
+    def threads_for(self, request: GenerationRequest) -> AbstractContextManager[int]:
+        """The intra-op threads one call runs with on the CPU: the count that suits its work, unless the user chose
+        one (:func:`var_clip.utils.threads.threads_for_work`); the previous count is restored when the call ends.
+
+        The work is the transformer's parameters × tokens per image × rows (the images, twice while guided): one
+        thread for the default model, all cores for d16. Other devices leave the count alone.
+        """
+        if self._execution_device.type != "cpu":
+            return nullcontext(torch.get_num_threads())
+        rows = request.num_images * (2 if request.schedule.last_guided_scale >= 0 else 1)
+        parameters = sum(p.numel() for p in self.transformer.parameters())
+        return threads_for_work(parameters * self.transformer.num_tokens * rows)
 
     # -- the loop ------------------------------------------------------------------------------------------------------
 

@@ -120,23 +120,26 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
 
     def _generate(self, labels: list[int], num_images_per_prompt: int, request):
         """The steps shared by generation and inpainting (inputs already checked)."""
-        device = self._execution_device
+        # the intra-op threads that suit this call's work, unless the user chose them (restored afterwards)
+        with self.threads_for(request):
+            device = self._execution_device
 
-        # 1. the labels and, for guidance, the same rows again, which the transformer turns into its null class
-        labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
-        condition = {"class_labels": labels_B}
-        if request.schedule.last_guided_scale >= 0:
-            B = labels_B.shape[0]
-            condition = {"class_labels": labels_B.repeat(2), "cond_drop_mask": torch.arange(2 * B, device=device) >= B}
+            # 1. the labels and, for guidance, the same rows again, which the transformer turns into its null class
+            labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
+            condition = {"class_labels": labels_B}
+            if request.schedule.last_guided_scale >= 0:
+                B = labels_B.shape[0]
+                condition = {"class_labels": labels_B.repeat(2),
+                             "cond_drop_mask": torch.arange(2 * B, device=device) >= B}
 
-        # 2. when editing, the input image's tokens that are kept at each scale
-        known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
+            # 2. when editing, the input image's tokens that are kept at each scale
+            known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
 
-        # 3. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(condition, request, known)
+            # 3. sample the token maps scale by scale
+            f_hat, tokens = self.sample_next_scale(condition, request, known)
 
-        # 4. decode (and, when inpainting, paste back the unmasked pixels)
-        return self.decode_output(f_hat, tokens, request)
+            # 4. decode (and, when inpainting, paste back the unmasked pixels)
+            return self.decode_output(f_hat, tokens, request)
 
 
 class VARInpaintPipeline(VARPipeline):

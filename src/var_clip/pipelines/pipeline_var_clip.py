@@ -407,27 +407,30 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
 
     def _generate(self, prompts: PromptInputs, num_images_per_prompt: int, request):
         """The steps shared by text-to-image, inpainting and image-to-image (inputs already checked)."""
-        device = self._execution_device
-        self.warn_unknown_words(prompts.prompt)
+        # the intra-op threads that suit this call's work, unless the user chose them (restored afterwards)
+        with self.threads_for(request):
+            device = self._execution_device
+            self.warn_unknown_words(prompts.prompt)
 
-        # 1. encode the prompt and the negative prompt (without one, the transformer applies its learned null condition)
-        do_cfg = request.schedule.last_guided_scale >= 0
-        has_negative = prompts.negative_prompt is not None or prompts.negative_prompt_embeds is not None
-        embeddings = self.encode_prompt(
-            prompts.prompt, device, num_images_per_prompt, do_cfg and has_negative, prompts.negative_prompt,
-            prompts.prompt_embeds,
-            prompts.negative_prompt_embeds, prompts.prompt_token_embeds, prompts.prompt_attention_mask,
-            prompts.negative_prompt_token_embeds, prompts.negative_prompt_attention_mask,
-        )
+            # 1. encode the prompt and the negative prompt (without one, the transformer applies its learned null
+            #    condition)
+            do_cfg = request.schedule.last_guided_scale >= 0
+            has_negative = prompts.negative_prompt is not None or prompts.negative_prompt_embeds is not None
+            embeddings = self.encode_prompt(
+                prompts.prompt, device, num_images_per_prompt, do_cfg and has_negative, prompts.negative_prompt,
+                prompts.prompt_embeds,
+                prompts.negative_prompt_embeds, prompts.prompt_token_embeds, prompts.prompt_attention_mask,
+                prompts.negative_prompt_token_embeds, prompts.negative_prompt_attention_mask,
+            )
 
-        # 2. when editing, the input image's tokens that are kept at each scale
-        known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
+            # 2. when editing, the input image's tokens that are kept at each scale
+            known = self.known_tokens(request.edit, request.num_images) if request.edit is not None else None
 
-        # 3. sample the token maps scale by scale
-        f_hat, tokens = self.sample_next_scale(self.text_condition(embeddings, guided=do_cfg), request, known)
+            # 3. sample the token maps scale by scale
+            f_hat, tokens = self.sample_next_scale(self.text_condition(embeddings, guided=do_cfg), request, known)
 
-        # 4. decode (and, when inpainting, paste back the unmasked pixels)
-        return self.decode_output(f_hat, tokens, request)
+            # 4. decode (and, when inpainting, paste back the unmasked pixels)
+            return self.decode_output(f_hat, tokens, request)
 
 
 class PromptEmbeddings(NamedTuple):
