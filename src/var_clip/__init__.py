@@ -19,6 +19,8 @@ _LAZY = {
     "VARPipeline": ".pipelines",
     "VARInpaintPipeline": ".pipelines",
     "prepare_outpainting": ".pipelines",
+    "VARCLIPBlocks": ".modular_pipelines",
+    "guider_interval": ".modular_pipelines",
 }
 
 
@@ -43,6 +45,8 @@ __all__ = [
     "VARPipeline",
     "VARInpaintPipeline",
     "prepare_outpainting",
+    "VARCLIPBlocks",
+    "guider_interval",
     "DEFAULT_MODEL",
     "__version__",
 ]
