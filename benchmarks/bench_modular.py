@@ -63,8 +63,9 @@ def main() -> None:
     modular.load_components()
     modular.set_progress_bar_config(disable=True)
 
+    cases = settings(len(classic.transformer.config.patch_nums))
     print(f"{'setting':<26} calls with other tokens (of {args.seeds}, {len(PROMPTS)} images each)")
-    for name, (classic_kwargs, guider, modular_kwargs) in settings(len(classic.transformer.config.patch_nums)).items():
+    for name, (classic_kwargs, guider, modular_kwargs) in cases.items():
         modular.update_components(guider=guider)
         differ = 0
         for seed in range(args.seeds):
@@ -75,7 +76,7 @@ def main() -> None:
             differ += not all(torch.equal(a, b) for a, b in zip(got, want))
         print(f"{name:<26} {differ}")
 
-    modular.update_components(guider=settings(1)["guidance 4, linear"][1])
+    modular.update_components(guider=cases["guidance 4, linear"][1])
     t_classic = seconds_per_call(lambda: classic(PROMPTS, generator=torch.Generator().manual_seed(0)), args.runs)
     t_modular = seconds_per_call(lambda: modular(prompt=PROMPTS, generator=torch.Generator().manual_seed(0),
                                                  output="images"), args.runs)

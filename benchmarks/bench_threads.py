@@ -96,7 +96,8 @@ def automatic_count(pipe, batch: int) -> int:
 
 def compare(models: list[str], runs: int, loads: list[int]) -> list[dict]:
     default = threads._DEFAULT_THREADS
-    print(f"| model | images | load | busy loops | before: {default} threads, s | after: threads | after, s | speedup |")
+    print(f"| model | images | load | busy loops | before: {default} threads, s | after: threads | after, s | "
+          "speedup |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     results = []
     for name in models:

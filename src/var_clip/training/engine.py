@@ -430,13 +430,19 @@ def run_training(args: argparse.Namespace, accelerator, task: TrainingTask) -> T
 
 
 def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> TrainingResult:
-    from accelerate.utils import DistributedType
+    from accelerate.utils import DistributedType, parse_flag_from_env
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import EMAModel
 
     output_dir = Path(args.output_dir)
     P = accelerator.num_processes
     is_fsdp = accelerator.distributed_type == DistributedType.FSDP
+    if not is_fsdp and parse_flag_from_env("ACCELERATE_USE_FSDP"):
+        # accelerate (1.15) shards only on accelerator devices: CPU processes asked for FSDP would silently train as
+        # data parallelism, each with the whole model, optimizer and gradients
+        raise ValueError(f"FSDP was asked for (`accelerate launch --use_fsdp`), but accelerate runs these processes as "
+                         f"{accelerator.distributed_type.value}: it shards only on GPUs (and other accelerators); on "
+                         "CPUs train with data parallelism (docs/training.md, 'Several CPU processes')")
     if is_fsdp and args.use_ema:
         raise ValueError("`--use_ema` keeps a full copy of the weights on one process and does not work with FSDP's "
                          "sharded parameters: train without it, or with data parallelism (DDP)")
