@@ -187,6 +187,14 @@ def test_guider_interval_lands_on_the_scale_indices():
                 assert got == tuple(range(start, stop)), (start, stop, num_scales)
 
 
+def test_diffusers_formulation_at_one_plus_t_is_vars_at_t(modular):
+    modular.update_components(guider=_cfg(4.0))
+    var = modular(prompt=PROMPT, generator=gen(4), output="tokens")
+    modular.update_components(guider=ClassifierFreeGuidance(guidance_scale=5.0))  # uncond + 5·(cond − uncond)
+    diffusers_form = modular(prompt=PROMPT, generator=gen(4), output="tokens")
+    assert all(torch.equal(a, b) for a, b in zip(var, diffusers_form))
+
+
 def test_the_unconditional_rows_end_with_the_last_guided_scale(classic, modular):
     """As in the classic pipeline: 2B rows through the last guided scale, B after it (the KV cache drops them)."""
     def rows_per_scale(pipe, call):
