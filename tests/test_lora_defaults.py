@@ -38,8 +38,8 @@ from .conftest import (
     reset_accelerate_state,
 )
 
-WORLD_VOCABULARY = ["a", "an", "at", "blue", "bottom", "circle", "in", "left", "on", "orange", "red", "right", "square", "the",
-                    "top", "triangle", "yellow"]
+WORLD_VOCABULARY = ["a", "an", "at", "blue", "bottom", "circle", "in", "left", "on", "orange", "red", "right", "square",
+                    "the", "top", "triangle", "yellow"]
 
 
 def unset_args(argv: list[str]) -> tuple[argparse.Namespace, frozenset[str]]:
@@ -63,6 +63,7 @@ def test_captions_with_new_words_turn_on_the_text_encoder_prior_images_and_known
     assert (args.learning_rate, args.label_smoothing) == (LEARNING_RATE_KEPT, 0.0)
     # each image seen about 32 times at half of each batch of 16: 32 * 120 / 8 = 480 steps
     assert args.max_train_steps == 480 and args.validation_steps == 120
+    assert args.cache_dir == str(Path("unused") / "cache")
     lines = chosen.log_lines()
     assert any(line.startswith("--train_text_encoder") and "(chosen)" in line and "corner" in line for line in lines)
     table = chosen.markdown_table()
@@ -110,7 +111,7 @@ def test_full_training_keeps_the_former_defaults_and_refuses_lora_only_flags():
     args = train_var.build_parser().parse_args(["--output_dir", "unused"])
     take_unset(args)
     assert (args.num_train_epochs, args.label_smoothing, args.validation_steps) == (1, 0.1, 0)
-    assert args.train_text_encoder is False and args.learning_rate is None
+    assert args.train_text_encoder is False and args.learning_rate is None and args.cache_dir is None
     for flags in (["--prior_images", "10"], ["--no_keep_known_captions"]):
         args = train_var.build_parser().parse_args(["--output_dir", "unused", *flags])
         with pytest.raises(ValueError, match="also pass `--lora_rank`"):
@@ -219,7 +220,8 @@ def test_the_plain_command_chooses_mixes_in_prior_images_and_writes_the_grid_and
     weights = load_file(out / LORA_WEIGHT_NAME)
     assert {k.split(".")[0] for k in weights} == {"transformer", "text_encoder"}  # "huge" is new: text encoder on
     assert any("kl_kept" in record for record in read_log(out))  # known captions held to the base model
-    (prior,) = out.glob("prior-*")
+    (prior,) = (out / "cache").glob("prior-*")  # the run's cache: prior images and every image's tokens
+    assert len(list((out / "cache").glob("var-tokens-*.safetensors"))) == 1
     assert len(list(prior.glob("*.png"))) == 8 and (prior / "metadata.jsonl").is_file()
     texts = [json.loads(line)["text"] for line in (prior / "metadata.jsonl").read_text().splitlines()]
     assert texts and not any("huge" in t for t in texts)

@@ -110,7 +110,8 @@ class WorldExtension:
         for phrase in self.positions:
             for other in self.positions:
                 if other != phrase and f" {phrase} " in f" {other} ":
-                    raise ValueError(f"place {phrase!r} is part of place {other!r}: a caption could not tell them apart")
+                    raise ValueError(f"place {phrase!r} is part of place {other!r}: a caption could not tell them "
+                                     "apart")
         # frozen: store private copies, so a caller's later edit of its dicts cannot change the extension
         object.__setattr__(self, "colors", {w: tuple(rgb) for w, rgb in self.colors.items()})
         object.__setattr__(self, "sizes", {w: tuple(s) for w, s in self.sizes.items()})

@@ -21,6 +21,8 @@ The rules:
 - ``--max_train_steps``: each of the user's images seen ``VIEWS_PER_IMAGE`` times at its share of the batches,
   within ``MIN_STEPS``..``MAX_STEPS``.
 - ``--validation_steps``: ``PROGRESS_COLUMNS`` columns of the progress grid over the run.
+- ``--cache_dir``: ``cache/`` in the output folder (each image's tokens computed once; the prior images go there
+  too), unless random crops or flips make every step's images new.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import argparse
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..utils.arguments import add_option
@@ -59,7 +62,9 @@ PROGRESS_COLUMNS = 4
 CHOSEN_FLAGS: dict[str, Any] = {
     "learning_rate": None, "max_train_steps": None, "num_train_epochs": 1, "label_smoothing": 0.1,
     "train_text_encoder": False, "keep_known_captions": False, "validation_steps": 0, "prior_images": 0,
+    "cache_dir": None,
 }
+CACHE_DIR = "cache"  # a LoRA run's token cache and prior images, inside its output folder
 
 
 def add_lora_default_arguments(parser: argparse.ArgumentParser, group) -> None:
@@ -108,6 +113,8 @@ class LoraChoice:
             return "on" if self.value else "off"
         if isinstance(self.value, float):
             return f"{self.value:g}"
+        if self.value is None:
+            return "none"
         return str(self.value)
 
 
@@ -124,7 +131,7 @@ class LoraDefaults:
     def log_lines(self) -> list[str]:
         """One line per setting, as logged at the start of the run."""
         width = max(len(c.flag) for c in self.choices)
-        return [f"{c.flag:<{width}}  {c.shown_value():<8} {'(given)' if c.given else '(chosen)'} {c.reason}"
+        return [f"{c.flag:<{width}}  {c.shown_value():<8} " + ("(given)" if c.given else f"(chosen) {c.reason}")
                 for c in self.choices]
 
     def markdown_table(self) -> str:
@@ -170,7 +177,8 @@ def choose_lora_defaults(args: argparse.Namespace, unset: frozenset[str], captio
         decide("train_text_encoder", False, reason)
     elif new_words:
         shown = ", ".join(new_words[:6]) + (", …" if len(new_words) > 6 else "")
-        decide("train_text_encoder", True, f"{len(new_words)} caption words the base model never read ({shown})")
+        decide("train_text_encoder", True, f"the captions use {len(new_words)} word{'s' * (len(new_words) > 1)} "
+                                           f"the base model never read ({shown})")
     else:
         decide("train_text_encoder", False, "every caption word is one the base model read")
 
@@ -184,6 +192,10 @@ def choose_lora_defaults(args: argparse.Namespace, unset: frozenset[str], captio
         prior = max(MIN_PRIOR_IMAGES, math.ceil(num_images * (1 - CONCEPT_SHARE) / CONCEPT_SHARE))
         decide("prior_images", prior, f"no replay in the data: the base model's own images of known captions, "
                                       f"{CONCEPT_SHARE:.0%} of the data with your {num_images}")
+    if args.random_flip or (args.crop == "random" and args.resize_ratio > 1.0):
+        decide("cache_dir", None, "random crops or flips: every step encodes its images")
+    else:
+        decide("cache_dir", str(Path(args.output_dir) / CACHE_DIR), "each image's tokens computed once")
     has_known = num_known > 0 or args.prior_images > 0
     if vocabulary is None:
         decide("keep_known_captions", False, "no recorded vocabulary")

@@ -21,7 +21,7 @@ import torch
 
 from ..loaders import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, adapter_parts
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
-from .lora_defaults import LoraDefaults, choose_lora_defaults
+from .lora_defaults import CACHE_DIR, LoraDefaults, choose_lora_defaults
 from .prior_preservation import (
     PriorSpec,
     base_model_fingerprint,
@@ -79,7 +79,7 @@ def prepare_lora_run(args: argparse.Namespace, unset: frozenset[str], accelerato
                              "taken out, so there is nothing known to sample; pass `--prior_images 0`, or replay "
                              "images with captions of known words in the data")
         spec = PriorSpec(tuple(known), args.prior_images, args.seed, base_model_fingerprint(base))
-        folder = prior_folder(args.prior_cache_dir or args.cache_dir or args.output_dir, spec)
+        folder = prior_folder(args.prior_cache_dir or args.cache_dir or Path(args.output_dir) / CACHE_DIR, spec)
         if accelerator.is_main_process:
             logger.info("prior preservation: %d images of %d known captions in %s", spec.num_images, len(known), folder)
             with _own_random_streams(accelerator.device):

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..utils.atomic import atomic_open
-from ..utils.image_grid import default_font, make_image_grid
+from ..utils.image_grid import default_font, make_image_grid, wrap_text
 from ..vocabulary import caption_words, unknown_words
 
 __all__ = ["GRID_NAME", "ProgressGrid", "pick_captions"]
@@ -24,8 +24,9 @@ __all__ = ["GRID_NAME", "ProgressGrid", "pick_captions"]
 GRID_NAME = "progress.png"
 SAMPLES_DIR = "progress"
 CELL_SIZE = 128
-HEADER_COLOR = (20, 20, 20)
-BACKGROUND = (255, 255, 255)
+LABEL_WIDTH = 200  # the captions' column, at the left of each row
+PADDING = 4
+TEXT_COLOR, KIND_COLOR, BACKGROUND = (20, 20, 20), (110, 110, 110), (255, 255, 255)
 
 
 def pick_captions(captions: Sequence[str], vocabulary: Sequence[str] | None, count: int) -> list[str]:
@@ -97,23 +98,36 @@ class ProgressGrid:
         return sorted(s for s in found if s <= up_to and self.has(s))
 
     def render(self, up_to: int) -> Image.Image:
-        """The grid of every recorded step up to ``up_to``: per row a header with the caption, then its images."""
+        """The grid of every recorded step up to ``up_to``: a header row naming the columns, then one row per
+        caption, its words (wrapped) at the left of its images."""
         steps = self.steps(up_to)
         if not steps:
             raise ValueError(f"no progress samples recorded up to step {up_to} in {self.folder}")
-        labels = ["base" if s == 0 else f"step {s}" for s in steps]
-        font = default_font(13)
-        blocks = []
+        font, bold = default_font(12), default_font(13)
+        line = font.getbbox("Hg")[3] + 3
+        width = LABEL_WIDTH + len(steps) * (CELL_SIZE + PADDING) + PADDING
+        header = Image.new("RGB", (width, line + 2 * PADDING), BACKGROUND)
+        draw = ImageDraw.Draw(header)
+        for column, step in enumerate(steps):
+            label = "base model" if step == 0 else f"step {step}"
+            x = LABEL_WIDTH + PADDING + column * (CELL_SIZE + PADDING) + (CELL_SIZE - font.getlength(label)) / 2
+            draw.text((x, PADDING), label, fill=TEXT_COLOR, font=bold)
+        blocks = [header]
         for r, (kind, caption) in enumerate(self.rows):
             cells = []
-            for s in steps:
-                with Image.open(self._step_dir(s) / f"{r:02d}.png") as image:
+            for step in steps:
+                with Image.open(self._step_dir(step) / f"{r:02d}.png") as image:
                     cells.append(image.convert("RGB"))
-            strip = make_image_grid(cells, labels, cols=len(cells), cell_size=CELL_SIZE)
-            header = Image.new("RGB", (strip.width, 20), BACKGROUND)
-            ImageDraw.Draw(header).text((4, 3), f"{kind}: {caption}", fill=HEADER_COLOR, font=font)
-            blocks += [header, strip]
-        grid = Image.new("RGB", (blocks[0].width, sum(b.height for b in blocks)), BACKGROUND)
+            strip = make_image_grid(cells, None, cols=len(cells), cell_size=CELL_SIZE, padding=PADDING)
+            row = Image.new("RGB", (width, strip.height), BACKGROUND)
+            row.paste(strip, (LABEL_WIDTH, 0))
+            draw = ImageDraw.Draw(row)
+            lines = [kind + ":", *wrap_text(caption, LABEL_WIDTH - 2 * PADDING, font)]
+            top = (strip.height - len(lines) * line) / 2
+            for i, text in enumerate(lines):
+                draw.text((PADDING, top + i * line), text, fill=KIND_COLOR if i == 0 else TEXT_COLOR, font=font)
+            blocks.append(row)
+        grid = Image.new("RGB", (width, sum(b.height for b in blocks)), BACKGROUND)
         top = 0
         for block in blocks:
             grid.paste(block, (0, top))

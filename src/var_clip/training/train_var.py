@@ -308,7 +308,7 @@ def scale_loss_weights(patch_nums: tuple[int, ...] | list[int], weighting: str) 
 def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel, idx_BL: torch.LongTensor,
              condition: dict[str, torch.Tensor], label_smoothing: float,
              generator: torch.Generator | None, keep_B: torch.BoolTensor | None = None,
-             teacher: Callable[[torch.Tensor, torch.BoolTensor], torch.Tensor] | None = None,
+             teacher: Callable[[torch.Tensor, torch.BoolTensor, torch.BoolTensor], torch.Tensor] | None = None,
              scale_weighting: str = "tokens") -> tuple[torch.Tensor, dict[str, float]]:
     """Teacher-forced next-scale cross-entropy over all L tokens, with condition dropout.
 
@@ -318,7 +318,8 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
     condition arguments (``text_embeds`` and, with token-level conditioning, ``encoder_hidden_states`` /
     ``encoder_attention_mask``; or ``class_labels``).
 
-    With ``keep_B`` and ``teacher`` (``(inputs, cond_drop_mask) -> logits`` of a frozen model), the rows in
+    With ``keep_B`` and ``teacher`` (``(inputs, cond_drop_mask, rows_B) -> logits`` of a frozen model, given the
+    inputs and mask of the batch's ``rows_B`` only), the rows in
     ``keep_B`` and the rows trained without condition are instead pulled to the teacher's predictions (learning
     without forgetting): the KL divergence from its next-token distributions, averaged per scale and then over
     scales. A mean over tokens would give the 1×1 scale 1/L of the weight, yet the coarse scales decide the layout
@@ -342,13 +343,13 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         ce_B = (ce_BL * scale_loss_weights(patch_nums, scale_weighting).to(ce_BL.device)).sum(dim=1)
         keep_B = None if keep_B is None else keep_B.to(drop_B.device).bool() | drop_B
         if keep_B is not None and keep_B.any():
-            with torch.no_grad():
-                target_BLV = teacher(x_BLC_wo_first_l, drop_B).float().log_softmax(dim=-1)
-            kl_BL = F.kl_div(logits_BLV.float().log_softmax(dim=-1), target_BLV, reduction="none",
+            with torch.no_grad():  # the teacher reads only the K kept rows
+                target_KLV = teacher(x_BLC_wo_first_l[keep_B], drop_B[keep_B], keep_B).float().log_softmax(dim=-1)
+            kl_KL = F.kl_div(logits_BLV[keep_B].float().log_softmax(dim=-1), target_KLV, reduction="none",
                              log_target=True).sum(dim=-1)
-            kl_B = (kl_BL * scale_loss_weights(patch_nums, "scales").to(kl_BL.device)).sum(dim=1)
-            loss_B = torch.where(keep_B, kl_B, ce_B)
-            metrics["kl_kept"] = kl_B[keep_B].mean().item()
+            kl_K = (kl_KL * scale_loss_weights(patch_nums, "scales").to(kl_KL.device)).sum(dim=1)
+            loss_B = ce_B.masked_scatter(keep_B, kl_K)  # (B,): the KL where kept, the cross-entropy elsewhere
+            metrics["kl_kept"] = kl_K.mean().item()
         else:
             loss_B = ce_B
         loss = loss_B.mean()
@@ -358,6 +359,13 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         metrics.update(accuracy=hits_BL.float().mean().item() * 100,
                        accuracy_last_scale=hits_BL[:, -last_l:].float().mean().item() * 100)
     return loss, metrics
+
+
+def _rows_of(condition: dict[str, Any], rows_B: torch.BoolTensor) -> dict[str, Any]:
+    """The condition arguments of the batch's ``rows_B`` (tensors indexed, lists of captions filtered)."""
+    picked = rows_B.tolist()
+    return {k: v[rows_B.to(v.device)] if isinstance(v, torch.Tensor) else [c for c, keep in zip(v, picked) if keep]
+            for k, v in condition.items()}
 
 
 def _train_new_token_rows_only(text_encoder, tokenizer, vocabulary: list[str] | None) -> None:
@@ -552,7 +560,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
             return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
                             scale_weighting=args.scale_loss_weighting)
         return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
-                        keep_B=batch["known"], teacher=lambda x, drop: teacher(x, **condition, cond_drop_mask=drop).logits,
+                        keep_B=batch["known"], teacher=lambda x, drop, rows: teacher(
+                            x, **_rows_of(condition, rows), cond_drop_mask=drop).logits,
                         scale_weighting=args.scale_loss_weighting)
 
     # 4. samples and export

@@ -65,8 +65,9 @@ IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"
 _OWN_FILES = {MARKER_NAME, LOCK_NAME, "model_index.json", "config.json", "README.md", "train_log.jsonl",
               "train_log.jsonl.tmp", "progress.png"}
 _OWN_FILE_RE = re.compile(r".*\.safetensors(\.index(\.\w+)?\.json)?$")
-# (a LoRA run's progress samples and its prior images: training/progress_grid.py, training/prior_preservation.py)
-_OWN_DIR_RE = re.compile(r"^(checkpoint-\d+(\.tmp)?|logs|samples|progress|prior-[0-9a-f]{16}|\.final\.tmp|"
+# (a LoRA run's progress samples, cache and prior images: training/progress_grid.py, training/lora_defaults.py,
+# training/prior_preservation.py)
+_OWN_DIR_RE = re.compile(r"^(checkpoint-\d+(\.tmp)?|logs|samples|progress|cache|prior-[0-9a-f]{16}|\.final\.tmp|"
                          r"\..+\.(old|partial-[0-9a-f]+))$")
 # What a component folder of a pipeline holds: configurations, weights, tokenizer vocabularies.
 _COMPONENT_FILE_RE = re.compile(r".*\.(json|safetensors|txt|model)$")
