@@ -139,3 +139,21 @@ def test_bad_images_and_indices():
     bad[2] = bad[2] + 64
     with pytest.raises(ValueError, match=r"in \[0, 64\)"):
         vq.decode_indices(bad)
+
+
+def test_embed_tokens_is_the_scale_latent_a_sampler_accumulates():
+    torch.manual_seed(0)
+    vq = make_tiny_vqvae()
+    idx_per_scale = vq.encode_indices(torch.rand(2, 3, 16, 16) * 2 - 1)
+    f_hat = torch.zeros_like(vq.quantize.indices_to_latent(idx_per_scale))
+    for si, idx_Bl in enumerate(idx_per_scale):
+        h_BChw = vq.embed_tokens(idx_Bl)
+        pn = vq.config.patch_nums[si]
+        assert h_BChw.shape == (2, vq.config.latent_channels, pn, pn) and h_BChw.dtype == torch.float32
+        # a one-hot mix is the token's own vector
+        one_hot = F.one_hot(idx_Bl, vq.config.vocab_size).float()
+        assert torch.equal(vq.embed_tokens(probs_BlV=one_hot), h_BChw)
+        f_hat, _ = vq.next_scale_input(si, f_hat, h_BChw)
+    assert torch.allclose(f_hat, vq.quantize.indices_to_latent(idx_per_scale), atol=1e-5)
+    with pytest.raises(ValueError, match="exactly one"):
+        vq.embed_tokens()

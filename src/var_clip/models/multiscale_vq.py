@@ -12,6 +12,8 @@ V codebook size · H, W spatial size (of the image or of the largest latent, as 
 from __future__ import annotations
 
 import functools
+import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -531,9 +533,48 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         self._check_indices(idx_per_scale)
         return self.quantize.indices_to_teacher_input(idx_per_scale)
 
+    # -- what a next-scale sampler asks of the VQ-VAE between transformer steps -----------------------------------------
+
+    def embed_tokens(self, idx_Bl: torch.LongTensor | None = None, probs_BlV: torch.Tensor | None = None) -> torch.Tensor:
+        """One scale's latent (B, C, pn, pn) in float32: the codebook vectors of the tokens ``idx_Bl`` (B, pn²), or the
+        mix of all of them weighted by ``probs_BlV`` (B, pn², V) (the Gumbel-smoothed sampling of the original's
+        visualisation setting). Exactly one of the two is given."""
+        if (idx_Bl is None) == (probs_BlV is None):
+            raise ValueError("pass exactly one of `idx_Bl` (token indices) and `probs_BlV` (codebook weights)")
+        codebook = self.quantize.embedding
+        h_BlC = codebook(idx_Bl).float() if probs_BlV is None else probs_BlV @ codebook.weight.float()
+        B, l, C = h_BlC.shape
+        pn = math.isqrt(l)
+        return h_BlC.transpose(1, 2).reshape(B, C, pn, pn)  # (B, l, C) -> (B, C, pn, pn)
+
+    def residual_indices(self, f_BChw: torch.Tensor, f_hat_BChw: torch.Tensor, si: int) -> torch.LongTensor:
+        """Scale ``si``'s tokens of the latent ``f`` given what ``f_hat`` already holds: see
+        :meth:`MultiScaleQuantizer.residual_indices` (inpainting's kept tokens)."""
+        return self.quantize.residual_indices(f_BChw, f_hat_BChw, si)
+
     def next_scale_input(self, si: int, f_hat_BChw: torch.Tensor, h_BChw: torch.Tensor):
         """The sampler's update: see :meth:`MultiScaleQuantizer.next_scale_input`."""
         return self.quantize.next_scale_input(si, f_hat_BChw, h_BChw)
+
+    @contextmanager
+    def quantizer_on(self, device: torch.device | str):
+        """Keep the residual quantizer (codebook and φ convolutions, a fraction of a MB) on ``device`` while a sampler
+        uses it, then put it back.
+
+        Under model offloading the VQ-VAE waits on the CPU until decoding, and onloading all of it at every scale would
+        offload the transformer each time; so the quantizer alone follows the latent. Weights on the meta device
+        (sequential or leaf-level group offloading) are left alone: their own hooks onload them per call.
+        """
+        params = list(self.quantize.parameters())
+        home = params[0].device if params else torch.device(device)
+        move = home != torch.device(device) and home.type != "meta"
+        if move:
+            self.quantize.to(device)
+        try:
+            yield self
+        finally:
+            if move:
+                self.quantize.to(home)
 
     def forward(self, images_B3HW: torch.Tensor, return_dict: bool = True):
         """Training forward: reconstruction through the straight-through quantizer, VQ loss and codebook usage."""

@@ -20,7 +20,6 @@ from diffusers.modular_pipelines import (
 
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
-from ..pipelines.next_scale import _on_device
 from ..sampling import SamplingSchedule, filter_logits, gumbel_smooth_probs, sample_tokens
 from .before_sampling import GUIDER_SPEC
 from .encoders import MODEL_NAME
@@ -196,16 +195,13 @@ class VARCLIPLoopAccumulator(ModularPipelineBlocks):
     @torch.no_grad()
     def __call__(self, components, block_state, si: int, pn: int):
         vqvae, schedule, idx_Bl = components.vqvae, block_state.schedule, block_state.idx_Bl
-        B, C = idx_Bl.shape[0], vqvae.config.latent_channels
-        codebook = vqvae.quantize.embedding
         if block_state.more_smooth:
             filtered = filter_logits(_tempered(block_state.logits_BlV, schedule, si, pn), schedule.top_k[si],
                                      schedule.top_p[si])
             ratio = si / max(len(schedule.guidance) - 1, 1)
-            h_BlC = gumbel_smooth_probs(filtered, ratio, block_state.generator) @ codebook.weight.float()
+            h_BChw = vqvae.embed_tokens(probs_BlV=gumbel_smooth_probs(filtered, ratio, block_state.generator))
         else:
-            h_BlC = codebook(idx_Bl).float()
-        h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)  # (B, l, C) -> (B, C, pn, pn)
+            h_BChw = vqvae.embed_tokens(idx_Bl)
         block_state.tokens.append(idx_Bl)
         block_state.f_hat, block_state.next_BChw = vqvae.next_scale_input(si, block_state.f_hat, h_BChw)
         return components, block_state
@@ -241,7 +237,7 @@ class VARCLIPNextScaleLoop(LoopSequentialPipelineBlocks):
         block_state = self.get_block_state(state)
         patch_nums = components.transformer.config.patch_nums
         # the VQ-VAE's small quantizer follows the latent when the VQ-VAE itself is offloaded until decoding
-        with _on_device(components.vqvae.quantize, block_state.f_hat.device), \
+        with components.vqvae.quantizer_on(block_state.f_hat.device), \
                 self.progress_bar(total=len(patch_nums)) as progress_bar:
             for si, pn in enumerate(patch_nums):
                 components, block_state = self.loop_step(components, block_state, si=si, pn=pn)

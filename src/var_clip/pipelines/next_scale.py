@@ -51,10 +51,10 @@ class KnownTokens:
     tokens: list[torch.LongTensor] | None = None
     latent_BChw: torch.Tensor | None = None
 
-    def at(self, quantizer, si: int, f_hat_BChw: torch.Tensor) -> torch.LongTensor:
+    def at(self, vqvae, si: int, f_hat_BChw: torch.Tensor) -> torch.LongTensor:
         if self.tokens is not None:
             return self.tokens[si]
-        return quantizer.residual_indices(self.latent_BChw, f_hat_BChw, si)
+        return vqvae.residual_indices(self.latent_BChw, f_hat_BChw, si)
 
 
 @dataclass
@@ -271,7 +271,7 @@ class NextScalePipelineMixin:
         first = next(v for v in condition.values() if v is not None)
         rows, device = first.shape[0], first.device
         self._guidance_scale = request.guidance_scale
-        with _on_device(self.vqvae.quantize, device):
+        with self.vqvae.quantizer_on(device):  # the quantizer follows the latent, also under model offloading
             return self._sample_loop(condition, request, known, rows, device)
 
     def _sample_loop(self, condition: dict, request: GenerationRequest, known: KnownTokens | None, rows: int,
@@ -283,7 +283,6 @@ class NextScalePipelineMixin:
         # 1. per generation: the KV cache (the transformer fills it with everything the condition determines)
         kv_cache = transformer.new_kv_cache(rows, dtype=transformer.dtype, device=device)
         f_hat = torch.zeros(B, C, patch_nums[-1], patch_nums[-1], dtype=torch.float32, device=device)
-        codebook = vqvae.quantize.embedding
         tokens: list[torch.LongTensor] = []
         next_BChw = None
 
@@ -306,14 +305,14 @@ class NextScalePipelineMixin:
                 # 3. sample; the scale's latent is the codebook vector (or a Gumbel-soft mix of them)
                 idx_Bl, filtered = sample_tokens(logits_BlV, schedule.top_k[si], schedule.top_p[si], request.generator)
                 if request.more_smooth:
-                    h_BlC = gumbel_smooth_probs(filtered, si / max(S - 1, 1), request.generator) @ codebook.weight.float()
+                    h_BChw = vqvae.embed_tokens(probs_BlV=gumbel_smooth_probs(filtered, si / max(S - 1, 1),
+                                                                              request.generator))
                 else:
-                    h_BlC = codebook(idx_Bl).float()
+                    h_BChw = vqvae.embed_tokens(idx_Bl)
                 if known is not None:
-                    keep_Bl, known_Bl = known.mask[si], known.at(vqvae.quantize, si, f_hat)
+                    keep_Bl, known_Bl = known.mask[si], known.at(vqvae, si, f_hat)
                     idx_Bl = torch.where(keep_Bl, known_Bl, idx_Bl)
-                    h_BlC = torch.where(keep_Bl.unsqueeze(-1), codebook(known_Bl).float(), h_BlC)
-                h_BChw = h_BlC.transpose(1, 2).reshape(B, C, pn, pn)
+                    h_BChw = torch.where(keep_Bl.view(B, 1, pn, pn), vqvae.embed_tokens(known_Bl), h_BChw)
                 tokens.append(idx_Bl)
 
                 # 4. accumulate into f_hat, and the next scale's input (area-downsampled f_hat)
@@ -491,27 +490,6 @@ def _restore_fp32_modules(pipe) -> None:
             module = getattr(component, name, None)
             if isinstance(module, torch.nn.Module):
                 module.float()
-
-
-@contextmanager
-def _on_device(module: torch.nn.Module, device: torch.device):
-    """Keep ``module`` on ``device`` for the duration, then put it back.
-
-    The sampling loop uses the VQ-VAE's small residual quantizer (codebook and φ convolutions) between transformer
-    steps. Under model offloading the VQ-VAE waits on the CPU until decoding, and onloading it every scale would
-    offload the transformer each time; so the quantizer alone (a fraction of a MB) follows the latent. Weights on the
-    meta device (sequential or leaf-level group offloading) are left alone: their own hooks onload them per call.
-    """
-    params = list(module.parameters())
-    home = params[0].device if params else device
-    move = home != torch.device(device) and home.type != "meta"
-    if move:
-        module.to(device)
-    try:
-        yield
-    finally:
-        if move:
-            module.to(home)
 
 
 def image_to_tensor(image, name: str = "image") -> torch.Tensor:
