@@ -29,6 +29,24 @@ def test_cfg_cutoff_callback_equals_an_earlier_guidance_stop(tiny_pipe):
     assert tiny_pipe.guidance_scale == 3.0
 
 
+def test_guidance_is_on_by_one_definition(tiny_pipe):
+    """An empty guidance interval turns guidance off as a scale of 0 does: no unconditional rows, the same tokens,
+    and the pipeline's diffusers-facing `guidance_scale` / `do_classifier_free_guidance` say so during the call."""
+    seen = []
+
+    def record(pipe, si, pn, tensors):
+        seen.append((pipe.guidance_scale, pipe.do_classifier_free_guidance))
+        return {}
+
+    off = tiny_pipe("a red circle", generator=gen(1), guidance_scale=0.0, output_type="tokens").images
+    empty = tiny_pipe("a red circle", generator=gen(1), guidance_scale=3.0, guidance_interval=(0, 0),
+                      output_type="tokens", callback_on_step_end=record).images
+    assert all(torch.equal(a, b) for a, b in zip(off, empty))
+    assert set(seen) == {(0.0, False)}
+    tiny_pipe("a red circle", generator=gen(1), guidance_scale=3.0, callback_on_step_end=record)
+    assert seen[-1] == (3.0, True)
+
+
 def test_a_callback_may_change_the_guidance_scale_mid_generation(tiny_pipe):
     """Doubling `_guidance_scale` after scale 1 doubles the weight t of the later scales."""
     seen = []

@@ -108,8 +108,13 @@ GUIDANCE_SCHEDULES = ("linear", "constant")
 
 @dataclass(frozen=True)
 class SamplingSchedule:
-    """Every per-scale sampling setting of one generation, resolved and validated up front (S entries each)."""
+    """Every per-scale sampling setting of one generation, resolved and validated up front (S entries each).
 
+    It is the one holder of a call's guidance: ``guidance_scale`` as asked, ``guidance`` the weight it gives each
+    scale, and :attr:`guided` whether any scale is guided (the one definition of "guidance is on").
+    """
+
+    guidance_scale: float  # as asked; `guidance` is what the schedule and the interval make of it
     guidance: tuple[float, ...]  # the weight t of (1 + t)·cond − t·uncond at each scale
     top_k: tuple[int, ...]
     top_p: tuple[float, ...]
@@ -121,6 +126,12 @@ class SamplingSchedule:
         """Index of the last scale with guidance (-1 if none): after it the unconditional rows can be dropped."""
         guided = [si for si, t in enumerate(self.guidance) if t != 0]
         return guided[-1] if guided else -1
+
+    @property
+    def guided(self) -> bool:
+        """Whether any scale is guided, i.e. whether the unconditional rows are run at all (a guidance scale of 0
+        and an empty ``guidance_interval`` both turn guidance off)."""
+        return self.last_guided_scale >= 0
 
 
 def _per_scale(name: str, value, num_scales: int, check, allowed: str) -> tuple:
@@ -190,7 +201,7 @@ def resolve_schedule(
         prune = _per_scale("prune_ratios", prune_ratios, S, lambda v: is_num(v) and 0.0 <= v < 1.0, "a share in [0, 1)")
     if prune[0] > 0:
         raise ValueError("`prune_ratios` cannot prune the first scale (it has no coarser scale to restore from)")
-    return SamplingSchedule(tuple(guidance), top_k, tuple(float(p) for p in top_p), tuple(float(t) for t in temperature),
+    return SamplingSchedule(float(guidance_scale), tuple(guidance), top_k, tuple(float(p) for p in top_p), tuple(float(t) for t in temperature),
                             tuple(float(p) for p in prune))
 
 

@@ -65,8 +65,7 @@ class GenerationRequest:
     """
 
     num_images: int
-    schedule: SamplingSchedule
-    guidance_scale: float
+    schedule: SamplingSchedule  # the call's guidance too: its scale, the weight per scale, whether it is on
     more_smooth: bool = False
     generator: torch.Generator | list[torch.Generator] | None = None
     output_type: str = "pil"
@@ -74,6 +73,15 @@ class GenerationRequest:
     callback_on_step_end: Callable | None = None
     callback_on_step_end_tensor_inputs: tuple[str, ...] = ()
     edit: EditRequest | None = None
+
+    @property
+    def guidance_scale(self) -> float:
+        return self.schedule.guidance_scale
+
+    @property
+    def guided(self) -> bool:
+        """Whether the call runs unconditional rows (see :attr:`SamplingSchedule.guided`)."""
+        return self.schedule.guided
 
 
 class NextScalePipelineMixin:
@@ -152,11 +160,14 @@ class NextScalePipelineMixin:
 
     @property
     def guidance_scale(self) -> float:
-        """The guidance scale of the running (or last) call; a callback may set ``pipe._guidance_scale``."""
+        """The guidance scale of the running (or last) call, 0 when it guides no scale: diffusers' handle on the
+        call's schedule, which a callback may change by setting ``pipe._guidance_scale`` (the later scales follow)."""
         return getattr(self, "_guidance_scale", 0.0)
 
     @property
     def do_classifier_free_guidance(self) -> bool:
+        """Whether guidance is on for the rest of the running call: its schedule guides a scale and no callback has
+        set the scale to 0."""
         return self.guidance_scale > 0
 
     @property
@@ -193,8 +204,7 @@ class NextScalePipelineMixin:
         unknown = [k for k in inputs if k not in self._callback_tensor_inputs]
         if unknown:
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
-        return GenerationRequest(num_images=num_images, schedule=schedule,
-                                 guidance_scale=float(schedule_kwargs.get("guidance_scale", 0.0)), more_smooth=more_smooth,
+        return GenerationRequest(num_images=num_images, schedule=schedule, more_smooth=more_smooth,
                                  generator=generator, output_type=output_type, return_dict=return_dict,
                                  callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=inputs,
                                  edit=edit)
@@ -242,7 +252,7 @@ class NextScalePipelineMixin:
         """
         if self._execution_device.type != "cpu":
             return nullcontext(torch.get_num_threads())
-        rows = request.num_images * (2 if request.schedule.last_guided_scale >= 0 else 1)
+        rows = request.num_images * (2 if request.guided else 1)
         parameters = sum(p.numel() for p in self.transformer.parameters())
         return threads_for_work(parameters * self.transformer.num_tokens * rows)
 
@@ -270,7 +280,7 @@ class NextScalePipelineMixin:
         """
         first = next(v for v in condition.values() if v is not None)
         rows, device = first.shape[0], first.device
-        self._guidance_scale = request.guidance_scale
+        self._guidance_scale = request.guidance_scale if request.guided else 0.0
         with self.vqvae.quantizer_on(device):  # the quantizer follows the latent, also under model offloading
             return self._sample_loop(condition, request, known, rows, device)
 
@@ -321,7 +331,7 @@ class NextScalePipelineMixin:
                     f_hat, next_BChw = self._run_callback(request, si, pn, f_hat, next_BChw, idx_Bl, logits_BlV,
                                                           tokens, condition)
                 # guidance is over (or a callback switched it off): drop the unconditional rows
-                guided_later = self._guidance_scale > 0 and si < schedule.last_guided_scale
+                guided_later = self.do_classifier_free_guidance and si < schedule.last_guided_scale
                 if kv_cache.batch_size > B and not guided_later:
                     kv_cache.keep_rows(B)
                 progress_bar.update()

@@ -127,7 +127,7 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
             # 1. the labels and, for guidance, the same rows again, which the transformer turns into its null class
             labels_B = torch.tensor(labels, device=device).repeat_interleave(num_images_per_prompt)
             condition = {"class_labels": labels_B}
-            if request.schedule.last_guided_scale >= 0:
+            if request.guided:
                 B = labels_B.shape[0]
                 condition = {"class_labels": labels_B.repeat(2),
                              "cond_drop_mask": torch.arange(2 * B, device=device) >= B}

@@ -414,7 +414,7 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
 
             # 1. encode the prompt and the negative prompt (without one, the transformer applies its learned null
             #    condition)
-            do_cfg = request.schedule.last_guided_scale >= 0
+            do_cfg = request.guided
             has_negative = prompts.negative_prompt is not None or prompts.negative_prompt_embeds is not None
             embeddings = self.encode_prompt(
                 prompts.prompt, device, num_images_per_prompt, do_cfg and has_negative, prompts.negative_prompt,
