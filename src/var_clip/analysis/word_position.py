@@ -168,7 +168,7 @@ def _pipeline_embedder(pipe) -> Embedder:
     @torch.no_grad()
     def embed(texts: list[str]) -> torch.Tensor:
         # exactly the conditioning the pipeline generates from (padding, projection, normalisation)
-        return pipe.encode_prompt(texts, device, do_classifier_free_guidance=False)[0].float().cpu()
+        return pipe.encode_prompt(texts, device=device, do_classifier_free_guidance=False)[0].float().cpu()
 
     return embed
 
