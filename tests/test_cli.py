@@ -246,3 +246,28 @@ def test_a_missing_extra_is_named_before_any_work_starts(tmp_path, capsys, monke
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     assert missing_extras("train-clip", ["--report_to", "tensorboard"]) == ["tensorboard"]
     assert missing_extras("train-clip", ["--report_to", "none"]) == []
+
+
+def test_a_sampling_option_is_one_declaration():
+    """Every declared sampling argument is a keyword of every pipeline (with the declared default) and an option of
+    every command that samples; given on the command line, it reaches the pipeline as the keyword."""
+    import inspect
+
+    from var_clip import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline, VARInpaintPipeline, VARPipeline
+    from var_clip.cli import GENERATION_COMMANDS, build_parser
+    from var_clip.generate_batch import build_parser as batch_parser
+    from var_clip.sampling import SAMPLING_OPTIONS, given_sampling_options
+
+    for cls in (VARCLIPPipeline, VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARPipeline, VARInpaintPipeline):
+        parameters = inspect.signature(cls.__call__).parameters
+        for option in SAMPLING_OPTIONS:
+            assert option.name in parameters, (cls.__name__, option.name)
+            assert parameters[option.name].default == option.default, (cls.__name__, option.name)
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for parser in [*(sub.choices[name] for name in GENERATION_COMMANDS), batch_parser()]:
+        dests = {a.dest for a in parser._actions}
+        assert {o.name for o in SAMPLING_OPTIONS} <= dests, parser.prog
+    args = build_parser().parse_args(["generate", "x", "--guidance-interval", "0,3", "--prune_ratios", "8:0.5",
+                                      "--temperature", "0.9", "--guidance-schedule", "constant", "--more-smooth"])
+    assert given_sampling_options(args) == {"guidance_interval": (0, 3), "prune_ratios": {8: 0.5}, "temperature": 0.9,
+                                            "guidance_schedule": "constant", "more_smooth": True}

@@ -139,7 +139,9 @@ def test_output_folder_is_an_imagefolder_dataset_for_training(models, fresh_acce
     lines = [json.loads(line) for line in (models / "out" / METADATA_NAME).read_text().splitlines()]
     assert [line["file_name"] for line in lines] == [f"{p:06d}_{i:03d}.png" for p in range(3) for i in range(3)]
     assert lines[4] == {"file_name": "000001_001.png", "text": PROMPTS[1], "prompt_index": 1, "image_index": 1,
-                        "seed": image_seed(5, 1, 1), "guidance_scale": 4.0, "top_k": 900, "top_p": 0.95}
+                        "seed": image_seed(5, 1, 1), "guidance_scale": 4.0, "guidance_schedule": "linear",
+                        "guidance_interval": None, "top_k": 900, "top_p": 0.95, "temperature": 1.0,
+                        "prune_ratios": None, "more_smooth": False}
     dataset = datasets.load_dataset("imagefolder", data_dir=str(models / "out"), split="train",
                                     cache_dir=str(tmp_path / "hf-cache"))
     assert len(dataset) == 9 and dataset[4]["text"] == PROMPTS[1] and dataset[4]["image"].size == (16, 16)
@@ -263,3 +265,15 @@ def test_output_dir_must_be_generate_batchs_own(models, capsys, monkeypatch):
     assert json.loads((models / "out" / MARKER_NAME).read_text())["command"] == "generate-batch"
     assert run_in_process(*text_run(models, "out")) == 0
     assert not (models / "out" / ".var-clip.lock").exists()
+
+
+def test_settings_of_a_folder_written_before_every_sampling_argument_was_recorded_still_resume(tmp_path):
+    from var_clip.generate_batch import RunSettings
+
+    old = {"model": "default", "dtype": "float32", "seed": 0, "guidance_scale": 2.0, "top_k": 10, "top_p": 0.9,
+           "conditions_sha256": "0" * 64}
+    (tmp_path / "generate_batch.json").write_text(json.dumps(old))
+    settings = RunSettings.read(tmp_path / "generate_batch.json")
+    assert settings.sampling == {"guidance_scale": 2.0, "guidance_schedule": "linear", "guidance_interval": None,
+                                 "top_k": 10, "top_p": 0.9, "temperature": 1.0, "prune_ratios": None,
+                                 "more_smooth": False}

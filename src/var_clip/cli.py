@@ -164,13 +164,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
-
-
 def _unit_float(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
@@ -194,7 +187,8 @@ def _non_negative_int(text: str) -> int:
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P  # torch: only when this command runs
+    from .sampling import add_sampling_options  # torch: only when this command runs
+
 
     p.add_argument("prompt", help="what to draw (English text; quote it)")
     add_model_option(p)
@@ -202,14 +196,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     add_option(p, "num-images", type=_positive_int, default=1,
                help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid (default 1; more: generate-batch)")
     p.add_argument("--seed", type=_seed, default=0, help="random seed; image i uses seed + i (default 0)")
-    add_option(p, "guidance-scale", type=_non_negative_float, default=None,
-                   help="classifier-free guidance, ramping linearly over scales; 0 disables it (default "
-                        f"{DEFAULT_GUIDANCE_SCALE})")
-    add_option(p, "top-k", type=_non_negative_int, default=None,
-                   help=f"sample among the k most likely tokens; 0 disables (default {DEFAULT_TOP_K})")
-    add_option(p, "top-p", type=_unit_float, default=None,
-                   help=f"nucleus sampling threshold in [0, 1]; 0 disables (default {DEFAULT_TOP_P})")
-    add_option(p, "more-smooth", action="store_true", help="Gumbel-softmax smoothing (the original's visualisation setting)")
+    add_sampling_options(p)
     add_dtype_option(p)
     add_device_option(p)
     add_option(p, "save-progress", metavar="PNG", default=None,
@@ -276,12 +263,6 @@ def _run_delegated(command: str, argv: list[str]) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _sampling_flags(args) -> dict:
-    """The sampling flags the user gave; the others keep the pipeline's defaults."""
-    given = {key: getattr(args, key) for key in ("guidance_scale", "top_k", "top_p")}
-    return {key: value for key, value in given.items() if value is not None}
-
-
 def _check_outputs(args) -> None:
     """Before any compute: the output files' suffixes name a format and their folders accept files."""
     for flag, path in (("--output", args.output), ("--save-progress", args.save_progress)):
@@ -304,6 +285,7 @@ def run_generation(args) -> int:
 
     from . import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
     from .utils.device import resolve_device
+    from .sampling import given_sampling_options
     from .utils.image_grid import make_image_grid
 
     cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "outpaint": VARCLIPInpaintPipeline,
@@ -345,8 +327,8 @@ def run_generation(args) -> int:
     generators = [torch.Generator(device=device).manual_seed(args.seed + i) for i in range(args.num_images)]
     images = pipe(
         args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images, generator=generators,
-        more_smooth=args.more_smooth, callback_on_step_end=keep_preview if args.save_progress else None,
-        callback_on_step_end_tensor_inputs=["f_hat"] if args.save_progress else None, **_sampling_flags(args), **extra,
+        callback_on_step_end=keep_preview if args.save_progress else None,
+        callback_on_step_end_tensor_inputs=["f_hat"] if args.save_progress else None, **given_sampling_options(args), **extra,
     ).images
     picture = images[0] if len(images) == 1 else make_image_grid(images, cols=min(len(images), 4))
     save_image(picture, args.output, "--output")

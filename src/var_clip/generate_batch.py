@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from .utils.arguments import (OneLineParser, add_dtype_option, add_model_option, add_option, int_at_least,
                               is_main_process)
 from .utils.atomic import TEMP_PREFIX, atomic_open
@@ -59,7 +58,6 @@ NPZ_NAME = "samples.npz"
 # Every file generate-batch writes at the top of its folder (GenerationJob.file_name, unfinished atomic writes too)
 OUTPUT_FILES = re.compile(rf"^(\d{{6,}}_\d{{3,}}\.png|{re.escape(METADATA_NAME)}|{re.escape(SETTINGS_NAME)}|"
                           rf"{re.escape(NPZ_NAME)}|{re.escape(TEMP_PREFIX)}.*)$")
-SAMPLING_OPTIONS = ("guidance_scale", "top_k", "top_p")
 #: The most images one folder holds (prompts or labels × images per prompt): every job is planned up front (about
 #: 0.2 ms each), and FID protocols use 50,000.
 MAX_IMAGES = 1_000_000
@@ -237,9 +235,7 @@ class RunSettings:
     model: str
     dtype: str
     seed: int
-    guidance_scale: float
-    top_k: int
-    top_p: float
+    sampling: dict  # every declared sampling argument as used (var_clip.sampling.SAMPLING_OPTIONS), JSON-normalised
     conditions_sha256: str  # of the prompt or label list: index p must keep meaning the same prompt
 
     @classmethod
@@ -250,6 +246,12 @@ class RunSettings:
 
         fix = "it is not the settings file generate-batch writes: choose a new --output-dir"
         saved = read_json_object(path, "--output-dir's settings file", fix)
+        if "sampling" not in saved and {"guidance_scale", "top_k", "top_p"} <= set(saved):
+            # a folder from before every sampling argument was recorded: those three, the others at their defaults
+            from .sampling import SAMPLING_OPTIONS
+
+            given = {key: saved.pop(key) for key in ("guidance_scale", "top_k", "top_p")}
+            saved["sampling"] = as_json({o.name: given.get(o.name, o.default) for o in SAMPLING_OPTIONS})
         fields = {f.name: f.type for f in dataclasses.fields(cls)}
         if set(saved) != set(fields):
             raise ValueError(f"--output-dir's settings file {str(path)!r} has the keys {sorted(saved)}, not "
@@ -267,10 +269,18 @@ def _conditions_digest(conditions: Sequence[str | int]) -> str:
 
 
 def _sampling_settings(pipeline_class: type, args: argparse.Namespace) -> dict:
-    """The sampling values used: the flags given, the pipeline's own defaults for the others."""
+    """The sampling values used: every declared sampling argument, the flags given, the pipeline's own defaults for
+    the others."""
+    from .sampling import SAMPLING_OPTIONS, given_sampling_options
+
     defaults = inspect.signature(pipeline_class.__call__).parameters
-    return {key: (getattr(args, key) if getattr(args, key) is not None else defaults[key].default)
-            for key in SAMPLING_OPTIONS}
+    given = given_sampling_options(args)
+    return {o.name: given.get(o.name, defaults[o.name].default) for o in SAMPLING_OPTIONS}
+
+
+def as_json(value):
+    """``value`` as it reads back from JSON (tuples become lists, dict keys strings), so settings compare equal."""
+    return json.loads(json.dumps(value))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -286,7 +296,7 @@ def _class_labels(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cli import _non_negative_float, _unit_float
+    from .sampling import add_sampling_options
 
     p = OneLineParser(prog="var-clip generate-batch", description=__doc__)
     group = p.add_argument_group("what to generate (one of --prompts and --class-labels)")
@@ -304,9 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     group = p.add_argument_group("model and sampling")
     add_model_option(group)
     add_option(group, "batch-size", type=int_at_least(1), default=32, help="images per forward pass and process (default 32)")
-    add_option(group, "guidance-scale", type=_non_negative_float, default=None, help=f"classifier-free guidance (default {DEFAULT_GUIDANCE_SCALE})")
-    add_option(group, "top-k", type=int_at_least(0), default=None, help=f"top-k filter; 0 disables (default {DEFAULT_TOP_K})")
-    add_option(group, "top-p", type=_unit_float, default=None, help=f"nucleus threshold in [0, 1]; 0 disables (default {DEFAULT_TOP_P})")
+    add_sampling_options(group)
     add_dtype_option(group)
     add_option(group, "seed", type=int_at_least(0), default=0,
          help="global seed; image i of prompt p uses a seed derived from (seed, p, i) only (default 0)")
@@ -398,7 +406,8 @@ def _check_settings(output_dir: Path, settings: RunSettings) -> None:
     saved = RunSettings.read(output_dir / SETTINGS_NAME)
     if saved is None or saved == settings:
         return
-    changed = [k for k in asdict(settings) if getattr(saved, k) != getattr(settings, k)]
+    changed = [k for k in asdict(settings) if k != "sampling" and getattr(saved, k) != getattr(settings, k)]
+    changed += [k for k in settings.sampling if saved.sampling.get(k) != settings.sampling[k]]
     names = ["the prompts or labels" if k == "conditions_sha256" else f"--{k.replace('_', '-')}" for k in changed]
     raise UsageError(f"--output-dir {str(output_dir)!r} holds images made with other settings ({', '.join(names)} "
                      f"changed; see its {SETTINGS_NAME}): use the same settings to resume, or a new --output-dir")
@@ -419,7 +428,7 @@ def _generate_chunk(pipe, jobs: Sequence[GenerationJob], class_mode: bool, sampl
 
 def _metadata_line(job: GenerationJob, class_mode: bool, sampling: dict) -> str:
     record = {"file_name": job.file_name, ("label" if class_mode else "text"): job.condition,
-              "prompt_index": job.prompt_index, "image_index": job.image_index, "seed": job.seed, **sampling}
+              "prompt_index": job.prompt_index, "image_index": job.image_index, "seed": job.seed, **as_json(sampling)}
     return json.dumps(record, ensure_ascii=False)
 
 
@@ -466,7 +475,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = _sampling_settings(pipeline_class, args)
     settings = RunSettings(model=str(Path(args.model).resolve()) if args.model and Path(args.model).is_dir()
                            else (args.model or "default"), dtype=args.dtype, seed=args.seed,
-                           conditions_sha256=_conditions_digest(conditions), **sampling)
+                           sampling=as_json(sampling), conditions_sha256=_conditions_digest(conditions))
     _check_settings(output_dir, settings)
 
     # 3. the pipeline on this process's device; without a GPU (or with ACCELERATE_USE_CPU) processes talk over gloo

@@ -9,8 +9,10 @@ Legend: B batch · l tokens of one scale · V codebook size.
 
 from __future__ import annotations
 
+import argparse
 import math
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -22,9 +24,12 @@ Generators = torch.Generator | list[torch.Generator] | None
 DEFAULT_GUIDANCE_SCALE = 4.0
 DEFAULT_TOP_K = 900
 DEFAULT_TOP_P = 0.95
+GUIDANCE_SCHEDULES = ("linear", "constant")
 
-__all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_TOP_K", "DEFAULT_TOP_P", "filter_logits", "sample_tokens", "gumbel_smooth_probs", "guidance_weight", "SamplingSchedule", "resolve_schedule",
-           "pivotal_tokens"]
+__all__ = ["DEFAULT_GUIDANCE_SCALE", "DEFAULT_TOP_K", "DEFAULT_TOP_P", "SAMPLING_OPTIONS", "SamplingOption",
+           "add_sampling_options", "given_sampling_options",
+           "filter_logits", "sample_tokens", "gumbel_smooth_probs", "guidance_weight", "SamplingSchedule",
+           "resolve_schedule", "pivotal_tokens"]
 
 
 def guidance_weight(guidance_scale: float, si: int, num_scales: int) -> float:
@@ -100,11 +105,111 @@ def gumbel_smooth_probs(filtered_logits_BlV: torch.Tensor, ratio: float, generat
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Per-scale sampling schedule
+# The sampling options, declared once
 # ----------------------------------------------------------------------------------------------------------------------
 
-GUIDANCE_SCHEDULES = ("linear", "constant")
 
+def _number(text: str, ok, allowed: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+    if not (math.isfinite(value) and ok(value)):
+        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+    return value
+
+
+def _int(text: str, minimum: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text}")
+    return value
+
+
+def _interval(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"must be START,STOP scale indices, e.g. 0,5; got {text!r}")
+    return _int(parts[0], 0), _int(parts[1], 0)
+
+
+def _prune_ratios(text: str) -> dict[int, float]:
+    ratios = {}
+    for item in filter(None, text.split(",")):
+        side, _, ratio = item.partition(":")
+        ratios[_int(side, 1)] = _number(ratio, lambda v: 0 <= v < 1, "a share in [0, 1)")
+    if not ratios:
+        raise argparse.ArgumentTypeError(f"must be SIDE:SHARE pairs, e.g. 8:0.5; got {text!r}")
+    return ratios
+
+
+@dataclass(frozen=True)
+class SamplingOption:
+    """One sampling argument: its name (a pipeline keyword, ``--kebab-case`` on the command line), its default, what
+    it does, and how the command line reads it (None: a flag)."""
+
+    name: str
+    default: object
+    help: str
+    parse: Callable[[str], object] | None
+
+    @property
+    def flag(self) -> str:
+        return self.name.replace("_", "-")
+
+
+#: Every sampling argument, once. Each pipeline's ``__call__`` takes them all with these defaults, and
+#: ``var-clip generate`` / ``inpaint`` / ``img2img`` / ``outpaint`` and ``generate-batch`` build their options from
+#: this list (tests check both), so a new option is one entry here plus its use in :func:`resolve_schedule`.
+SAMPLING_OPTIONS: tuple[SamplingOption, ...] = (
+    SamplingOption("guidance_scale", DEFAULT_GUIDANCE_SCALE,
+                   "classifier-free guidance, ramping linearly over the scales; 0 disables it",
+                   lambda t: _number(t, lambda v: v >= 0, "a finite number >= 0")),
+    SamplingOption("guidance_schedule", "linear",
+                   "linear (the weight grows with the scale, as VAR) or constant",
+                   lambda t: t if t in GUIDANCE_SCHEDULES else _raise(f"must be one of {GUIDANCE_SCHEDULES}, got {t!r}")),
+    SamplingOption("guidance_interval", None, "START,STOP: guide only these scale indices (Python-slice style)",
+                   _interval),
+    SamplingOption("top_k", DEFAULT_TOP_K, "sample among the k most likely tokens; 0 disables",
+                   lambda t: _int(t, 0)),
+    SamplingOption("top_p", DEFAULT_TOP_P, "nucleus sampling threshold in [0, 1]; 0 disables",
+                   lambda t: _number(t, lambda v: 0 <= v <= 1, "a number in [0, 1]")),
+    SamplingOption("temperature", 1.0, "divides the logits before sampling",
+                   lambda t: _number(t, lambda v: v > 0, "a finite number > 0")),
+    SamplingOption("prune_ratios", None, "FastVAR: SIDE:SHARE pairs of tokens skipped at those scales, e.g. 8:0.5",
+                   _prune_ratios),
+    SamplingOption("more_smooth", False, "Gumbel-softmax smoothing (the original's visualisation setting)", None),
+)
+
+
+def _raise(message: str):
+    raise argparse.ArgumentTypeError(message)
+
+
+def add_sampling_options(group) -> None:
+    """A command-line option per declared sampling argument; left out, the pipeline's default applies."""
+    from .utils.arguments import add_option
+
+    for option in SAMPLING_OPTIONS:
+        if option.parse is None:
+            add_option(group, option.flag, action="store_true", help=option.help)
+        else:
+            default = "none" if option.default is None else option.default
+            add_option(group, option.flag, type=option.parse, default=None, help=f"{option.help} (default {default})")
+
+
+def given_sampling_options(args: argparse.Namespace) -> dict:
+    """The sampling arguments a command line gave, as pipeline keywords (the others keep the pipeline's defaults)."""
+    given = {o.name: getattr(args, o.name) for o in SAMPLING_OPTIONS}
+    return {name: value for name, value in given.items() if value not in (None, False)}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Per-scale sampling schedule
+# ----------------------------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SamplingSchedule:
