@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import resource
 import statistics
 import subprocess
@@ -43,7 +44,7 @@ def build_pipeline(name: str, dtype: torch.dtype):
         import var_clip
 
         return VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL, dtype=dtype)
-    depth = CONFIGS[name]["depth"]
+    depth = CONFIGS[name]["depth"] if name in CONFIGS else int(name.removeprefix("d"))  # any depth: d2, d8...
     torch.manual_seed(0)
     transformer = VARTransformer2DModel(depth=depth, embed_dim=64 * depth, num_heads=depth, text_embed_dim=768)
     vqvae = MultiScaleVQModel()
@@ -188,7 +189,18 @@ def run_single(name: str, dtype_name: str, batch: int, runs: int, device: str = 
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         peak_cuda_mib=torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
         weights_mib=sum(p.numel() * p.element_size() for m in (pipe.transformer, pipe.vqvae) for p in m.parameters()) / 2**20,
+        transformer_parameters=sum(p.numel() for p in pipe.transformer.parameters()),
     )
+
+
+def run_in_subprocess(name: str, dtype_name: str, batch: int, runs: int, device: str = "cpu",
+                      compile: bool = False) -> dict:
+    """:func:`run_single` in a fresh process, so that its peak resident memory is the setting's own."""
+    out = subprocess.run([sys.executable, __file__, "--runs", str(runs), "--device", device,
+                          "--single", name, dtype_name, str(batch), str(int(compile))], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{name} {dtype_name} batch {batch}: failed\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -217,7 +229,7 @@ def main() -> None:
         if not os.path.isfile(os.path.join(var_clip.DEFAULT_MODEL, "model_index.json")):
             print("(no embedded default model installed: skipping 'default')", file=sys.stderr)
             configs.remove("default")
-    unknown = [c for c in configs if c not in CONFIGS and c != "default"]
+    unknown = [c for c in configs if c not in CONFIGS and c != "default" and not re.fullmatch(r"d\d+", c)]
     if unknown:
         parser.error(f"--configs: unknown {unknown}; choose from {list(CONFIGS) + ['default']}")
 
@@ -231,13 +243,11 @@ def main() -> None:
         for dtype_name in args.dtypes.split(","):
             for compiled in ((False, True) if args.compile else (False,)):
                 for batch in (int(b) for b in args.batch_sizes.split(",")):
-                    out = subprocess.run([sys.executable, __file__, "--runs", str(args.runs), "--device", args.device,
-                                          "--single", name, dtype_name, str(batch), str(int(compiled))],
-                                         capture_output=True, text=True)
-                    if out.returncode:
-                        print(f"{name} {dtype_name} {batch}: failed\n{out.stderr[-2000:]}", file=sys.stderr)
+                    try:
+                        r = run_in_subprocess(name, dtype_name, batch, args.runs, args.device, compiled)
+                    except RuntimeError as error:
+                        print(error, file=sys.stderr)
                         continue
-                    r = json.loads(out.stdout.strip().splitlines()[-1])
                     results.append(r)
                     s = r["split_s"]
                     peak = r["peak_cuda_mib"] if r["peak_cuda_mib"] is not None else r["peak_rss_mib"]
