@@ -51,6 +51,9 @@ setup(
         "convert": ["jinja2>=3"],
         # var-clip demo and the Space's app.py (Gradio 6's launch options; tested with gradio 6.31.0)
         "demo": ["gradio>=6,<7"],
+        # the transformer quantized through diffusers' quantization_config (torchao >= 0.15 is what diffusers asks;
+        # safetensors saving needs 0.16); tested with torchao 0.18.0 and optimum-quanto 0.2.7
+        "quantization": ["torchao>=0.16", "optimum-quanto>=0.2.6"],
     },
     entry_points={"console_scripts": ["var-clip=var_clip.cli:main"]},
     classifiers=[

@@ -470,6 +470,27 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         self._init_weights()
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""diffusers' ``from_pretrained`` (strict: config and weights must agree), also with a
+        ``quantization_config`` (torchao, quanto: every linear layer but the float32 logits head is quantized).
+
+        A folder saved after torchao quantization computes in the dtype it was quantized in; loading it in another
+        ``torch_dtype`` (diffusers' torchao default is bfloat16) is refused with the dtype to pass.
+        """
+        loaded = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        compute = model.pos_embed.dtype
+        # quantized weights are tensor subclasses that keep the dtype they were quantized from; with the rest in
+        # another dtype, cached sampling fails deep inside (the new keys and the KV cache disagree)
+        quantized = {m.weight.dtype for m in model.modules()
+                     if isinstance(m, nn.Linear) and type(m.weight) not in (torch.Tensor, nn.Parameter)}
+        if quantized - {compute}:
+            stored = next(iter(quantized - {compute}))
+            raise ValueError(f"{cls.__name__} at {str(pretrained_model_name_or_path)!r}: its layers were quantized in "
+                             f"{stored} but the rest loaded in {compute}; pass `torch_dtype={stored}`")
+        return loaded
+
+    @classmethod
     def from_single_file(cls, checkpoint, num_heads: int | None = None, patch_nums: tuple[int, ...] | None = None,
                          dtype: torch.dtype | None = None, **config_overrides):
         r"""Load an original transformer file, as ``var-clip convert-var-clip`` / ``convert-var`` read it: VAR-CLIP's
