@@ -9,6 +9,7 @@ with like) and over all scales.
     python benchmarks/bench_quantization.py                       # the default model and d16 on its scales, 3 seeds
     python benchmarks/bench_quantization.py --models d16 --d16-scales 256px --seeds 8 --threads 2
     python benchmarks/bench_quantization.py --schemes fp32,torchao-int8wo --json results.json
+    python benchmarks/bench_quantization.py --models d16 --schemes fp32,torchao-int8wo --compile   # inductor
 
 Models: ``default`` is the embedded shapes-world model; ``d16`` is VAR-CLIP d16's transformer (depth 16, width 1024,
 16 heads, 4096 codes) with random weights, on the default model's scales (1..8, 155 tokens: minutes on two CPU
@@ -106,6 +107,9 @@ def main() -> None:
     parser.add_argument("--d16-scales", choices=sorted(D16_SCALES), default="default",
                         help="the d16 model's scales: the default model's (1..8) or VAR's 256 px ones (1..16)")
     parser.add_argument("--seeds", type=int, default=3, help="images per scheme (one per call), after a warm-up call")
+    parser.add_argument("--compile", action="store_true",
+                        help="compile every scheme's transformer blocks (regional torch.compile, inductor) after "
+                             "loading; the warm-up call pays the compilation")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
@@ -118,7 +122,7 @@ def main() -> None:
     schemes = args.schemes.split(",")
     if "fp32" not in schemes:
         schemes.insert(0, "fp32")  # the reference for sizes, speed and tokens
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads{', compiled' if args.compile else ''}")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -136,6 +140,8 @@ def main() -> None:
                 saved = workdir / f"{model_name}-{scheme}"
                 transformer.save_pretrained(saved)
                 pipe = VARCLIPPipeline(transformer=transformer, **components)
+                if args.compile:
+                    transformer.compile_repeated_blocks(dynamic=True)
                 pipe.set_progress_bar_config(disable=True)
                 pipes[scheme] = dict(pipe=pipe, bytes=folder_bytes(saved), seconds=[], tokens=[])
 

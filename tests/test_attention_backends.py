@@ -129,3 +129,26 @@ def test_pipeline_images_equal_across_cpu_backends(tiny_token_pipe):
     for backend in ("_native_math", "flex"):
         tiny_token_pipe.transformer.set_attention_backend(backend)
         assert torch.equal(tokens(), reference), backend
+
+
+def test_an_own_processor_replaces_the_attention_through_set_attn_processor():
+    """diffusers' processor API as an extension point: here a processor that records every attention call."""
+
+    class Recording(VARSelfAttnProcessor):
+        def __init__(self):
+            self.lengths = []
+
+        def __call__(self, attn, x_BLD, *args, **kwargs):
+            self.lengths.append(x_BLD.shape[1])
+            return super().__call__(attn, x_BLD, *args, **kwargs)
+
+    tr = make_tiny_transformer()
+    vq, idx, x, cond = inputs({})
+    with torch.no_grad():
+        reference = tr(x, **cond).logits
+        recorders = {name: Recording() for name in tr.attn_processors}
+        tr.set_attn_processor(dict(recorders))
+        torch.testing.assert_close(tr(x, **cond).logits, reference, atol=0, rtol=0)
+        cached_logits(tr, vq, idx, cond)
+    # one teacher-forced pass over all L tokens, then one call per scale with that scale's tokens
+    assert all(r.lengths == [tr.num_tokens, 1, 4, 9, 16] for r in recorders.values())
