@@ -1,28 +1,30 @@
 """GPU benchmark: images/s and peak memory of VAR-CLIP d16 and d30 (random weights of the released shapes), eager and
 compiled, fp16 and bf16; model and group offloading (memory saved, time paid); inpainting and generate-batch once.
 
-    python benchmarks/bench_gpu.py                               # the whole plan below (about 10 minutes on an H100)
+    python benchmarks/bench_gpu.py --original-code ../VAR-CLIP   # the whole plan below
     python benchmarks/bench_gpu.py --configs d16 --batch-sizes 64 --dtypes bf16 --modes eager
-    python benchmarks/bench_gpu.py --parts grid --json gpu.json  # only the grid; parts: grid, offload, inpaint, batch
+    python benchmarks/bench_gpu.py --parts grid --json gpu.json  # one part: grid, original, offload, inpaint, batch
     python benchmarks/bench_gpu.py --device cpu --configs d2 --batch-sizes 1,2 --runs 1   # the flow, on a CPU
 
 1. grid: every config × dtype × mode (eager; compiled = ``pipe.compile_repeated_blocks()``, regional torch.compile
    with dynamic shapes, its compile time reported apart) × batch size: seconds per call and images/s (median of
    ``--runs`` calls after a warm-up call), peak memory (``torch.cuda.max_memory_allocated`` over the setting,
    weights included).
-2. offload: the first config at the largest batch, the first dtype, eager: no offloading, ``enable_model_cpu_offload``
+2. original: with ``--original-code DIR``, the original sampler against var-clip on the same weights
+   (``bench_original.py``), the first config at the largest batch, every dtype.
+3. offload: the first config at the largest batch, the first dtype, eager: no offloading, ``enable_model_cpu_offload``
    and ``enable_group_offload`` (block level, one block per group, on a CUDA stream): peak memory and seconds per
    call, and against no offloading the memory saved and the time paid.
-3. inpaint: ``VARCLIPInpaintPipeline`` on the first config, dtype and largest batch, a centred square mask.
-4. batch: ``var-clip generate-batch`` on a class-conditional VAR of the first config's shape (saved to a
+4. inpaint: ``VARCLIPInpaintPipeline`` on the first config, dtype and largest batch, a centred square mask.
+5. batch: ``var-clip generate-batch`` on a class-conditional VAR of the first config's shape (saved to a
    temporary folder), ``4 × largest batch`` images at the largest batch size: images/s from its summary.
 
 Guidance 4, top-k 900, top-p 0.95 throughout (the authors' settings). The weights are random and built on the
 device itself (no download, seconds even for d30). Lines are printed as each setting finishes, so a run cut short
 still reports what it measured; ``--json`` is rewritten after every setting.
 
-Against the original code: not measured here. The repository has no runner for the original sampler; the speedups
-quoted against it come from single runs on a CPU (see docs/performance.md).
+The original code runs as it comes: float32 weights, under ``torch.autocast`` for bf16 and fp16, with flash-attn or
+xformers if they are installed (its own choice).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import torch
 
 from var_clip.sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 
-PARTS = ("grid", "offload", "inpaint", "batch")
+PARTS = ("grid", "original", "offload", "inpaint", "batch")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -141,6 +143,30 @@ def run_grid(args, report: Report) -> None:
                 del pipe
 
 
+def run_original(args, report: Report) -> None:
+    """The original sampler against var-clip on the same weights (``bench_original.py``), first config, largest
+    batch, every dtype; each side in its own process."""
+    if args.original_code is None:
+        print("\noriginal code: skipped (pass --original-code DIR, a checkout of the original VAR-CLIP repository)")
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_original
+
+    config, batch = args.configs[0], max(args.batch_sizes)
+    options = bench_original.parse_args(["--original-code", str(args.original_code), "--depth", config[1:],
+                                         "--runs", str(args.runs), "--device", args.device])
+    print(f"\n{config}, batch {batch}, eager, against the original code:\n"
+          "| dtype | original images/s | var-clip images/s | speedup |\n| --- | --- | --- | --- |")
+    for dtype_name in args.dtypes:
+        original = bench_original.in_subprocess(options, "original", dtype_name, batch)
+        ours = bench_original.in_subprocess(options, "var-clip", dtype_name, batch)
+        speedup = original["s_per_call"] / ours["s_per_call"]
+        report.add("original", f"| {dtype_name} | {batch / original['s_per_call']:.2f} | "
+                               f"{batch / ours['s_per_call']:.2f} | {speedup:.2f}× |",
+                   config=config, dtype=dtype_name, batch=batch, original_s_per_call=original["s_per_call"],
+                   var_clip_s_per_call=ours["s_per_call"], speedup=speedup)
+
+
 def run_offload(args, report: Report) -> None:
     config, dtype_name, batch = args.configs[0], args.dtypes[0], max(args.batch_sizes)
     print(f"\n{config}, {dtype_name}, batch {batch}, eager:\n"
@@ -234,6 +260,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="timed calls per setting after a warm-up (default 3)")
     parser.add_argument("--device", default="cuda",
                         help="torch device (default cuda; cpu runs the flow, at small sizes)")
+    parser.add_argument("--original-code", type=Path, metavar="DIR",
+                        help="a checkout of the original VAR-CLIP repository: part 'original' compares with it")
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file (rewritten after each setting)")
     args = parser.parse_args(argv)
     args.configs = _list(args.configs, None, "--configs", parser)
@@ -246,6 +274,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}")
     if not args.batch_sizes or min(args.batch_sizes) < 1 or args.runs < 1:
         parser.error("--batch-sizes and --runs take integers of at least 1")
+    if args.original_code is not None and not (args.original_code / "models" / "var.py").is_file():
+        parser.error(f"--original-code {str(args.original_code)!r} has no models/var.py: give a checkout of the "
+                     "original VAR-CLIP repository")
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -261,7 +292,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{name}, torch {torch.__version__}; configs {args.configs}, batches {args.batch_sizes}, dtypes "
           f"{args.dtypes}, modes {args.modes}, {args.runs} timed calls per setting")
     report = Report(args.json)
-    runners = {"grid": run_grid, "offload": run_offload, "inpaint": run_inpaint, "batch": run_batch}
+    runners = {"grid": run_grid, "original": run_original, "offload": run_offload, "inpaint": run_inpaint,
+               "batch": run_batch}
     for part in args.parts:
         runners[part](args, report)
 
