@@ -28,6 +28,7 @@ from var_clip.training.lora_defaults import (
 )
 from var_clip.training.prior_preservation import PriorSpec, build_prior_set, known_captions
 from var_clip.training.progress_grid import GRID_NAME, pick_captions
+from var_clip.training.teacher_targets import precompute_teacher_targets
 
 from .conftest import (
     killed_after_checkpoint,
@@ -185,6 +186,24 @@ def test_pick_captions_shows_each_new_phrase_and_the_datas_variety():
     assert len(picked) == 3 and "a red circle on the left" not in picked  # new-word captions first
 
 
+def test_the_base_models_predictions_are_computed_once_and_looked_up_by_row_and_condition():
+    rows = [{"index": i, "value": torch.tensor([float(i)])} for i in range(5)]
+
+    def predict(batch, drop_B):  # (B, L=2, V=3) logits that tell the row and whether it was drawn without condition
+        logits_BLV = batch["value"][:, :, None].expand(-1, 2, 3).clone()
+        logits_BLV[:, :, 0] += 4.0 * drop_B[:, None].float() - torch.arange(2.0)
+        return logits_BLV
+
+    targets = precompute_teacher_targets(rows, [True, False, True, False, False], predict, 2, 3, batch_size=2,
+                                         show_progress=False)
+    got = targets.log_probs(torch.tensor([2, 1, 0, 4]), torch.tensor([False, True, False, True]))
+    want = torch.cat([predict({"value": torch.tensor([[float(i)]])}, torch.tensor([d])) for i, d in
+                      ((2, False), (1, True), (0, False), (4, True))]).log_softmax(-1)
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)  # kept in float16
+    with pytest.raises(KeyError):  # a row not held has no conditional prediction
+        targets.log_probs(torch.tensor([1]), torch.tensor([False]))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # The one command, on a tiny model
 # ----------------------------------------------------------------------------------------------------------------------
@@ -249,3 +268,22 @@ def test_a_run_with_prior_images_resumes_bit_identically(workdir, monkeypatch):
     assert logs[0] == logs[1]
     final, expected = (load_file(workdir / name / LORA_WEIGHT_NAME) for name in ("resumed", "uninterrupted"))
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_the_progress_grid_goes_to_tensorboard_too(workdir):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    argv = plain_command(workdir, "tensorboard", "--report_to", "tensorboard")
+    argv[argv.index("--max_train_steps") + 1] = "2"
+    assert train_var.main(argv) == 0
+    images = []
+    for events in (workdir / "tensorboard" / "logs").rglob("events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events), size_guidance={"images": 0})
+        accumulator.Reload()
+        if "progress" in accumulator.Tags()["images"]:
+            images += accumulator.Images("progress")
+    assert [image.step for image in images] == [1, 2]  # every validation (the base column is drawn before training)
+    with Image.open(workdir / "tensorboard" / GRID_NAME) as grid:
+        assert (images[-1].width, images[-1].height) == grid.size

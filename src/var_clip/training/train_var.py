@@ -58,6 +58,7 @@ from .engine import (
 from .lora_defaults import add_lora_default_arguments, take_unset
 from .lora_run import LORA_ADAPTER_NAME, export_lora, prepare_lora_run
 from .samples import save_sample_grid
+from .teacher_targets import precompute_teacher_targets
 from .token_cache import (
     TokenCacheDataset,
     build_token_cache,
@@ -539,7 +540,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
     # 3. the loss on one batch
     cond_generator = torch.Generator().manual_seed(args.seed + 1_000_003 * accelerator.process_index)
 
-    def loss_fn(model, batch: dict[str, Any]):
+    def batch_inputs(batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The batch's token indices (B, L) and the transformer's condition arguments."""
         if "indices" in batch:
             idx_BL = batch["indices"].to(device)
         else:
@@ -556,12 +558,30 @@ def train(args: argparse.Namespace) -> TrainingResult:
             if use_tokens:
                 condition.update(encoder_hidden_states=text["text_states"].to(device),
                                  encoder_attention_mask=text["text_mask"].to(device))
+        return idx_BL, condition
+
+    teacher_targets = None
+    if teacher is not None and args.cache_dir:  # fixed inputs: the frozen model's predictions, computed once
+        def predict(batch: dict[str, Any], drop_B: torch.Tensor) -> torch.Tensor:
+            idx_BL, condition = batch_inputs(batch)
+            idx_per_scale = list(idx_BL.split([pn * pn for pn in transformer.config.patch_nums], dim=1))
+            x_BLC_wo_first_l = vqvae.indices_to_teacher_input(idx_per_scale)
+            return teacher(x_BLC_wo_first_l, **condition, cond_drop_mask=drop_B.to(device)).logits
+
+        teacher_targets = precompute_teacher_targets(train_dataset, columns["known"], predict, transformer.num_tokens,
+                                                     transformer.config.vocab_size,
+                                                     show_progress=not args.no_progress_bar)
+
+    def loss_fn(model, batch: dict[str, Any]):
+        idx_BL, condition = batch_inputs(batch)
         if teacher is None:
             return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
                             scale_weighting=args.scale_loss_weighting)
         return var_loss(model, transformer, vqvae, idx_BL, condition, args.label_smoothing, cond_generator,
-                        keep_B=batch["known"], teacher=lambda x, drop, rows: teacher(
-                            x, **_rows_of(condition, rows), cond_drop_mask=drop).logits,
+                        keep_B=batch["known"], teacher=lambda x, drop, rows: (
+                            teacher(x, **_rows_of(condition, rows), cond_drop_mask=drop).logits
+                            if teacher_targets is None
+                            else teacher_targets.log_probs(batch["index"][rows.cpu()], drop.cpu()).to(device)),
                         scale_weighting=args.scale_loss_weighting)
 
     # 4. samples and export
