@@ -124,6 +124,7 @@ def test_parity_checkpoint_converted_in_process_matches_reference(parity_convert
     assert not list(parity_converted.rglob("*.bin")) and not list(parity_converted.rglob("*.pth"))
 
 
+@pytest.mark.slow  # a subprocess launch
 def test_parity_checkpoint_converted_by_subprocess_matches_reference(parity_dir, tmp_path):
     out = tmp_path / "pipeline"
     proc = subprocess.run(

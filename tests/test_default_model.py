@@ -39,6 +39,7 @@ def test_weights_fit_the_package_budget():
     assert (Path(var_clip.DEFAULT_MODEL) / "README.md").exists()
 
 
+@pytest.mark.slow  # a subprocess launch
 def test_loads_offline_and_generates(tmp_path):
     code = ("import torch, var_clip; from var_clip import VARCLIPPipeline; "
             "p = VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL); "

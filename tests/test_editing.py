@@ -91,7 +91,9 @@ def test_kept_region_of_the_latent_stays_closer_to_the_input_than_standalone_tok
         return KnownTokens(mask=known.mask, tokens=pipe.vqvae.encode_indices(edit.image_B3HW))
 
     monkeypatch.setattr(pipe, "known_tokens", standalone)
-    assert residual < 0.8 * error(range(8))
+    # the residual rule must beat the standalone one clearly, not by noise: 20 % less error over 8 seeds
+    RESIDUAL_RULE_GAIN = 0.8
+    assert residual < RESIDUAL_RULE_GAIN * error(range(8))
 
 
 def test_cell_threshold_keeps_cells_that_are_mostly_unmasked(tiny_pipe, image, mask):

@@ -58,6 +58,7 @@ def text_run(models: Path, out: str, *extra: str) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_and_any_batch_size_write_identical_files(models, fresh_accelerate_state):
     # two processes on the CPU (accelerate's multi-process launcher is torchrun; gloo without a GPU)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "src"))

@@ -590,7 +590,10 @@ def test_keep_known_captions_holds_the_adapter_to_the_base_models_predictions(wo
             logits = base.transformer(x, text_embeds=embeds).logits.log_softmax(-1)
             moved[name] = (reference.exp() * (reference - logits)).sum(-1).mean().item()
             base.unload_lora_weights()
-    assert moved["keep"] < 0.2 * moved["plain"], moved
+    # holding known captions to the base is the point of the option: it must remove most (here at least 80 %) of the
+    # drift a plain adapter causes on them, far beyond what seeds change
+    KEPT_DRIFT_SHARE = 0.2
+    assert moved["keep"] < KEPT_DRIFT_SHARE * moved["plain"], moved
 
     # without a recorded vocabulary there is no telling which captions are known
     with pytest.raises(ValueError, match="records none"):

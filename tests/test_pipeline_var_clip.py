@@ -240,13 +240,17 @@ def test_bfloat16_pipeline_keeps_codebook_and_logits_in_float32(tiny_pipe, tmp_p
     assert pipe.vqvae.decoder.conv_in.weight.dtype == torch.bfloat16
     out = run(pipe, seed=0)
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
-    # top-1 sampling removes randomness: bf16 tokens agree with fp32 on most positions of this tiny model
+    # top-1 sampling removes randomness: bf16 tokens agree with fp32 on most positions of this tiny model. A random
+    # tiny model's logits are nearly flat, so bf16 rounding flips some argmaxes; "most" (more than half) is what is
+    # guaranteed on any machine, where a broken cast (e.g. a bf16 codebook) agrees on almost none
+    MIN_TOKEN_AGREEMENT = 0.5
     fp32 = tiny_pipe("a red circle", top_k=1, output_type="tokens").images
     bf16 = pipe("a red circle", top_k=1, output_type="tokens").images
     agree = torch.cat([(a == b).float().flatten() for a, b in zip(fp32, bf16)]).mean()
-    assert agree > 0.5
+    assert agree > MIN_TOKEN_AGREEMENT
 
 
+@pytest.mark.slow  # compiles
 def test_regional_compilation_gives_the_same_images(tiny_pipe):
     # the "aot_eager" backend traces and partitions exactly as inductor does (dynamic shapes, the KV-cache writes
     # between graphs) without needing a C++ toolchain; the benchmark times the inductor backend
@@ -264,6 +268,7 @@ def test_regional_compilation_gives_the_same_images(tiny_pipe):
         torch._dynamo.reset()
 
 
+@pytest.mark.slow  # compiles
 @pytest.mark.parametrize("fixture", ["tiny_pipe", "tiny_token_pipe"])
 def test_regional_compilation_compiles_each_region_at_most_twice(fixture, request):
     """Over whole generations at several batch sizes, with and without guidance, each compiled region (the

@@ -777,6 +777,7 @@ def test_images_are_read_as_a_viewer_shows_them(tmp_path):
         read_image(tmp_path / "float.tif", "--image")
 
 
+@pytest.mark.slow  # a subprocess launch
 def test_special_files_are_refused_without_blocking(model_dir, tmp_path, capsys):
     os.mkfifo(tmp_path / "pipe.png")
     result = subprocess.run([sys.executable, "-m", "var_clip.cli", "img2img", "x", "--model", model_dir, "--image",

@@ -18,6 +18,10 @@ from var_clip.training.engine import read_log
 from .conftest import reset_accelerate_state
 
 NUM_IMAGES = 16
+# "It learns": the tiny runs' loss (mean of the last 3 steps against the first 3) falls below this share of where it
+# started; a trainer that does not update the weights stays near 1.0
+VQVAE_LOSS_DROP = 0.8  # 16 steps of reconstruction
+VAR_LOSS_DROP = 0.9  # 16 steps of next-scale cross-entropy, which starts near log(V) and falls more slowly
 TINY_VQVAE = ["--ch", "32", "--ch_mult", "1", "1", "--num_res_blocks", "1", "--no_attention", "--vocab_size", "32",
               "--latent_channels", "8", "--patch_nums", "1", "2", "4"]  # 8×8 images, L = 21 tokens
 TINY_CLIP = ["--resolution", "8", "--patch_size", "4", "--text_width", "32", "--text_layers", "1", "--text_heads", "2",
@@ -74,7 +78,7 @@ def test_vqvae_training_learns_and_saves_a_loadable_model(vqvae_dir):
     losses = [r["loss"] for r in read_log(vqvae_dir)]
     assert len(losses) == 16
     first, last = first_last(losses)
-    assert last < 0.8 * first, losses
+    assert last < VQVAE_LOSS_DROP * first, losses
     record = read_log(vqvae_dir)[-1]
     assert 0 < record["codebook_usage"] <= 100 and 0 < record["codebook_usage_ema"] <= 100
     model = MultiScaleVQModel.from_pretrained(vqvae_dir)
@@ -111,7 +115,7 @@ def test_clip_training_learns_and_writes_text_encoder_tokenizer_and_clip(clip_di
 def test_var_training_learns_and_saves_a_pipeline_that_generates(var_dir):
     losses = [r["loss"] for r in read_log(var_dir)]
     first, last = first_last(losses)
-    assert last < 0.9 * first, losses
+    assert last < VAR_LOSS_DROP * first, losses
     pipe = VARCLIPPipeline.from_pretrained(var_dir)
     pipe.set_progress_bar_config(disable=True)
     image = pipe("a red circle", generator=torch.Generator().manual_seed(0)).images[0]
@@ -166,6 +170,7 @@ def quick_start_commands() -> list[list[str]]:
     return [shlex.split(line) for line in block.strip().splitlines()]
 
 
+@pytest.mark.slow  # trains
 def test_docs_quick_start_commands_run(tmp_path, monkeypatch):
     """Every quick-start command runs as written, shrunk to a few steps on a few images."""
     import importlib
