@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .utils.arguments import int_at_least
+
 Generators = torch.Generator | list[torch.Generator] | None
 
 # The sampling defaults of VAR-CLIP's demo, which every pipeline, command and report uses unless told otherwise.
@@ -119,28 +121,18 @@ def _number(text: str, ok, allowed: str) -> float:
     return value
 
 
-def _int(text: str, minimum: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
-    if value < minimum:
-        raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text}")
-    return value
-
-
 def _interval(text: str) -> tuple[int, int]:
     parts = text.split(",")
     if len(parts) != 2:
         raise argparse.ArgumentTypeError(f"must be START,STOP scale indices, e.g. 0,5; got {text!r}")
-    return _int(parts[0], 0), _int(parts[1], 0)
+    return int_at_least(0)(parts[0]), int_at_least(0)(parts[1])
 
 
 def _prune_ratios(text: str) -> dict[int, float]:
     ratios = {}
     for item in filter(None, text.split(",")):
         side, _, ratio = item.partition(":")
-        ratios[_int(side, 1)] = _number(ratio, lambda v: 0 <= v < 1, "a share in [0, 1)")
+        ratios[int_at_least(1)(side)] = _number(ratio, lambda v: 0 <= v < 1, "a share in [0, 1)")
     if not ratios:
         raise argparse.ArgumentTypeError(f"must be SIDE:SHARE pairs, e.g. 8:0.5; got {text!r}")
     return ratios
@@ -174,7 +166,7 @@ SAMPLING_OPTIONS: tuple[SamplingOption, ...] = (
     SamplingOption("guidance_interval", None, "START,STOP: guide only these scale indices (Python-slice style)",
                    _interval),
     SamplingOption("top_k", DEFAULT_TOP_K, "sample among the k most likely tokens; 0 disables",
-                   lambda t: _int(t, 0)),
+                   int_at_least(0)),
     SamplingOption("top_p", DEFAULT_TOP_P, "nucleus sampling threshold in [0, 1]; 0 disables",
                    lambda t: _number(t, lambda v: 0 <= v <= 1, "a number in [0, 1]")),
     SamplingOption("temperature", 1.0, "divides the logits before sampling",
