@@ -25,6 +25,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
+from .original_checkpoints import read_vqvae_file
 from .strict_loading import StrictLoadingMixin, check_vqvae_config
 
 __all__ = ["MultiScaleVQModel", "MultiScaleVQOutput", "MultiScaleQuantizer"]
@@ -480,11 +481,8 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         converted folder loads. The file stores neither ``patch_nums`` (VAR's 256-px schedule by default) nor φ's
         ratio ``quant_resi`` (0.5 in VAR); ``dtype`` casts all but the quantizer, which stays in float32.
         """
-        # original_format builds this class: imported on use, so that the model module does not depend on it
-        from ..original_format import vqvae_from_single_file
-
-        return vqvae_from_single_file(checkpoint, patch_nums=patch_nums, quant_resi=quant_resi, dtype=dtype,
-                                      **config_overrides)
+        return read_vqvae_file(cls, checkpoint, patch_nums=patch_nums, quant_resi=quant_resi, dtype=dtype,
+                               **config_overrides)
 
     # -- derived sizes -------------------------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
 from ..sampling import pivotal_tokens
+from .original_checkpoints import read_transformer_file
 from .strict_loading import StrictLoadingMixin, check_transformer_config
 
 __all__ = ["VARTransformer2DModel", "VARTransformerOutput", "KVCache", "LayerKVCache"]
@@ -501,11 +502,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         scale index; ``num_heads`` is needed only for checkpoints without L2-normalised attention, else heads =
         depth). The model equals the one a converted folder loads; ``dtype`` casts all but the float32 logits head.
         """
-        # original_format builds this class: imported on use, so that the model module does not depend on it
-        from ..original_format import transformer_from_single_file
-
-        return transformer_from_single_file(checkpoint, num_heads=num_heads, patch_nums=patch_nums, dtype=dtype,
-                                            **config_overrides)
+        return read_transformer_file(cls, checkpoint, num_heads=num_heads, patch_nums=patch_nums, dtype=dtype,
+                                     **config_overrides)
 
     def get_parameter_or_buffer(self, target: str) -> torch.Tensor:
         """The parameter or buffer named ``target`` (a dotted path, as in ``state_dict``).
