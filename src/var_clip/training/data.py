@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..utils.files import check_regular_file
 from ..utils.image_files import as_seen
@@ -314,17 +314,9 @@ class ImageCaptionDataset(Dataset):
 
 
 def collate_examples(examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, keep strings as lists: ``pixel_values`` (B, 3, H, W), ``index`` (B,), ``label`` (B,), ``text``."""
-    batch: dict[str, Any] = {}
-    for key in examples[0]:
-        values = [e[key] for e in examples]
-        if isinstance(values[0], torch.Tensor):
-            batch[key] = torch.stack(values)
-        elif isinstance(values[0], (int, np.integer)):
-            batch[key] = torch.tensor(values, dtype=torch.long)
-        else:
-            batch[key] = values
-    return batch
+    """Stack tensors, keep strings as lists: ``pixel_values`` (B, 3, H, W), ``index`` (B,), ``label`` (B,), ``text``
+    (torch's ``default_collate``: ints become an int64 tensor, strings a list)."""
+    return default_collate(list(examples))
 
 
 @dataclass(frozen=True)
