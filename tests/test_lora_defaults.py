@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from var_clip import VARCLIPPipeline
+import var_clip
+from var_clip import VARCLIPPipeline, VARTransformer2DModel
 from var_clip import shapes_world as sw
 from var_clip.loaders import LORA_WEIGHT_NAME
 from var_clip.training import train_var
@@ -26,7 +27,13 @@ from var_clip.training.lora_defaults import (
     choose_lora_defaults,
     take_unset,
 )
-from var_clip.training.prior_preservation import PriorSpec, build_prior_set, known_captions
+from var_clip.training.prior_preservation import (
+    PriorSpec,
+    build_prior_set,
+    known_captions,
+    prior_captions,
+    record_known_captions,
+)
 from var_clip.training.progress_grid import GRID_NAME, pick_captions
 from var_clip.training.teacher_targets import precompute_teacher_targets
 
@@ -129,6 +136,28 @@ def test_known_captions_are_the_captions_without_their_new_words():
                 "a huge orange circle on the left", "a blue square", "huge"]
     assert known_captions(captions, WORLD_VOCABULARY + ["there", "is"]) == [
         "an orange circle on the left", "there is a red square in the top left.", "a blue square"]
+
+
+def test_the_prior_takes_turns_between_the_models_own_captions_and_the_users_without_new_words():
+    recorded = ["a red circle to the left of a blue square", "a yellow triangle at the top", "a blue circle"]
+    captions = ["a huge red circle", "a huge blue square on the left"]
+    assert prior_captions(captions, WORLD_VOCABULARY, recorded) == [
+        "a red circle to the left of a blue square", "a red circle", "a yellow triangle at the top",
+        "a blue square on the left", "a blue circle"]
+    assert prior_captions(captions, WORLD_VOCABULARY, None) == ["a red circle", "a blue square on the left"]
+
+
+def test_a_trained_model_records_a_spread_of_its_captions():
+    captions = [f"caption {i % 300}" for i in range(1000)]  # 300 distinct, each several times
+    recorded = record_known_captions(captions, count=100)
+    assert len(recorded) == 100 == len(set(recorded)) and recorded[:2] == ["caption 0", "caption 3"]
+    assert record_known_captions(["b", "a", "b"], recorded=["c"]) == ["c", "b", "a"]  # a fine-tune adds its own
+    # the embedded model records 128 of its training captions, in its own words, one- and two-object ones
+    config = VARTransformer2DModel.load_config(var_clip.DEFAULT_MODEL, subfolder="transformer")
+    words = set(config["vocabulary"])
+    assert len(config["known_captions"]) == 128
+    assert all(set(caption.split()) <= words for caption in config["known_captions"])
+    assert sum(sw.parse_caption(c).num_objects == 2 for c in config["known_captions"]) > 30
 
 
 @pytest.fixture
@@ -287,3 +316,15 @@ def test_the_progress_grid_goes_to_tensorboard_too(workdir):
     assert [image.step for image in images] == [1, 2]  # every validation (the base column is drawn before training)
     with Image.open(workdir / "tensorboard" / GRID_NAME) as grid:
         assert (images[-1].width, images[-1].height) == grid.size
+
+
+@pytest.mark.usefixtures("fresh_accelerate_state")
+def test_full_training_records_the_known_captions_next_to_the_vocabulary(workdir):
+    argv = ["--pretrained_pipeline", str(workdir / "base"), "--train_data_dir", str(workdir / "huge"),
+            "--output_dir", str(workdir / "full"), "--max_train_steps", "1", "--train_batch_size", "4",
+            "--no_progress_bar"]
+    assert train_var.main(argv) == 0
+    config = VARTransformer2DModel.load_config(workdir / "full", subfolder="transformer")
+    captions = [json.loads(line)["text"] for line in (workdir / "huge" / "metadata.jsonl").read_text().splitlines()]
+    assert config["known_captions"] == record_known_captions(captions)
+    assert "huge" in config["vocabulary"]

@@ -372,6 +372,9 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
             the pooled embedding only.
         vocabulary (`list[str]`, optional): the words of the training captions (text models trained by this
             package record them); the pipelines warn about prompt words outside it. Not used by the model itself.
+        known_captions (`list[str]`, optional): a sample of the training captions (text models trained by this
+            package record up to 128); a LoRA run without replay data samples the model on them and holds them to
+            its predictions, so an adapter keeps what the model knew. Not used by the model itself.
         num_classes (`int`, defaults to 1000): number of classes for `condition_type="class"`.
         cond_drop_rate (`float`, defaults to 0.1): share of the batch trained without condition, for guidance.
         drop_rate (`float`, defaults to 0.0): dropout after the attention projection and the feed-forward.
@@ -404,6 +407,7 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         text_embed_dim: int = 768,
         cross_attention_dim: int | None = None,
         vocabulary: list[str] | None = None,
+        known_captions: list[str] | None = None,
         num_classes: int = 1000,
         cond_drop_rate: float = 0.1,
         drop_rate: float = 0.0,
@@ -421,6 +425,9 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         )
         if vocabulary is not None and not (isinstance(vocabulary, list) and all(isinstance(w, str) for w in vocabulary)):
             raise ValueError(f"`vocabulary` must be a list of words or None, got {type(vocabulary).__name__}")
+        if known_captions is not None and not (isinstance(known_captions, list)
+                                               and all(isinstance(c, str) for c in known_captions)):
+            raise ValueError(f"`known_captions` must be a list of captions or None, got {type(known_captions).__name__}")
         patch_nums = tuple(int(p) for p in patch_nums)
         D = embed_dim
         init_std = math.sqrt(1 / D / 3)

@@ -26,7 +26,7 @@ from .prior_preservation import (
     PriorSpec,
     base_model_fingerprint,
     build_prior_set,
-    known_captions,
+    prior_captions,
     prior_folder,
     with_prior_images,
 )
@@ -70,7 +70,7 @@ def prepare_lora_run(args: argparse.Namespace, unset: frozenset[str], accelerato
                     len(dataset), "\n  ".join(defaults.log_lines()))
     base = VARCLIPPipeline(tokenizer, text_encoder, transformer, vqvae)
     base.set_progress_bar_config(disable=True)
-    known = known_captions(captions, vocabulary) if vocabulary else []
+    known = prior_captions(captions, vocabulary, transformer.config.known_captions) if vocabulary else []
 
     # 1. the base model's own images of known captions, made once and cached
     if args.prior_images:

@@ -5,9 +5,11 @@ no replay data the LoRA trainer makes its own, as DreamBooth does: it samples th
 captions* and mixes the images in, and ``--keep_known_captions`` holds those captions to the base model's
 predictions (the images then only supply the contexts they are held in).
 
-The known captions come from the user's: each caption with the words the base model never read taken out
-(DreamBooth's class prompt: "a huge red circle on the left" → "a red circle on the left"), and the captions that
-already use only known words.
+The known captions are the base model's own, as its transformer config records them (``known_captions``, a sample
+of its training captions: :func:`record_known_captions`), taking turns with captions made from the user's: each
+with the words the base model never read taken out (DreamBooth's class prompt: "a huge red circle on the left" →
+"a red circle on the left"), and those that already use only known words. The first keep the model's whole world
+(two objects, other layouts), the second the user's subject without its new words.
 
 The set is an ``imagefolder`` named by a fingerprint of everything it depends on (the base model's weights and
 tokenizer, the captions, the number of images, the seed, the sampling settings): image ``i`` is caption
@@ -33,12 +35,14 @@ from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ..utils.atomic import atomic_open
 from .token_cache import module_fingerprint
 
-__all__ = ["PriorSpec", "build_prior_set", "known_captions", "prior_folder", "with_prior_images"]
+__all__ = ["PriorSpec", "build_prior_set", "known_captions", "prior_captions", "prior_folder", "record_known_captions",
+           "with_prior_images"]
 
 logger = logging.getLogger(__name__)
 
 PRIOR_DIR_PREFIX = "prior-"
 CHUNK_SIZE = 32
+KNOWN_CAPTIONS_RECORDED = 128
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 _ARTICLE = re.compile(r"\b(a|an|A|An) ([A-Za-z])")
 
@@ -65,6 +69,26 @@ def known_captions(captions: Sequence[str], vocabulary: Sequence[str]) -> list[s
         if _WORD.search(kept):
             result.setdefault(kept, None)
     return list(result)
+
+
+def record_known_captions(captions: Sequence[str], recorded: Sequence[str] | None = None,
+                          count: int = KNOWN_CAPTIONS_RECORDED) -> list[str]:
+    """The ``known_captions`` a trained model records: up to ``count`` distinct captions, evenly spread over the
+    model's earlier record (``recorded``, a fine-tuned model's) and then ``captions`` in data order."""
+    distinct = list(dict.fromkeys([*(recorded or []), *captions]))
+    if len(distinct) <= count:
+        return distinct
+    return [distinct[i * len(distinct) // count] for i in range(count)]
+
+
+def prior_captions(captions: Sequence[str], vocabulary: Sequence[str], recorded: Sequence[str] | None) -> list[str]:
+    """The captions a prior set is drawn from: the base model's recorded ``known_captions`` (its world: other
+    objects, other layouts) taking turns with :func:`known_captions` of the user's ``captions`` (the user's subject
+    without its new words), each list in its order; distinct."""
+    stripped, recorded = known_captions(captions, vocabulary), list(recorded or [])
+    turns = [c for pair in zip(recorded, stripped) for c in pair]
+    shorter = min(len(recorded), len(stripped))
+    return list(dict.fromkeys([*turns, *recorded[shorter:], *stripped[shorter:]]))
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from .engine import (
 )
 from .lora_defaults import add_lora_default_arguments, take_unset
 from .lora_run import LORA_ADAPTER_NAME, export_lora, prepare_lora_run
+from .prior_preservation import record_known_captions
 from .samples import save_sample_grid
 from .teacher_targets import precompute_teacher_targets
 from .token_cache import (
@@ -611,7 +612,9 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
     if args.condition == "text" and args.lora_rank is None:  # the words the captions taught, so pipelines can flag
         known = transformer.config.vocabulary or []  # prompts outside them; fine-tuning adds to what it knew
-        transformer.register_to_config(vocabulary=build_vocabulary([*known, *dataset["text"]]))
+        transformer.register_to_config(vocabulary=build_vocabulary([*known, *dataset["text"]]),
+                                       known_captions=record_known_captions(dataset["text"],
+                                                                            transformer.config.known_captions))
 
     def export(model, folder: Path) -> None:
         if args.lora_rank is not None:
