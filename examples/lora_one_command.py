@@ -13,8 +13,9 @@ taught with nothing but
   ``unload_lora_weights()`` (compared bit for bit with the base model's images);
 - the command's wall time, the CPU load around it (the machine may be shared) and the thread count.
 
-Concepts: ``corner`` (a new place phrase: "in the top left corner", "in the bottom right corner", 120 images) and
-``huge`` (a new size word, 34-38 px, 100 images). Every stage is kept in ``--workdir``, so a rerun continues; a
+Concepts: ``corner`` (a new place phrase: "in the top left corner", "in the bottom right corner", 120 images),
+``huge`` (a new size word, 34-38 px, 100 images) and ``ball`` (a new word for a known thing: "ball" for "circle",
+100 images; its prompts put the ball at each world position). Every stage is kept in ``--workdir``, so a rerun continues; a
 workdir written with other settings is refused. ``--extra`` passes flags to the command (to compare a setting).
 
     python examples/lora_one_command.py --workdir runs/lora_one_command                # both concepts
@@ -49,6 +50,7 @@ CONCEPTS = {
     "corner": (sw.WorldExtension(positions={"top left corner": ("top", "left"),
                                             "bottom right corner": ("bottom", "right")}), 120, "position"),
     "huge": (sw.WorldExtension(sizes={"huge": (34, 38)}), 100, "size"),
+    "ball": (sw.WorldExtension(synonyms={"ball": "circle"}), 100, "shape"),
 }
 FULL = {"samples_per_prompt": 8, "max_prompts": None, "num_images": None, "extra": []}
 QUICK = {"samples_per_prompt": 1, "max_prompts": 2, "num_images": 8,
@@ -137,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK} (flags given win)")
     p.add_argument("--samples_per_prompt", type=int, default=None, help=f"default {FULL['samples_per_prompt']}")
     p.add_argument("--max_prompts", type=int, default=None, help="only the first N prompts of each set")
-    p.add_argument("--num_images", type=int, default=None, help="images per concept (default: 120 corner, 100 huge)")
+    p.add_argument("--num_images", type=int, default=None,
+                   help="images per concept (default: 120 corner, 100 huge and ball)")
     p.add_argument("--extra", nargs=argparse.REMAINDER, default=None,
                    help="flags passed on to train-var after the documented ones (must come last)")
     p.add_argument("--seed", type=int, default=0)

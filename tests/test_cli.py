@@ -178,8 +178,8 @@ def test_inpainting_tasks_draw_the_new_object_and_its_relation_from_the_seed():
         (kept,) = t.scene.objects
         assert (t.color, t.shape) not in sw.HELD_OUT_PAIRS and (kept.color, kept.shape) not in sw.HELD_OUT_PAIRS
         assert t.color != kept.color
-        assert t.prompt == f"{sw._noun_phrase(t.color, t.shape)} {sw.RELATION_PHRASES[t.relation][0]} " \
-                           f"{sw._noun_phrase(kept.color, kept.shape)}"
+        assert t.prompt == f"{sw.noun_phrase(t.color, t.shape)} {sw.RELATION_PHRASES[t.relation][0]} " \
+                           f"{sw.noun_phrase(kept.color, kept.shape)}"
         # the kept object lies wholly in the unmasked half
         lo, hi = kept.cx - kept.size_px / 2, kept.cx + kept.size_px / 2
         top, bottom = kept.cy - kept.size_px / 2, kept.cy + kept.size_px / 2

@@ -100,7 +100,7 @@ def test_extension_scenes_mix_the_words_and_score_correct_as_drawn():
         (obj,) = scene.objects
         assert obj.color == "pink" or (scene.size_word == "tiny" and (obj.color, obj.shape) not in sw.HELD_OUT_PAIRS)
         assert sw.score_image(sw.render_scene(scene, both), scene.caption, both)["caption"], scene
-    with pytest.raises(ValueError, match="names no colour, size or place"):
+    with pytest.raises(ValueError, match="names no colour, size, place or synonym"):
         sw.sample_extension_scene(rng, sw.WorldExtension())
 
 
@@ -133,6 +133,32 @@ def test_extension_scenes_of_a_place_name_it_and_score_correct_as_drawn():
         assert sw.score_image(sw.render_scene(scene, CORNERS), scene.caption, CORNERS)["caption"], scene
 
 
+BALL = sw.WorldExtension(synonyms={"ball": "circle"})
+
+
+def test_a_synonym_reads_as_the_world_word_it_renames():
+    assert sw.parse_caption("An orange ball, on the left.", BALL) == sw.CaptionSpec(
+        (sw.ObjectSpec("orange", "circle"),), position="left")
+    assert sw.parse_caption("a red ball above a blue square", BALL).shapes == ("circle", "square")
+    with pytest.raises(ValueError, match="expected one shape"):  # without the extension "ball" is no shape
+        sw.parse_caption("a red ball on the left")
+    assert sw.rename_word("an image of a red circle", "red", "orange") == "an image of an orange circle"
+    prompts = sw.extension_prompts(BALL)
+    seen_circles = [c for c in sw.COLORS if (c, "circle") not in sw.HELD_OUT_PAIRS]
+    assert len(prompts) == len(seen_circles) * len(sw.POSITIONS) and prompts[0] == "a red ball on the left"
+
+
+def test_extension_scenes_of_a_synonym_say_it_and_score_correct_as_drawn():
+    rng = random.Random(3)
+    scenes = [sw.sample_extension_scene(rng, BALL) for _ in range(40)]
+    for scene in scenes:
+        (obj,) = scene.objects
+        assert obj.shape == "circle" and (obj.color, obj.shape) not in sw.HELD_OUT_PAIRS
+        assert " ball" in scene.caption and "circle" not in scene.caption
+        assert sw.score_image(sw.render_scene(scene, BALL), scene.caption, BALL)["caption"], scene
+    assert any(s.size_word for s in scenes) and any(s.size_word is None for s in scenes)
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"positions": {"corner": ("top", "left")}}, "two or more lower-case words"),
     ({"positions": {"top  left": ("top", "left")}}, "two or more lower-case words"),
@@ -145,7 +171,11 @@ def test_extension_scenes_of_a_place_name_it_and_score_correct_as_drawn():
     ({"colors": {"pink": (300, 0, 0)}}, "RGB triple"),
     ({"colors": {"rose": (230, 50, 50)}}, "within 60 of red"),
     ({"colors": {"grey": (225, 225, 225)}}, "within 60 of background"),
-    ({"colors": {"pink": (255, 105, 180)}, "sizes": {"pink": (34, 38)}}, "both a colour and a size"),
+    ({"colors": {"pink": (255, 105, 180)}, "sizes": {"pink": (34, 38)}}, "two meanings"),
+    ({"synonyms": {"ball": "sphere"}}, "rename one of the world's colours or shapes"),
+    ({"synonyms": {"circle": "square"}}, "must be a new lower-case word"),
+    ({"synonyms": {"huge": "circle"}, "sizes": {"huge": (34, 38)}}, "two meanings"),
+    ({"synonyms": {"corner": "circle"}, "positions": {"top left corner": ("top", "left")}}, "also a word of a place"),
     ({"sizes": {"big": (28, 33)}}, "overlap"),
     ({"sizes": {"dot": (4, 6)}}, "within 9..40"),
     ({"sizes": {"giant": (40, 48)}}, "within 9..40"),

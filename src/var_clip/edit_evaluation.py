@@ -50,7 +50,7 @@ def inpainting_scenes(num_images: int, seed: int = 0) -> list[sw.Scene]:
         size = int(rng.integers(12, 27))
         cx = float(rng.integers(size // 2 + 2, 30 - size // 2))  # the bounding box stays left of x = 30
         cy = float(rng.integers(size // 2 + 2, 62 - size // 2))
-        caption = f"{sw._noun_phrase(color, shape)} on the left"
+        caption = f"{sw.noun_phrase(color, shape)} on the left"
         scenes.append(sw.Scene((sw.ShapeObject(color, shape, size, cx, cy),), caption, position="left"))
     return scenes
 
@@ -99,8 +99,8 @@ def inpainting_tasks(num_images: int, seed: int = 0) -> list[InpaintingTask]:
         size = int(rng.integers(12, 27))
         cx = float(rng.integers(int(x0) + size // 2 + 2, int(x1) - size // 2 - 1))
         cy = float(rng.integers(int(y0) + size // 2 + 2, int(y1) - size // 2 - 1))
-        kept = sw.Scene((sw.ShapeObject(kept_color, kept_shape, size, cx, cy),), sw._noun_phrase(kept_color, kept_shape))
-        prompt = f"{sw._noun_phrase(color, shape)} {sw.RELATION_PHRASES[relation][0]} {sw._noun_phrase(kept_color, kept_shape)}"
+        kept = sw.Scene((sw.ShapeObject(kept_color, kept_shape, size, cx, cy),), sw.noun_phrase(kept_color, kept_shape))
+        prompt = f"{sw.noun_phrase(color, shape)} {sw.RELATION_PHRASES[relation][0]} {sw.noun_phrase(kept_color, kept_shape)}"
         tasks.append(InpaintingTask(kept, relation, color, shape, prompt))
     return tasks
 
@@ -244,7 +244,7 @@ def evaluate_img2img(pipe, strengths: tuple[float, ...] = (0.0, 2 / 7, 3 / 7, 4 
             (obj,) = scene.objects
             color = next(c for c in ("red", "blue", "green") if c != obj.color)
             shape = "circle" if obj.shape != "circle" else "square"
-            prompt = f"{sw._noun_phrase(color, shape)} on the left"
+            prompt = f"{sw.noun_phrase(color, shape)} on the left"
             generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(samples_per_image)]
             images = img2img([prompt] * samples_per_image, image=source, strength=strength, generator=generators,
                              **sampling_kwargs).images

@@ -57,9 +57,9 @@ FAMILIES: dict[str, tuple[str, dict[str, Wording]]] = {
         "phrase last, after a prefix": lambda np_, phrase, _: f"an image of {np_} {phrase}",
     }),
     "color": ("the colour word (one object)", {
-        "colour first": lambda color, shape, _: f"{color}, {sw._article(shape)} {shape}",
-        "colour before the shape (trained order)": lambda color, shape, _: f"{sw._article(color)} {color} {shape}",
-        "colour last": lambda color, shape, _: f"{sw._article(shape)} {shape}, {color}",
+        "colour first": lambda color, shape, _: f"{color}, {sw.article(shape)} {shape}",
+        "colour before the shape (trained order)": lambda color, shape, _: f"{sw.article(color)} {color} {shape}",
+        "colour last": lambda color, shape, _: f"{sw.article(shape)} {shape}, {color}",
     }),
     "relation": ("the relation phrase (two objects)", {
         "relation first": lambda a, phrase, b: f"{phrase} {b}, {a}",
@@ -78,7 +78,7 @@ def family_variants(family: str) -> list[tuple[str, list[PhraseVariant]]]:
     if family == "relation":
         for prompt in sw.evaluation_prompts(held_out=False, num_objects=2):
             spec = sw.parse_caption(prompt)
-            a, b = (sw._noun_phrase(o.color, o.shape) for o in spec.objects)
+            a, b = (sw.noun_phrase(o.color, o.shape) for o in spec.objects)
             phrase = sw.RELATION_PHRASES[spec.relation][0]
             out.append((prompt, [PhraseVariant(n, w(a, phrase, b)) for n, w in wordings.items()]))
         return out
@@ -86,11 +86,11 @@ def family_variants(family: str) -> list[tuple[str, list[PhraseVariant]]]:
         spec = sw.parse_caption(prompt)
         (obj,) = spec.objects
         if family == "position":
-            canonical = f"{sw._noun_phrase(obj.color, obj.shape)} {sw.POSITION_PHRASES[spec.position][0]}"
-            np_, phrase = sw._noun_phrase(obj.color, obj.shape), sw.POSITION_PHRASES[spec.position][0]
+            canonical = f"{sw.noun_phrase(obj.color, obj.shape)} {sw.POSITION_PHRASES[spec.position][0]}"
+            np_, phrase = sw.noun_phrase(obj.color, obj.shape), sw.POSITION_PHRASES[spec.position][0]
             out.append((canonical, [PhraseVariant(n, w(np_, phrase, None)) for n, w in wordings.items()]))
         else:
-            canonical = sw._noun_phrase(obj.color, obj.shape)
+            canonical = sw.noun_phrase(obj.color, obj.shape)
             out.append((canonical, [PhraseVariant(n, w(obj.color, obj.shape, None)) for n, w in wordings.items()]))
     return out
 

@@ -26,10 +26,12 @@ from .captions import (
     RELATION_PHRASES,
     CaptionSpec,
     ObjectSpec,
-    _article,  # noqa: F401 - used by evaluation and analysis
-    _noun_phrase,  # noqa: F401
+    agree_articles,
+    article,
     caption_variants,
+    noun_phrase,
     parse_caption,
+    rename_word,
 )
 from .dataset import generate_dataset
 from .evaluate import DetectedObject, _label_components, detect_objects, score_image, summarize_scores  # noqa: F401
@@ -98,14 +100,18 @@ __all__ = [
     "Scene",
     "ShapeObject",
     "WorldExtension",
+    "agree_articles",
+    "article",
     "caption_variants",
     "detect_objects",
     "evaluation_prompts",
     "extension_prompts",
     "generate_dataset",
+    "noun_phrase",
     "parse_caption",
     "position_holds",
     "relation_holds",
+    "rename_word",
     "render_scene",
     "sample_extension_scene",
     "sample_scene",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,14 +30,35 @@ RELATION_PHRASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _article(word: str) -> str:
-    # Every word that can follow an article here starts with a letter whose sound matches its spelling.
+def article(word: str) -> str:
+    """The indefinite article before ``word``. Every word that can follow an article here starts with a letter whose
+    sound matches its spelling."""
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _noun_phrase(color: str, shape: str, size: str | None = None) -> str:
+def noun_phrase(color: str, shape: str, size: str | None = None) -> str:
+    """``"a [size] <color> <shape>"``, the way every caption names an object."""
     words = f"{size} {color} {shape}" if size else f"{color} {shape}"
-    return f"{_article(words)} {words}"
+    return f"{article(words)} {words}"
+
+
+_ARTICLE_BEFORE = re.compile(r"\b(a|an|A|An) ([A-Za-z])")
+
+
+def agree_articles(text: str) -> str:
+    """``text`` with every "a" before a vowel made "an" and every "an" before a consonant made "a" (after a word was
+    removed or renamed next to an article)."""
+    def agree(m: re.Match) -> str:
+        chosen = article(m.group(2).lower())
+        return (chosen.capitalize() if m.group(1)[0].isupper() else chosen) + " " + m.group(2)
+
+    return _ARTICLE_BEFORE.sub(agree, text)
+
+
+def rename_word(caption: str, word: str, new_word: str) -> str:
+    """``caption`` with the whole word ``word`` written as ``new_word`` and its article made to agree
+    (``rename_word("an orange circle", "circle", "ball")`` is ``"an orange ball"``)."""
+    return agree_articles(re.sub(rf"\b{re.escape(word)}\b", new_word, caption))
 
 
 def caption_variants(scene: Scene, extension: WorldExtension | None = None) -> list[str]:
@@ -48,7 +70,7 @@ def caption_variants(scene: Scene, extension: WorldExtension | None = None) -> l
     """
     if len(scene.objects) == 1:
         (obj,) = scene.objects
-        noun = _noun_phrase(obj.color, obj.shape, scene.size_word)
+        noun = noun_phrase(obj.color, obj.shape, scene.size_word)
         phrases = POSITION_PHRASES if extension is None else extension.position_phrases
         if scene.position is not None and scene.position not in phrases:
             raise ValueError(f"scene.position must be one of {list(phrases)}, got {scene.position!r} (an extension's "
@@ -59,7 +81,7 @@ def caption_variants(scene: Scene, extension: WorldExtension | None = None) -> l
         if scene.relation not in RELATION_PHRASES:
             raise ValueError(f"scene.relation must be one of {list(RELATIONS)} for two objects, got {scene.relation!r}")
         a, b = scene.objects
-        first, second = _noun_phrase(a.color, a.shape), _noun_phrase(b.color, b.shape)
+        first, second = noun_phrase(a.color, a.shape), noun_phrase(b.color, b.shape)
         phrases = RELATION_PHRASES[scene.relation]
         return [f"{prefix}{first} {phrase} {second}" for prefix in CAPTION_PREFIXES for phrase in phrases]
     raise ValueError(f"scene.objects must hold one or two objects, got {len(scene.objects)}")
@@ -109,7 +131,7 @@ _POSITION_WORDS = {"left": "left", "right": "right", "top": "top", "bottom": "bo
 _POSITION_WORDS.update({"centre": "center", "middle": "center"})  # spellings a user may write for "center"
 
 
-def _parse_noun_phrase(tokens: list[str], caption: str, extension: WorldExtension | None = None) -> ObjectSpec:
+def _parse_object(tokens: list[str], caption: str, extension: WorldExtension | None = None) -> ObjectSpec:
     palette, all_sizes = (COLORS, SIZES) if extension is None else (extension.palette, extension.all_sizes)
     colors = [t for t in tokens if t in palette]
     shapes = [t for t in tokens if t in SHAPES]
@@ -143,8 +165,8 @@ def parse_caption(caption: str, extension: WorldExtension | None = None) -> Capt
     ignored ("A small red circle, on the left."). Words outside the vocabulary are skipped. "left"/"right" followed
     by "of", "above" and "below" are relations; "left", "right", "top", "bottom", "center" alone are positions.
     Raises ``ValueError`` naming the caption when it names no object, several per role, or mixes a relation and a
-    position. With ``extension`` its colour and size words count as colours and sizes, and its places ("top left
-    corner") as positions.
+    position. With ``extension`` its colour and size words count as colours and sizes, its places ("top left
+    corner") as positions, and its synonyms ("ball") as the world words they rename ("circle").
     """
     if not isinstance(caption, str):
         raise ValueError(f"caption must be a str, got {type(caption).__name__}")
@@ -152,6 +174,8 @@ def parse_caption(caption: str, extension: WorldExtension | None = None) -> Capt
     # an extension's place ("top left corner") is read first, so that its words are not read as world positions
     places = [] if extension is None else _find_places(tokens, extension)
     tokens = [token for token in tokens if token]
+    if extension is not None:  # a new name of a world colour or shape reads as that colour or shape
+        tokens = [extension.synonyms.get(token, token) for token in tokens]
 
     relations: list[tuple[int, int, str]] = []  # (first token, one past last token, relation)
     for i, token in enumerate(tokens):
@@ -171,9 +195,9 @@ def parse_caption(caption: str, extension: WorldExtension | None = None) -> Capt
             raise ValueError(
                 f"cannot parse caption {caption!r}: a two-object caption names no position, found {positions}"
             )
-        subject = _parse_noun_phrase(tokens[:start], caption, extension)
-        reference = _parse_noun_phrase(tokens[end:], caption, extension)
+        subject = _parse_object(tokens[:start], caption, extension)
+        reference = _parse_object(tokens[end:], caption, extension)
         return CaptionSpec((subject, reference), relation=relation)
     if len(positions) > 1:
         raise ValueError(f"cannot parse caption {caption!r}: it names several positions {positions}")
-    return CaptionSpec((_parse_noun_phrase(tokens, caption, extension),), position=positions[0] if positions else None)
+    return CaptionSpec((_parse_object(tokens, caption, extension),), position=positions[0] if positions else None)

@@ -1,4 +1,5 @@
-"""Words the shapes world does not have: an extra colour, size or place, with what each means on the canvas.
+"""Words the shapes world does not have: an extra colour, size or place, or a new name for a world colour or shape,
+with what each means on the canvas.
 
 A :class:`WorldExtension` is how a fine-tuning experiment teaches the default model something new and measures
 whether it learned it: ``generate_dataset(..., extension=...)`` writes captioned images of the new words in the
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
-from .captions import POSITION_PHRASES, caption_variants
+from .captions import POSITION_PHRASES, caption_variants, rename_word
 from .scenes import _POSITION_AXES, RandomSource, Scene, _allowed_pairs, _choice, _sample_object, _uniform01
 from .vocabulary import (
     BACKGROUND,
@@ -42,7 +43,8 @@ _PLACE_PARTS = {"left": "x", "right": "x", "top": "y", "bottom": "y"}
 
 @dataclass(frozen=True)
 class WorldExtension:
-    """Extra colour and size words for the shapes world, each with its meaning on the canvas.
+    """Extra colour, size and place words for the shapes world, and new names for its colours and shapes, each with
+    its meaning on the canvas.
 
     Attributes:
         colors: extra palette colours, word → exact RGB, e.g. ``{"pink": (255, 105, 180)}``. A colour must lie more
@@ -56,26 +58,35 @@ class WorldExtension:
             ``{"top left corner": ("top", "left")}``: an object is "in the top left corner" when its centre is both
             in the top region (y < 22) and in the left one (x < 22). Captions say ``in the <phrase>``; the phrase is
             lower-case words, at least two (one word is a world position's job).
+        synonyms: new names for the world's colours and shapes, word → the world word it means, e.g.
+            ``{"ball": "circle"}``: "a red ball" shows what "a red circle" shows. A new word for a known thing.
 
-    Every colour and size must be a new lower-case word. The mappings are copied on construction.
+    Every colour, size and synonym must be a new lower-case word. The mappings are copied on construction.
     """
 
     colors: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     sizes: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     positions: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    synonyms: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("colors", "sizes", "positions"):
+        for name in ("colors", "sizes", "positions", "synonyms"):
             if not isinstance(getattr(self, name), Mapping):
                 raise ValueError(f"`{name}` must be a mapping word → value, got {type(getattr(self, name)).__name__}")
         known = {*COLORS, *SHAPES, *SIZES}
-        words = [*self.colors, *self.sizes]
+        words = [*self.colors, *self.sizes, *self.synonyms]
         for word in words:
             if not (isinstance(word, str) and word.isalpha() and word.islower()) or word in known:
                 raise ValueError(f"extension word {word!r} must be a new lower-case word (not one of {sorted(known)})")
         if len(set(words)) != len(words):
-            both = sorted(set(self.colors) & set(self.sizes))
-            raise ValueError(f"an extension word names both a colour and a size: {both}")
+            twice = sorted({w for w in words if words.count(w) > 1})
+            raise ValueError(f"extension words {twice} have two meanings (colour, size or synonym)")
+        for word, meaning in self.synonyms.items():
+            if meaning not in (*COLORS, *SHAPES):
+                raise ValueError(f"synonym {word!r} must rename one of the world's colours or shapes "
+                                 f"{[*COLORS, *SHAPES]}, got {meaning!r}")
+            if any(word in place.split() for place in self.positions if isinstance(place, str)):
+                raise ValueError(f"synonym {word!r} is also a word of a place")
         for word, rgb in self.colors.items():
             if not (isinstance(rgb, tuple | list) and len(rgb) == 3 and all(
                     isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in rgb)):
@@ -116,6 +127,7 @@ class WorldExtension:
         object.__setattr__(self, "colors", {w: tuple(rgb) for w, rgb in self.colors.items()})
         object.__setattr__(self, "sizes", {w: tuple(s) for w, s in self.sizes.items()})
         object.__setattr__(self, "positions", {p: tuple(parts) for p, parts in self.positions.items()})
+        object.__setattr__(self, "synonyms", dict(self.synonyms))
 
     @property
     def palette(self) -> dict[str, tuple[int, int, int]]:
@@ -160,19 +172,23 @@ class WorldExtension:
 def sample_extension_scene(rng: RandomSource, extension: WorldExtension) -> Scene:
     """One object that shows one of ``extension``'s words, and its caption from the world's templates.
 
-    The word is drawn uniformly among the extension's colours, sizes and places. An extra colour goes on any shape
-    at either of the world's sizes, the size named in half of the captions; an extra size goes on a seen colour-shape
-    pair and is always named; an extra place holds a seen pair at either size, the size named in half of the
-    captions, and is always named. Otherwise the position is named in 80 % of captions, as in the world. Held-out
-    pairs never occur.
+    The word is drawn uniformly among the extension's colours, sizes, places and synonyms. An extra colour goes on
+    any shape at either of the world's sizes, the size named in half of the captions; an extra size goes on a seen
+    colour-shape pair and is always named; an extra place holds a seen pair at either size, the size named in half of
+    the captions, and is always named; a synonym names a seen pair that holds the world word it renames (the caption
+    is the world's, with that word renamed), the size named in half of the captions. Otherwise the position is named
+    in 80 % of captions, as in the world. Held-out pairs never occur.
     """
     concepts = ([("color", c) for c in extension.colors] + [("size", s) for s in extension.sizes]
-                + [("position", p) for p in extension.positions])
+                + [("position", p) for p in extension.positions] + [("synonym", w) for w in extension.synonyms])
     if not concepts:
-        raise ValueError("`extension` names no colour, size or place")
+        raise ValueError("`extension` names no colour, size, place or synonym")
     kind, word = _choice(rng, concepts)
     if kind == "color":
         pair = (word, _choice(rng, SHAPES))
+    elif kind == "synonym":
+        meaning = extension.synonyms[word]
+        pair = _choice(rng, [p for p in _allowed_pairs(allow_held_out=False) if meaning in p])
     else:
         pair = _choice(rng, _allowed_pairs(allow_held_out=False))
     if kind == "size":
@@ -186,4 +202,7 @@ def sample_extension_scene(rng: RandomSource, extension: WorldExtension) -> Scen
         position = _choice(rng, POSITIONS) if _uniform01(rng) < POSITION_MENTION_PROBABILITY else None
     obj = _sample_object(rng, pair, size, sizes=extension.all_sizes, axes=extension.position_axes(position))
     scene = Scene((obj,), "", position=position, size_word=size_word)
-    return replace(scene, caption=_choice(rng, caption_variants(scene, extension)))
+    caption = _choice(rng, caption_variants(scene, extension))
+    if kind == "synonym":
+        caption = rename_word(caption, extension.synonyms[word], word)
+    return replace(scene, caption=caption)

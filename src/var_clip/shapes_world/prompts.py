@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .captions import POSITION_PHRASES, RELATION_PHRASES, _noun_phrase
+from .captions import POSITION_PHRASES, RELATION_PHRASES, noun_phrase, rename_word
 from .vocabulary import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES
 
 if TYPE_CHECKING:
@@ -31,10 +31,10 @@ def evaluation_prompts(held_out: bool, num_objects: int) -> list[str]:
     size_cycle = ("small", "large", None)
 
     def one(pair: tuple[str, str], position: str, size: str | None) -> str:
-        return f"{_noun_phrase(pair[0], pair[1], size)} {POSITION_PHRASES[position][0]}"
+        return f"{noun_phrase(pair[0], pair[1], size)} {POSITION_PHRASES[position][0]}"
 
     def two(a: tuple[str, str], relation: str, b: tuple[str, str]) -> str:
-        return f"{_noun_phrase(*a)} {RELATION_PHRASES[relation][0]} {_noun_phrase(*b)}"
+        return f"{noun_phrase(*a)} {RELATION_PHRASES[relation][0]} {noun_phrase(*b)}"
 
     def partner(pair: tuple[str, str], start: int) -> tuple[str, str]:
         """The first seen pair from index ``start`` on (cyclically) whose colour differs from ``pair``'s."""
@@ -64,14 +64,19 @@ def extension_prompts(extension: WorldExtension) -> list[str]:
     - each extra colour on each shape, size cycling not named / small / large (3 prompts per colour);
     - each extra size on each seen colour-shape pair, colour-major (15 prompts per size);
     - each extra place with each seen colour-shape pair, colour-major, size not named (15 prompts per place; the
-      place is the new phrase, so these do name a position).
+      place is the new phrase, so these do name a position);
+    - each synonym on each seen pair that holds the world word it renames, at each world position in turn, size
+      not named (25 prompts for a shape's synonym, 10 or 15 for a colour's: the new word in the world's sentences).
     """
     prompts = []
     for color in extension.colors:
-        prompts += [_noun_phrase(color, shape, (None, "small", "large")[i % 3]) for i, shape in enumerate(SHAPES)]
+        prompts += [noun_phrase(color, shape, (None, "small", "large")[i % 3]) for i, shape in enumerate(SHAPES)]
     seen = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
     for size in extension.sizes:
-        prompts += [_noun_phrase(color, shape, size) for color, shape in seen]
+        prompts += [noun_phrase(color, shape, size) for color, shape in seen]
     for place in extension.positions:
-        prompts += [f"{_noun_phrase(color, shape)} {extension.position_phrases[place][0]}" for color, shape in seen]
+        prompts += [f"{noun_phrase(color, shape)} {extension.position_phrases[place][0]}" for color, shape in seen]
+    for word, meaning in extension.synonyms.items():
+        prompts += [rename_word(f"{noun_phrase(color, shape)} {POSITION_PHRASES[position][0]}", meaning, word)
+                    for color, shape in seen if meaning in (color, shape) for position in POSITIONS]
     return prompts
