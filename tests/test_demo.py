@@ -20,8 +20,8 @@ from tests.conftest import assert_same_image
 from var_clip.demo.engine import Cancelled, DemoEngine, DemoRequest, Preview, Result, SharedExclusiveLock, verdict_for
 from var_clip.demo.forms import enlarge, mask_from_layers, resolve_seed, verdict_table
 from var_clip.demo.uploads import UploadError, UploadLimits, fit_to_square, read_upload
+from var_clip.pipelines.loading import load_pipeline
 from var_clip.shapes_world import render_scene, sample_scene
-from var_clip.utils.loading import load_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
 

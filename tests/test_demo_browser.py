@@ -199,7 +199,7 @@ def reference():
     """The pipeline's own images, computed here as the server computes them (one CPU thread)."""
     import torch
 
-    from var_clip.utils.loading import load_pipeline
+    from var_clip.pipelines.loading import load_pipeline
 
     pipe = load_pipeline(None)
     pipe.set_progress_bar_config(disable=True)
@@ -386,7 +386,7 @@ def test_lora_load_and_unload(ready_server, browser, tmp_path):
     import torch
 
     from var_clip.loaders import lora_config
-    from var_clip.utils.loading import load_pipeline
+    from var_clip.pipelines.loading import load_pipeline
 
     source = load_pipeline(None)
     source.transformer.add_adapter(lora_config(source.transformer, 4), adapter_name="style")

@@ -21,8 +21,7 @@ import sys
 
 from .utils.arguments import ArgumentParser, add_device_option, add_dtype_option, add_model_option, add_option
 from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
-from .utils.loading import is_network_error as _is_network_error
-from .utils.loading import load_pipeline
+from .utils.pretrained import is_network_error as _is_network_error
 
 # Subcommands implemented by other modules' `main(argv)` (or the function after a colon): name -> (module, one-line help)
 DELEGATED = {
@@ -127,6 +126,14 @@ def describe_failure(error: BaseException) -> str | None:
     if isinstance(error, RuntimeError) and "out of memory" in text.lower():
         return f"{text.split('.')[0]}; generate fewer images at once (--num-images), or use --dtype bfloat16"
     return None
+
+
+def load_pipeline(model, cls=None, dtype: str = "float32", device: str | None = "cpu", flag: str = "--model"):
+    """:func:`var_clip.pipelines.loading.load_pipeline`, imported when a command loads a model: torch and diffusers
+    come with the pipelines, and ``var-clip --help`` starts without them."""
+    from .pipelines.loading import load_pipeline as load
+
+    return load(model, cls, dtype, device, flag)
 
 
 def _run_reporting(command: str, run, debug: bool) -> int:

@@ -374,7 +374,8 @@ def _check_model_kind(args: argparse.Namespace, class_mode: bool) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace, pipeline_class: type, device):
-    from .utils.loading import ModelLoadError, load_pipeline
+    from .pipelines.loading import load_pipeline
+    from .utils.pretrained import ModelLoadError
 
     try:
         pipe = load_pipeline(args.model, pipeline_class, args.dtype, str(device))

@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..pipelines.loading import load_pipeline
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ..utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option
 from ..utils.atomic import atomic_open, atomic_write
 from ..utils.device import resolve_device
 from ..utils.files import claim_output_folder, input_paths
 from ..utils.image_grid import default_font, make_image_grid
-from ..utils.loading import load_clip_text_encoder, load_pipeline
+from ..utils.pretrained import load_clip_text_encoder
 
 __all__ = [
     "CaptionVariant",

@@ -22,7 +22,7 @@ from ..original_format import (
     vqvae_from_original,
 )
 from ..pipelines import VARCLIPPipeline, VARPipeline
-from ..utils.loading import ModelLoadError, load_clip_text_encoder
+from ..utils.pretrained import ModelLoadError, load_clip_text_encoder
 
 logger = logging.getLogger(__package__)
 

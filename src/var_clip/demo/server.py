@@ -97,7 +97,7 @@ def serve(model: str | None = None, share: bool = False, server_name: str | None
     def load():
         import torch
 
-        from ..utils.loading import load_pipeline
+        from ..pipelines.loading import load_pipeline
 
         if device == "cpu":
             torch.set_num_threads(1)  # one thread per request: small models run fastest so, and requests share cores

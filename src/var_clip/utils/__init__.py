@@ -1,6 +1,6 @@
 """Small helpers shared by the command line, training and reports.
 
-``arguments``, ``atomic``, ``dtypes``, ``files`` and ``loading`` import neither torch nor diffusers at import time,
+``arguments``, ``atomic``, ``dtypes``, ``files`` and ``pretrained`` import neither torch nor diffusers at import time,
 so the command line can use them before it knows whether it needs a model.
 """
 
