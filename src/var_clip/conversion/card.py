@@ -8,10 +8,10 @@ from pathlib import Path
 
 from .. import __version__
 from ..original_format import DEFAULT_PATCH_NUMS
+from ..pipelines.single_file import DEFAULT_TEXT_ENCODER, ConversionError
 from ..utils.dtypes import VARIANT_DTYPE_NAMES
 from ..utils.package_data import shipped_folder
 from .describe import _params
-from .infer import DEFAULT_TEXT_ENCODER, ConversionError
 
 #: The model-card templates that ship with the package (``var_clip_d16.md``, ``var_class_conditional.md``,
 #: ``default_model.md``): the repository's top-level ``model_cards/``, ``var_clip/model_cards`` in the wheel.

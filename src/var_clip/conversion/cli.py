@@ -18,8 +18,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from ..pipelines.single_file import DEFAULT_TEXT_ENCODER
 from ..utils.arguments import ArgumentParser, add_dtype_option, add_option
-from .infer import DEFAULT_TEXT_ENCODER
 from .write import convert_original_checkpoints
 
 
@@ -115,8 +115,9 @@ def conversion_main(argv: list[str] | None, parser: argparse.ArgumentParser, con
     # Progress from the library goes to stdout; SIGTERM unwinds like Ctrl-C, so the temporary folder is removed.
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
-    # the conversion's progress, and where a symlinked output folder resolves to
-    logs = [logging.getLogger("var_clip.conversion"), logging.getLogger("var_clip.utils.files")]
+    # the conversion's progress, what the reader assumed, and where a symlinked output folder resolves to
+    logs = [logging.getLogger("var_clip.conversion"), logging.getLogger("var_clip.pipelines.single_file"),
+            logging.getLogger("var_clip.utils.files")]
     previous_levels = [log.level for log in logs]
     for log in logs:
         log.addHandler(handler)

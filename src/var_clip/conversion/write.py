@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from ..pipelines.single_file import DEFAULT_TEXT_ENCODER, ConversionError, parse_patch_nums
 from ..utils.dtypes import VARIANT_DTYPE_NAMES, cast_keeping_fp32_modules, torch_dtype
 from ..utils.files import check_replaceable, resolve_output_dir, write_marker
 from . import check as final_check
 from .card import _card_data, _card_fields, render_model_card
 from .describe import describe_pipeline, format_table
-from .infer import DEFAULT_TEXT_ENCODER, ConversionError, load_original_pipeline, parse_patch_nums
+from .infer import load_original_pipeline
 
 logger = logging.getLogger(__package__)
 
