@@ -17,6 +17,7 @@ from ..loaders import VARCLIPLoraLoaderMixin
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
+from ..text_encoding import encode_text, text_max_length
 from ..vocabulary import unknown_words
 from .next_scale import NextScalePipelineMixin, check_components_agree
 from .single_file import NOT_GIVEN, check_text_components, pipeline_from_single_file
@@ -117,34 +118,9 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
 
     @property
     def tokenizer_max_length(self) -> int:
-        limit = self.tokenizer.model_max_length if self.tokenizer is not None else 77
-        if self.text_encoder is not None:
-            limit = min(limit, self.text_encoder.config.max_position_embeddings)
-        return limit
+        return text_max_length(self.tokenizer, self.text_encoder)
 
     # -- prompts -------------------------------------------------------------------------------------------------------
-
-    def _encode_text(self, prompts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.BoolTensor]:
-        """CLIP's projected text embedding of each prompt, L2-normalised (B, E), as VAR-CLIP conditions on; and the
-        last hidden states (B, T, H) with their mask (B, T), cut to the longest prompt, for token-level conditioning.
-        """
-        max_len = self.tokenizer_max_length
-        for prompt in prompts:
-            # with BOS and EOS, untruncated; verbose=False: our warning below replaces transformers' generic one
-            full_ids = self.tokenizer(prompt, verbose=False).input_ids
-            if len(full_ids) > max_len:
-                # truncation keeps BOS + (max_len - 2) tokens + EOS: name the words that fall off
-                dropped = self.tokenizer.decode(full_ids[max_len - 1 : -1])
-                logger.warning(f"CLIP reads at most {max_len} tokens; this part of the prompt was dropped: {dropped!r}")
-        text = self.tokenizer(prompts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-        out = self.text_encoder(text.input_ids.to(self._execution_device))  # not .device: meta under sequential offload
-        embeds = out.text_embeds
-        # CLIP's text tower is causal: a token's state never depends on the padding after it, so cutting the padding
-        # changes nothing but the length
-        mask_BT = text.attention_mask.bool()
-        T = int(mask_BT.sum(dim=1).max())
-        states_BTH = out.last_hidden_state[:, :T]
-        return (embeds / embeds.norm(dim=-1, keepdim=True)).to(device), states_BTH.to(device), mask_BT[:, :T].to(device)
 
     def encode_prompt(
         self,
@@ -172,14 +148,18 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
         device = device or self._execution_device
         tokens = self.transformer is None or self.transformer.uses_text_tokens
         if prompt_embeds is None:
-            prompt_embeds, states, mask = self._encode_text([prompt] if isinstance(prompt, str) else list(prompt), device)
+            # the text encoder runs on the execution device, not its `.device`: meta under sequential offload
+            prompt_embeds, states, mask = encode_text(self.tokenizer, self.text_encoder,
+                                                      [prompt] if isinstance(prompt, str) else list(prompt), device,
+                                                      execution_device=self._execution_device)
             if prompt_token_embeds is None:
                 prompt_token_embeds, prompt_attention_mask = states, mask
         batch_size = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             if negative_prompt is not None:
                 negatives = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
-                negative_prompt_embeds, states, mask = self._encode_text(negatives, device)
+                negative_prompt_embeds, states, mask = encode_text(self.tokenizer, self.text_encoder, negatives, device,
+                                                                   execution_device=self._execution_device)
                 if negative_prompt_token_embeds is None:
                     negative_prompt_token_embeds, negative_prompt_attention_mask = states, mask
             elif self.transformer is not None:

@@ -42,6 +42,7 @@ from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
+from ..text_encoding import encode_text
 from ..utils.arguments import add_option
 from ..vocabulary import build_vocabulary, unknown_words
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset, num_classes_of
@@ -395,18 +396,20 @@ class TextEncoderAndTransformer(torch.nn.Module):
     """The trainable modules of ``--train_text_encoder``: the captions' encoding and the transformer in one forward,
     so that data parallelism sees (and averages) the gradients of both adapters.
 
-    The captions are encoded by ``VARCLIPPipeline._encode_text`` (what ``encode_prompt`` uses), in the text encoder's
-    own dtype as at inference, so training conditions on exactly what the pipeline will feed the transformer.
+    The captions are encoded by :func:`~var_clip.text_encoding.encode_text` (what ``encode_prompt`` uses), in the
+    text encoder's own dtype as at inference, so training conditions on exactly what the pipeline will feed the
+    transformer.
     """
 
-    def __init__(self, text_pipe: VARCLIPPipeline, transformer: VARTransformer2DModel):
+    def __init__(self, tokenizer, text_encoder, transformer: VARTransformer2DModel):
         super().__init__()
-        self.text_encoder, self.transformer = text_pipe.text_encoder, transformer
-        self._text_pipe = text_pipe  # not a module: a plain reference to the tokenizer and the encoding code
+        self.text_encoder, self.transformer = text_encoder, transformer
+        self.tokenizer = tokenizer
 
     def forward(self, x_BLC_wo_first_l: torch.Tensor, captions: list[str], cond_drop_mask: torch.BoolTensor):
         with torch.autocast(x_BLC_wo_first_l.device.type, enabled=False):
-            embeds_BE, states_BTH, mask_BT = self._text_pipe._encode_text(list(captions), x_BLC_wo_first_l.device)
+            embeds_BE, states_BTH, mask_BT = encode_text(self.tokenizer, self.text_encoder, captions,
+                                                         x_BLC_wo_first_l.device)
         condition = {"text_embeds": embeds_BE}
         if self.transformer.uses_text_tokens:
             condition.update(encoder_hidden_states=states_BTH, encoder_attention_mask=mask_BT)
@@ -468,7 +471,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
         teacher = copy.deepcopy(transformer).requires_grad_(False).eval().to(device)
         if args.train_text_encoder:  # with the base text encoder, as the teacher read the captions
             teacher_text = copy.deepcopy(text_encoder).requires_grad_(False).to(device)
-            teacher = TextEncoderAndTransformer(VARCLIPPipeline(tokenizer, teacher_text, None, None), teacher)
+            teacher = TextEncoderAndTransformer(tokenizer, teacher_text, teacher)
     if args.lora_rank is not None:  # freeze the base model; only the adapters require grad (and reach AdamW)
         transformer.requires_grad_(False)
         if args.lora_target_modules != ["none"]:
@@ -483,17 +486,16 @@ def train(args: argparse.Namespace) -> TrainingResult:
     transform = ImageTransform(vqvae.sample_size, crop=args.crop, resize_ratio=args.resize_ratio,
                                random_flip=args.random_flip)
     examples = ImageCaptionDataset(dataset, transform, seed=args.seed)
-    text_pipe = VARCLIPPipeline(tokenizer, text_encoder, None, None) if args.condition == "text" else None
     use_tokens = transformer.uses_text_tokens
 
     @torch.no_grad()
     def encode_texts(texts: list[str]) -> dict[str, torch.Tensor]:
-        # the pipeline's own prompt encoding, so training and inference condition on identical inputs
+        # the pipelines' own text encoding, so training and inference condition on identical inputs
         with torch.autocast(device.type, enabled=False):
-            e = text_pipe.encode_prompt(list(texts), device=device, do_classifier_free_guidance=False)
-        encoded = {"text_embeds": e.prompt_embeds.float()}
+            embeds_BE, states_BTH, mask_BT = encode_text(tokenizer, text_encoder, texts, device)
+        encoded = {"text_embeds": embeds_BE.float()}
         if use_tokens:
-            encoded.update(text_states=e.prompt_token_embeds.float(), text_mask=e.prompt_attention_mask)
+            encoded.update(text_states=states_BTH.float(), text_mask=mask_BT)
         return encoded
 
     @torch.no_grad()
@@ -536,7 +538,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
                                                           args.text_encoder_lora_target_modules),
                                  LORA_ADAPTER_NAME)
         _train_new_token_rows_only(text_encoder, tokenizer, transformer.config.vocabulary)
-        trainable = TextEncoderAndTransformer(text_pipe, transformer)
+        trainable = TextEncoderAndTransformer(tokenizer, text_encoder, transformer)
 
     # 3. the loss on one batch
     cond_generator = torch.Generator().manual_seed(args.seed + 1_000_003 * accelerator.process_index)
