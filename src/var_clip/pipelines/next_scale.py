@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 
+from ..loaders.lora import loaded_adapters
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import SamplingSchedule, gumbel_smooth_probs, resolve_schedule, sample_tokens
@@ -131,8 +132,6 @@ class NextScalePipelineMixin:
         """diffusers' ``save_pretrained``, refused before anything is written while a component holds LoRA adapters:
         its weights would be saved under peft's names (a transformer that does not load) or as the adapter alone (a
         text encoder that reloads with re-initialised weights)."""
-        from ..loaders import loaded_adapters
-
         held = loaded_adapters(self.components)
         if held:
             raise ValueError(f"this pipeline holds LoRA adapters ({held}); save them with `save_lora_adapter_weights`, "

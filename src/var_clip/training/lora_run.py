@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..loaders import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, adapter_parts
+from ..loaders.lora import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, adapter_parts
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
 from .lora_defaults import CACHE_DIR, LoraDefaults, choose_lora_defaults
 from .prior_preservation import (

@@ -30,9 +30,9 @@ from diffusers.loaders.lora_base import LoraBaseMixin, set_adapters_for_text_enc
 from diffusers.utils import logging
 from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
-from .hub import is_pickle_file
-from .utils.atomic import atomic_open
-from .utils.files import check_regular_file, check_replaceable, resolve_output_dir
+from ..hub import is_pickle_file
+from ..utils.atomic import atomic_open
+from ..utils.files import check_regular_file, check_replaceable, resolve_output_dir
 
 __all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "adapter_parts",
            "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules", "remove_adapter",
