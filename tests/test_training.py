@@ -225,7 +225,7 @@ def test_torch_compile_trains_like_eager(workdir, vqvae_dir, clip_dir):
 
 
 def test_scale_loss_weights_give_each_token_or_each_scale_the_same_share():
-    from var_clip.training.train_var import scale_loss_weights
+    from var_clip.training.var_loss import scale_loss_weights
 
     patch_nums = (1, 2, 4)
     tokens, scales = scale_loss_weights(patch_nums, "tokens"), scale_loss_weights(patch_nums, "scales")
@@ -239,7 +239,7 @@ def test_scale_loss_weights_give_each_token_or_each_scale_the_same_share():
 
 def test_scale_weighted_loss_is_the_mean_of_the_per_scale_means():
     from tests.conftest import make_tiny_transformer, make_tiny_vqvae
-    from var_clip.training.train_var import var_loss
+    from var_clip.training.var_loss import var_loss
 
     transformer, vqvae = make_tiny_transformer(), make_tiny_vqvae()
     patch_nums = transformer.config.patch_nums
@@ -258,6 +258,20 @@ def test_scale_weighted_loss_is_the_mean_of_the_per_scale_means():
     assert losses["tokens"].item() == pytest.approx(ce_BL.mean().item(), rel=1e-5)
     assert losses["scales"].item() == pytest.approx(per_scale.mean().item(), rel=1e-5)
     assert abs(losses["scales"].item() - losses["tokens"].item()) > 1e-4
+
+
+def test_the_kl_to_the_teacher_is_the_kl_divergence_averaged_per_scale_then_over_scales():
+    from var_clip.training.var_loss import kl_to_teacher
+
+    patch_nums = (1, 2, 4)
+    generator = torch.Generator().manual_seed(0)
+    logits_KLV = torch.randn(3, 21, 16, generator=generator) * 3
+    target_KLV = (torch.randn(3, 21, 16, generator=generator) * 3).log_softmax(dim=-1)
+    log_q_KLV = logits_KLV.log_softmax(dim=-1)
+    kl_KL = (target_KLV.exp() * (target_KLV - log_q_KLV)).sum(dim=-1)  # KL(teacher || model), written out
+    per_scale = torch.stack([part.mean(dim=1) for part in kl_KL.split([1, 4, 16], dim=1)], dim=1)
+    torch.testing.assert_close(kl_to_teacher(logits_KLV, target_KLV, patch_nums), per_scale.mean(dim=1))
+    torch.testing.assert_close(kl_to_teacher(target_KLV, target_KLV, patch_nums), torch.zeros(3), atol=1e-6, rtol=0)
 
 
 def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
