@@ -34,7 +34,6 @@ from ..loaders import (
     lora_config,
     text_encoder_lora_config,
 )
-from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..pipelines.pipeline_var import VARPipeline
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
@@ -62,6 +61,7 @@ from .token_cache import (
     token_cache_path,
 )
 from .var_arguments import build_parser, check_arguments
+from .var_components import build_components, load_vqvae
 from .var_loss import scale_loss_weights, var_loss
 
 __all__ = ["TRANSFORMER_NO_DECAY_KEYS", "build_parser", "load_vqvae", "main", "scale_loss_weights", "train",
@@ -71,75 +71,6 @@ logger = logging.getLogger(__name__)
 
 # VAR's no-weight-decay names, in this package's parameter naming
 TRANSFORMER_NO_DECAY_KEYS = ("pos_start", "pos_embed", "level_embed", "null_text_embed", "ada_gss", "scale_mul")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Components
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_vqvae(path: str | Path) -> MultiScaleVQModel:
-    """A ``MultiScaleVQModel`` from its folder, or from a pipeline folder's ``vqvae/``."""
-    path = Path(path)
-    if (path / "vqvae" / "config.json").is_file():
-        return MultiScaleVQModel.from_pretrained(path, subfolder="vqvae")
-    if not (path / "config.json").is_file():
-        raise ValueError(f"`--vqvae` {str(path)!r} is neither a MultiScaleVQModel folder nor a pipeline folder")
-    return MultiScaleVQModel.from_pretrained(path)
-
-
-def _load_text_components(args):
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-    text_path = Path(args.text_encoder)
-    text_encoder = CLIPTextModelWithProjection.from_pretrained(text_path)
-    candidates = [Path(args.tokenizer)] if args.tokenizer else [text_path, text_path.parent / "tokenizer"]
-    for candidate in candidates:
-        if (candidate / "tokenizer_config.json").is_file() or (candidate / "vocab.json").is_file():
-            return CLIPTokenizer.from_pretrained(candidate), text_encoder
-    raise ValueError(f"no CLIP tokenizer found at {[str(c) for c in candidates]}: pass `--tokenizer`")
-
-
-def _build_components(args, num_classes: int | None):
-    """(tokenizer, text_encoder, transformer, vqvae), the transformer trainable, the rest frozen."""
-    pipe = None
-    if args.pretrained_pipeline:
-        pipe_cls = VARCLIPPipeline if args.condition == "text" else VARPipeline
-        pipe = pipe_cls.from_pretrained(args.pretrained_pipeline)
-    vqvae = load_vqvae(args.vqvae) if args.vqvae else (pipe.vqvae if pipe is not None else None)
-    if vqvae is None:
-        raise ValueError("`--vqvae` is required (or `--pretrained_pipeline`)")
-    tokenizer = text_encoder = None
-    if args.condition == "text":
-        if args.text_encoder:
-            tokenizer, text_encoder = _load_text_components(args)
-        elif pipe is not None and pipe.text_encoder is not None and pipe.tokenizer is not None:
-            tokenizer, text_encoder = pipe.tokenizer, pipe.text_encoder
-        else:
-            raise ValueError("`--condition text` needs `--text_encoder` (and `--tokenizer`), or a "
-                             "`--pretrained_pipeline` that has them")
-
-    if pipe is not None:
-        transformer = pipe.transformer
-    else:
-        depth = args.depth
-        transformer = VARTransformer2DModel(
-            vocab_size=vqvae.config.vocab_size, latent_channels=vqvae.config.latent_channels,
-            patch_nums=tuple(vqvae.config.patch_nums), depth=depth, embed_dim=args.embed_dim or 64 * depth,
-            num_heads=args.num_heads or depth, mlp_ratio=args.mlp_ratio, shared_aln=args.shared_aln,
-            attn_l2_norm=not args.no_attn_l2_norm, condition_type=args.condition,
-            text_embed_dim=text_encoder.config.projection_dim if text_encoder is not None else 768,
-            cross_attention_dim=text_encoder.config.hidden_size if args.conditioning == "tokens" else None,
-            num_classes=num_classes or 1000, cond_drop_rate=args.cond_drop_rate, drop_rate=args.drop_rate,
-            attn_drop_rate=args.attn_drop_rate,
-            drop_path_rate=args.drop_path_rate if args.drop_path_rate is not None else 0.1 * depth / 24,
-        )
-    if args.condition == "class" and num_classes is not None and transformer.config.num_classes < num_classes:
-        raise ValueError(f"the dataset has {num_classes} classes but the transformer {transformer.config.num_classes}")
-    vqvae.requires_grad_(False).eval()
-    if text_encoder is not None:
-        text_encoder.requires_grad_(False).eval()
-    return tokenizer, text_encoder, transformer, vqvae
 
 
 def _rows_of(condition: dict[str, Any], rows_B: torch.BoolTensor) -> dict[str, Any]:
@@ -234,9 +165,9 @@ def train(args: argparse.Namespace) -> TrainingResult:
                                          caption_column=args.caption_column, label_column=args.label_column,
                                          max_samples=args.max_train_samples, cache_dir=args.dataset_cache_dir)
     num_classes = (args.num_classes or num_classes_of(dataset)) if args.condition == "class" else None
-    tokenizer, text_encoder, transformer, vqvae = _build_components(args, num_classes)
-    if args.resolution is not None and args.resolution != vqvae.sample_size:
-        raise ValueError(f"`--resolution` {args.resolution} differs from the VQ-VAE's image size {vqvae.sample_size}")
+    models = build_components(args, num_classes)
+    tokenizer, text_encoder = models.tokenizer, models.text_encoder
+    transformer, vqvae = models.transformer, models.vqvae
     lora_run = None
     if args.lora_rank is not None:  # settings from the data; the base model's own images as replay
         lora_run = prepare_lora_run(args, unset, accelerator, dataset, tokenizer, text_encoder, transformer, vqvae)
