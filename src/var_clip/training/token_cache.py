@@ -32,6 +32,7 @@ from ..utils.atomic import atomic_write
 __all__ = [
     "dataset_fingerprint",
     "module_fingerprint",
+    "tokenizer_fingerprint",
     "TokenCacheDataset",
     "token_cache_path",
     "build_token_cache",
@@ -59,6 +60,12 @@ def module_fingerprint(module: torch.nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         _update_with_tensor(digest, name, tensor)
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """SHA-256 of a tokenizer's full definition (vocabulary, merges, normaliser) and its maximum length."""
+    definition = tokenizer.backend_tokenizer.to_str() + f":{tokenizer.model_max_length}"
+    return hashlib.sha256(definition.encode()).hexdigest()
 
 
 def dataset_fingerprint(dataset) -> str:
