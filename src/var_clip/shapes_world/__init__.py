@@ -4,7 +4,7 @@ The embedded default model is trained on this world (its normative description i
 that the pipeline makes meaningful images offline and so that how faithfully an image follows its caption can be
 *measured*. One module per idea:
 
-- ``vocabulary``: the words (``COLORS``, ``SHAPES``, ``SIZES``, ``POSITIONS``, ``RELATIONS``), ``HELD_OUT_PAIRS``,
+- ``spec``: the words (``COLORS``, ``SHAPES``, ``SIZES``, ``POSITIONS``, ``RELATIONS``), ``HELD_OUT_PAIRS``,
   the spec's thresholds and its region and relation rules;
 - ``scenes``: ``ShapeObject`` / ``Scene`` and ``sample_scene``;
 - ``captions``: the caption templates and paraphrases (``caption_variants``) and ``parse_caption``;
@@ -39,7 +39,7 @@ from .extension import MAX_EXTENSION_SIDE, MIN_EXTENSION_SIDE, WorldExtension, s
 from .prompts import evaluation_prompts, extension_prompts
 from .render import render_scene
 from .scenes import RandomSource, Scene, ShapeObject, sample_scene
-from .vocabulary import (
+from .spec import (
     BACKGROUND,
     COLOR_TOLERANCE,
     COLORS,

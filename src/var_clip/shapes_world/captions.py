@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .vocabulary import COLORS, HELD_OUT_PAIRS, RELATIONS, SHAPES, SIZES
+from .spec import COLORS, HELD_OUT_PAIRS, RELATIONS, SHAPES, SIZES
 
 if TYPE_CHECKING:
     from .extension import WorldExtension

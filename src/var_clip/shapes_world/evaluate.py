@@ -16,7 +16,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .captions import CaptionSpec, ObjectSpec, parse_caption
-from .vocabulary import (
+from .spec import (
     BACKGROUND,
     COLOR_TOLERANCE,
     COLORS,

@@ -17,7 +17,7 @@ from itertools import pairwise
 
 from .captions import POSITION_PHRASES, caption_variants, rename_word
 from .scenes import _POSITION_AXES, RandomSource, Scene, _allowed_pairs, _choice, _sample_object, _uniform01
-from .vocabulary import (
+from .spec import (
     BACKGROUND,
     COLOR_TOLERANCE,
     COLORS,
@@ -161,7 +161,7 @@ class WorldExtension:
 
     def size_class(self, size_px: float) -> str:
         """The size word of a measured bounding-box side: the range it falls in, with boundaries halfway between
-        neighbouring ranges (without extra sizes this is ``vocabulary.size_class``)."""
+        neighbouring ranges (without extra sizes this is ``spec.size_class``)."""
         ranges = sorted(self.all_sizes.items(), key=lambda item: item[1])
         for (word, (_, high)), (_, (next_low, _)) in pairwise(ranges):
             if size_px < (high + next_low) / 2:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .captions import POSITION_PHRASES, RELATION_PHRASES, noun_phrase, rename_word
-from .vocabulary import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES
+from .spec import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES
 
 if TYPE_CHECKING:
     from .extension import WorldExtension

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from .scenes import Scene, ShapeObject
-from .vocabulary import BACKGROUND, COLORS, IMAGE_SIZE, SUPERSAMPLE
+from .spec import BACKGROUND, COLORS, IMAGE_SIZE, SUPERSAMPLE
 
 if TYPE_CHECKING:
     from .extension import WorldExtension

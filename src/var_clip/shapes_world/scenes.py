@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .captions import caption_variants
-from .vocabulary import (
+from .spec import (
     COLORS,
     HELD_OUT_PAIRS,
     IMAGE_SIZE,
