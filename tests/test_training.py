@@ -274,6 +274,17 @@ def test_the_kl_to_the_teacher_is_the_kl_divergence_averaged_per_scale_then_over
     torch.testing.assert_close(kl_to_teacher(target_KLV, target_KLV, patch_nums), torch.zeros(3), atol=1e-6, rtol=0)
 
 
+def test_train_var_takes_vars_learning_rate_rule_and_leaves_the_arguments_as_given(workdir, vqvae_dir, clip_dir):
+    argv = common(workdir, "var-default-lr", 1, 4, 1e-3) + TINY_VAR + [
+        "--vqvae", str(vqvae_dir), "--text_encoder", str(clip_dir / "text_encoder")]
+    del argv[argv.index("--learning_rate"):argv.index("--learning_rate") + 2]
+    args = train_var.build_parser().parse_args(argv)
+    given = dict(vars(args))
+    train_var.train(args)
+    assert vars(args) == given and args.learning_rate is None
+    assert read_log(workdir / "var-default-lr")[0]["lr"] == pytest.approx(1e-4 * 4 / 256)  # 1e-4 per 256 images
+
+
 def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
     short_var_run(workdir, vqvae_dir, clip_dir, "var-scales", 2, "--scale_loss_weighting", "scales")
     with pytest.raises(SystemExit):

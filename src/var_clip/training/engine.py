@@ -267,10 +267,12 @@ def resolve_mixed_precision(requested: str) -> str:
     return requested
 
 
-def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: Sequence[str] = ()) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: Sequence[str] = (),
+                    learning_rate: float | None = None) -> torch.optim.AdamW:
     """AdamW with two groups, as VAR: no weight decay on biases, 1-D tensors (norms, gains) and ``no_decay_keys``
     (positional and level embeddings, learned null condition, attention scales). torch's default implementation:
     the fused one measured no faster on two CPU cores (`benchmarks/bench_training.py --optimizers default fused`).
+    The peak ``learning_rate`` is ``--learning_rate`` unless given.
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -281,7 +283,8 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: S
         else:
             decay.append(param)
     groups = [{"params": decay, "weight_decay": args.adam_weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=args.learning_rate,
+    lr = learning_rate if learning_rate is not None else args.learning_rate
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
                              betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
 
 
@@ -359,6 +362,7 @@ class TrainingTask:
         no_decay_keys: parameter-name substrings excluded from weight decay.
         index_names: the final output's index files, moved last (see :func:`publish_folder`).
         collate_fn: how examples become a batch.
+        learning_rate: the peak learning rate, when the trainer derives it from the run (default ``--learning_rate``).
     """
 
     name: str
@@ -372,6 +376,7 @@ class TrainingTask:
     no_decay_keys: Sequence[str] = ()
     index_names: Sequence[str] = ("model_index.json", "config.json")
     collate_fn: Callable | None = None
+    learning_rate: float | None = None
 
 
 @dataclass
@@ -464,7 +469,7 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
     # 2. optimizer, schedule (stepped once per process by accelerate, hence × P), EMA
     model = task.model
     model.train()
-    optimizer = build_optimizer(model, args, task.no_decay_keys)
+    optimizer = build_optimizer(model, args, task.no_decay_keys, task.learning_rate)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=warmup * P,
                                  num_training_steps=max_steps * P)
     ema = None

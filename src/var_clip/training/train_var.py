@@ -61,9 +61,10 @@ TRANSFORMER_NO_DECAY_KEYS = ("pos_start", "pos_embed", "level_embed", "null_text
 
 
 def train(args: argparse.Namespace) -> TrainingResult:
-    """Run a VAR / VAR-CLIP training from parsed arguments."""
+    """Run a VAR / VAR-CLIP training from parsed arguments (``args`` itself is left as given)."""
     from accelerate.utils import set_seed
 
+    args = argparse.Namespace(**vars(args))  # the settings a LoRA run chooses from its data are set on this copy
     unset = take_unset(args)  # flags left unset: a LoRA run chooses them from its data
     check_arguments(args)
     accelerator = _create_accelerator(args)
@@ -85,7 +86,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
                                         with_text_encoder=args.train_text_encoder, source=args.pretrained_pipeline)
     if args.lora_rank is not None:
         add_transformer_adapter(models.transformer, args)
-    args.learning_rate = _learning_rate(args, accelerator)
+    learning_rate = _learning_rate(args, accelerator)
     models.frozen_to(device)
 
     # 2. the rows the loop draws, and what the transformer reads of each batch
@@ -112,7 +113,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
     task = TrainingTask(name="var" if args.lora_rank is None else "var-lora", model=trainable, loss_fn=objective,
                         dataset=rows, export=outputs.export, validate=outputs.validate,
                         generators={"condition_dropout": cond_generator}, no_decay_keys=TRANSFORMER_NO_DECAY_KEYS,
-                        index_names=("model_index.json",) if args.lora_rank is None else (LORA_WEIGHT_NAME,))
+                        index_names=("model_index.json",) if args.lora_rank is None else (LORA_WEIGHT_NAME,),
+                        learning_rate=learning_rate)
     return run_training(args, accelerator, task)
 
 
