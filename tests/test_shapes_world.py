@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from var_clip import shapes_world as sw
+from var_clip.shapes_world.evaluate import label_components
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Helpers
@@ -309,7 +310,7 @@ def test_labelling_matches_scipy() -> None:
     rng = np.random.default_rng(0)
     for density in (0.3, 0.5, 0.6):
         classes = np.where(rng.random((64, 64)) < density, rng.integers(1, 3, (64, 64)), 0)
-        ours = sw._label_components(classes)
+        ours = label_components(classes)
         for k in (1, 2):
             theirs, _ = ndimage.label(classes == k, structure=np.ones((3, 3)))
             mask = classes == k

@@ -1,33 +1,23 @@
-"""Captions of the shapes world: the templates and paraphrases that write them, and the parser that reads them back."""
+"""Captions of the shapes world: how they are written from the templates and paraphrases of ``spec``, and the
+parser that reads them back."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from .spec import COLORS, HELD_OUT_PAIRS, RELATIONS, SHAPES, SIZES
-
-if TYPE_CHECKING:
-    from .extension import WorldExtension
-    from .scenes import Scene
-
-# Caption templates: a caption is PREFIX + noun phrase [+ position phrase], or PREFIX + np + relation phrase + np.
-# Every attribute word appears verbatim; the first phrase of each entry is the canonical one used for prompts.
-CAPTION_PREFIXES: tuple[str, ...] = ("", "there is ", "a photo of ", "an image of ")
-POSITION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left": ("on the left", "on the left side"),
-    "right": ("on the right", "on the right side"),
-    "top": ("at the top", "near the top"),
-    "bottom": ("at the bottom", "near the bottom"),
-    "center": ("in the center", "at the center"),
-}
-RELATION_PHRASES: dict[str, tuple[str, ...]] = {
-    "left of": ("to the left of", "left of"),
-    "right of": ("to the right of", "right of"),
-    "above": ("above",),
-    "below": ("below",),
-}
+from .extension import WorldExtension
+from .scenes import Scene
+from .spec import (
+    CAPTION_PREFIXES,
+    COLORS,
+    HELD_OUT_PAIRS,
+    POSITION_PHRASES,
+    RELATION_PHRASES,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+)
 
 
 def article(word: str) -> str:
@@ -85,7 +75,6 @@ def caption_variants(scene: Scene, extension: WorldExtension | None = None) -> l
         phrases = RELATION_PHRASES[scene.relation]
         return [f"{prefix}{first} {phrase} {second}" for prefix in CAPTION_PREFIXES for phrase in phrases]
     raise ValueError(f"scene.objects must hold one or two objects, got {len(scene.objects)}")
-
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .extension import WorldExtension, sample_extension_scene
+from .extension import WorldExtension
+from .random_scenes import sample_extension_scene, sample_scene
 from .render import render_scene
-from .scenes import sample_scene
 
 
 def generate_dataset(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from .captions import CaptionSpec, ObjectSpec, parse_caption
+from .extension import WorldExtension
 from .spec import (
     BACKGROUND,
     COLOR_TOLERANCE,
@@ -27,9 +28,6 @@ from .spec import (
     relation_holds,
     size_class,
 )
-
-if TYPE_CHECKING:
-    from .extension import WorldExtension
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ _PALETTE_K3 = np.asarray([BACKGROUND, *COLORS.values()], dtype=np.int64)  # clas
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)  # diagonal neighbours join a component too
 
 
-def _label_components(classes_HW: np.ndarray) -> np.ndarray:
+def label_components(classes_HW: np.ndarray) -> np.ndarray:
     """8-connected components of pixels sharing a nonzero class: an int map, 0 on class 0, 1..n on components.
 
     Components are numbered in the scan order (row-major) of their first pixel, whatever their class, so that
@@ -111,7 +109,7 @@ def detect_objects(image: Image.Image | np.ndarray, extension: WorldExtension | 
     nearest_HW = dist2_HWK.argmin(axis=-1)
     within_HW = np.take_along_axis(dist2_HWK, nearest_HW[:, :, None], axis=-1)[:, :, 0] <= COLOR_TOLERANCE**2
     classes_HW = np.where(within_HW, nearest_HW, 0)  # 0: background or no palette colour
-    labels_HW = _label_components(classes_HW)
+    labels_HW = label_components(classes_HW)
 
     ids, counts = np.unique(labels_HW[classes_HW > 0], return_counts=True)
     objects = []

@@ -5,28 +5,26 @@ A :class:`WorldExtension` is how a fine-tuning experiment teaches the default mo
 whether it learned it: ``generate_dataset(..., extension=...)`` writes captioned images of the new words in the
 world's own templates (``sample_extension_scene``), and ``render_scene``, ``parse_caption``, ``detect_objects`` and
 ``score_image`` take the same ``extension=`` so the evaluator knows the words too. Without an extension every one
-of them is exactly the spec's.
+of them is exactly the spec's. It stands right above ``spec``: what the words mean is all it holds, and every other
+module may take one.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from itertools import pairwise
 
-from .captions import POSITION_PHRASES, caption_variants, rename_word
-from .scenes import _POSITION_AXES, RandomSource, Scene, _allowed_pairs, _choice, _sample_object, _uniform01
 from .spec import (
     BACKGROUND,
     COLOR_TOLERANCE,
     COLORS,
     PLACEMENT_MARGIN,
-    POSITION_MENTION_PROBABILITY,
-    POSITIONS,
+    POSITION_AXES,
+    POSITION_PHRASES,
     REGION_LOW,
     SHAPES,
-    SIZE_MENTION_PROBABILITY,
     SIZES,
     position_holds,
 )
@@ -147,10 +145,10 @@ class WorldExtension:
     def position_axes(self, position: str | None) -> tuple[str | None, str | None]:
         """The (x, y) region constraints of a world position or a place: ``"low"``, ``"high"``, ``"mid"`` or None."""
         if position not in self.positions:
-            return _POSITION_AXES[position]
+            return POSITION_AXES[position]
         parts = self.positions[position]
-        x = next((_POSITION_AXES[p][0] for p in parts if _PLACE_PARTS[p] == "x"), None)
-        y = next((_POSITION_AXES[p][1] for p in parts if _PLACE_PARTS[p] == "y"), None)
+        x = next((POSITION_AXES[p][0] for p in parts if _PLACE_PARTS[p] == "x"), None)
+        y = next((POSITION_AXES[p][1] for p in parts if _PLACE_PARTS[p] == "y"), None)
         return x, y
 
     def position_holds(self, position: str, cx: float, cy: float) -> bool:
@@ -167,42 +165,3 @@ class WorldExtension:
             if size_px < (high + next_low) / 2:
                 return word
         return ranges[-1][0]
-
-
-def sample_extension_scene(rng: RandomSource, extension: WorldExtension) -> Scene:
-    """One object that shows one of ``extension``'s words, and its caption from the world's templates.
-
-    The word is drawn uniformly among the extension's colours, sizes, places and synonyms. An extra colour goes on
-    any shape at either of the world's sizes, the size named in half of the captions; an extra size goes on a seen
-    colour-shape pair and is always named; an extra place holds a seen pair at either size, the size named in half of
-    the captions, and is always named; a synonym names a seen pair that holds the world word it renames (the caption
-    is the world's, with that word renamed), the size named in half of the captions. Otherwise the position is named
-    in 80 % of captions, as in the world. Held-out pairs never occur.
-    """
-    concepts = ([("color", c) for c in extension.colors] + [("size", s) for s in extension.sizes]
-                + [("position", p) for p in extension.positions] + [("synonym", w) for w in extension.synonyms])
-    if not concepts:
-        raise ValueError("`extension` names no colour, size, place or synonym")
-    kind, word = _choice(rng, concepts)
-    if kind == "color":
-        pair = (word, _choice(rng, SHAPES))
-    elif kind == "synonym":
-        meaning = extension.synonyms[word]
-        pair = _choice(rng, [p for p in _allowed_pairs(allow_held_out=False) if meaning in p])
-    else:
-        pair = _choice(rng, _allowed_pairs(allow_held_out=False))
-    if kind == "size":
-        size = size_word = word
-    else:
-        size = _choice(rng, tuple(SIZES))
-        size_word = size if _uniform01(rng) < SIZE_MENTION_PROBABILITY else None
-    if kind == "position":
-        position = word
-    else:
-        position = _choice(rng, POSITIONS) if _uniform01(rng) < POSITION_MENTION_PROBABILITY else None
-    obj = _sample_object(rng, pair, size, sizes=extension.all_sizes, axes=extension.position_axes(position))
-    scene = Scene((obj,), "", position=position, size_word=size_word)
-    caption = _choice(rng, caption_variants(scene, extension))
-    if kind == "synonym":
-        caption = rename_word(caption, extension.synonyms[word], word)
-    return replace(scene, caption=caption)

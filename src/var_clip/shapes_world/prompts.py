@@ -3,13 +3,9 @@ extension's new words."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from .captions import POSITION_PHRASES, RELATION_PHRASES, noun_phrase, rename_word
-from .spec import COLORS, HELD_OUT_PAIRS, POSITIONS, RELATIONS, SHAPES
-
-if TYPE_CHECKING:
-    from .extension import WorldExtension
+from .captions import noun_phrase, rename_word
+from .extension import WorldExtension
+from .spec import COLORS, HELD_OUT_PAIRS, POSITION_PHRASES, POSITIONS, RELATION_PHRASES, RELATIONS, SHAPES
 
 
 def evaluation_prompts(held_out: bool, num_objects: int) -> list[str]:

@@ -6,16 +6,12 @@ grid, so edge pixels blend the palette colour with what lies beneath.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from PIL import Image
 
+from .extension import WorldExtension
 from .scenes import Scene, ShapeObject
 from .spec import BACKGROUND, COLORS, IMAGE_SIZE, SUPERSAMPLE
-
-if TYPE_CHECKING:
-    from .extension import WorldExtension
 
 
 def _coverage(obj: ShapeObject) -> np.ndarray:

@@ -1,8 +1,9 @@
 """The shapes world's words and the spec's numbers: palette, shapes, sizes, positions, relations, thresholds.
 
-Normative values from the spec ``shapes_world.md`` (and a few generator-only choices it leaves open), and the two
-geometric rules both the generator and the evaluator apply: where a position's region is, and when two centres
-stand in a relation. Coordinates are continuous, ``y`` grows downward.
+Normative values from the spec ``shapes_world.md`` (and the generator-only choices it leaves open: how often a
+caption names what, and the phrases captions are written with), and the two geometric rules both the generator and
+the evaluator apply: where a position's region is, and when two centres stand in a relation. Coordinates are
+continuous, ``y`` grows downward. The bottom of the package: this module imports none of the others.
 """
 
 from __future__ import annotations
@@ -43,10 +44,41 @@ POSITION_MENTION_PROBABILITY = 0.8  # of one-object captions; the rest read like
 PLACEMENT_MARGIN = 2  # px kept from every region threshold, relation offset and between two objects
 SUPERSAMPLE = 4  # coverage is measured on a 4x4 grid of samples per pixel (antialiasing)
 
+# Caption templates: a caption is PREFIX + noun phrase [+ position phrase], or PREFIX + np + relation phrase + np.
+# Every attribute word appears verbatim; the first phrase of each entry is the canonical one used for prompts.
+CAPTION_PREFIXES: tuple[str, ...] = ("", "there is ", "a photo of ", "an image of ")
+POSITION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left": ("on the left", "on the left side"),
+    "right": ("on the right", "on the right side"),
+    "top": ("at the top", "near the top"),
+    "bottom": ("at the bottom", "near the bottom"),
+    "center": ("in the center", "at the center"),
+}
+RELATION_PHRASES: dict[str, tuple[str, ...]] = {
+    "left of": ("to the left of", "left of"),
+    "right of": ("to the right of", "right of"),
+    "above": ("above",),
+    "below": ("below",),
+}
+
 
 def size_class(size_px: float) -> str:
     """The size word of a bounding-box side, by the evaluator's boundary."""
     return "small" if size_px < SIZE_BOUNDARY_PX else "large"
+
+
+# Each position's region as one constraint per axis (x, y), the form the generator places an object by: "low" (the
+# centre below REGION_LOW: left, top), "high" (above REGION_HIGH: right, bottom), "mid" (between them, both
+# included: center) or None (anywhere on the canvas); None, no position named, leaves both axes free. The same
+# regions as position_holds.
+POSITION_AXES: dict[str | None, tuple[str | None, str | None]] = {
+    "left": ("low", None),
+    "right": ("high", None),
+    "top": (None, "low"),
+    "bottom": (None, "high"),
+    "center": ("mid", "mid"),
+    None: (None, None),
+}
 
 
 def position_holds(position: str, cx: float, cy: float) -> bool:
