@@ -69,7 +69,7 @@ def default_model_costs(samples_per_prompt: int) -> dict[str, dict]:
     import var_clip
     from var_clip import VARCLIPPipeline
     from var_clip import shapes_world as sw
-    from var_clip.evaluation import evaluate_shapes, headline
+    from var_clip.shapes_world.report import evaluate_shapes, headline
 
     pipe = VARCLIPPipeline.from_pretrained(var_clip.DEFAULT_MODEL)
     pipe.set_progress_bar_config(disable=True)

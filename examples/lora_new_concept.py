@@ -7,9 +7,9 @@ on 100 captioned images of its concept in the world's caption templates
 times, plus 2000 rendered world images that keep the rest of the world in view (``--replay world``; ``prior`` replays
 the base model's own samples instead, as DreamBooth). Then, with the pipeline's default sampling settings:
 
-- concept accuracy before and after (``evaluation.evaluate_prompts`` on ``shapes_world.extension_prompts``, scored by
-  an evaluator that knows the new word), and the base model's accuracy on the same prompts with the nearest size
-  it knows ("large" for huge) as the reference;
+- concept accuracy before and after (``shapes_world.report.evaluate_prompts`` on ``shapes_world.extension_prompts``,
+  scored by an evaluator that knows the new word), and the base model's accuracy on the same prompts with the
+  nearest size it knows ("large" for huge) as the reference;
 - whole-caption accuracy on the seen prompts of ``var-clip eval-shapes`` (same prompts, same seeds) before, with
   the adapter, and after ``unload_lora_weights()``, whose images must equal the base model's bit for bit: forgetting;
 - both adapters at once with ``set_adapters``;
@@ -45,7 +45,7 @@ from safetensors.torch import load_file
 
 import var_clip
 from var_clip import shapes_world as sw
-from var_clip.evaluation import evaluate_prompts
+from var_clip.shapes_world.report import evaluate_prompts
 from var_clip.loaders import LORA_WEIGHT_NAME
 from var_clip.pipelines.loading import load_pipeline
 from var_clip.pipelines.next_scale import image_to_tensor

@@ -41,7 +41,7 @@ import torch
 
 import var_clip
 from var_clip import shapes_world as sw
-from var_clip.evaluation import evaluate_prompts
+from var_clip.shapes_world.report import evaluate_prompts
 from var_clip.loaders import LORA_WEIGHT_NAME
 from var_clip.utils.atomic import atomic_open
 from var_clip.utils.loading import load_pipeline

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         args.num_images = (CONTINUED if args.continue_from else DATA)["num_images"]
 
     from var_clip import VARCLIPPipeline, shapes_world
-    from var_clip.evaluation import evaluate_shapes
+    from var_clip.shapes_world.report import evaluate_shapes
     from var_clip.utils.files import MARKER_NAME, check_replaceable, resolve_output_dir, write_marker
 
     work = resolve_output_dir(args.workdir, "--workdir")

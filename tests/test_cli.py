@@ -168,7 +168,7 @@ def test_convert_commands_are_subcommands(capsys):
 
 def test_inpainting_tasks_draw_the_new_object_and_its_relation_from_the_seed():
     from var_clip import shapes_world as sw
-    from var_clip.edit_evaluation import MASKED_HALF, inpainting_tasks
+    from var_clip.shapes_world.edit_report import MASKED_HALF, inpainting_tasks
 
     tasks = inpainting_tasks(16, seed=3)
     assert tasks == inpainting_tasks(16, seed=3) and tasks != inpainting_tasks(16, seed=4)

@@ -74,7 +74,7 @@ def test_cli_generate_uses_the_default_model(tmp_path, capsys):
 
 
 def test_inpainting_a_new_object_keeps_the_rest_of_the_image(pipe):
-    from var_clip.edit_evaluation import evaluate_inpainting
+    from var_clip.shapes_world.edit_report import evaluate_inpainting
 
     summary, _ = evaluate_inpainting(pipe, num_images=3, samples_per_image=2, show_progress=False)
     assert summary["max_unmasked_change"] == 0

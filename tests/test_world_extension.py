@@ -14,7 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from var_clip import shapes_world as sw
-from var_clip.evaluation import evaluate_prompts
+from var_clip.shapes_world.report import evaluate_prompts
 
 PINK = sw.WorldExtension(colors={"pink": (255, 105, 180)})
 HUGE = sw.WorldExtension(sizes={"huge": (34, 38)})

@@ -36,7 +36,7 @@ DELEGATED = {
     "word-position": ("var_clip.analysis.word_position", "how a word's position in a caption steers CLIP guidance"),
     "phrase-position": ("var_clip.analysis.phrase_position",
                         "whole-caption accuracy while a key phrase moves through the caption (shapes world)"),
-    "eval-shapes": ("var_clip.evaluation", "faithfulness report on the shapes world (accuracy per attribute)"),
+    "eval-shapes": ("var_clip.shapes_world.report", "faithfulness report on the shapes world (accuracy per attribute)"),
     "generate-batch": ("var_clip.generate_batch", "many images from a prompt file, dataset or class labels; resumable, "
                                                   "multi-process (accelerate), imagefolder + .npz output"),
     "eval-fid": ("var_clip.metrics.fid", "FID between generated and reference images (local Inception weights)"),

@@ -7,7 +7,7 @@ the main guidance scale and, optionally, at several others.
 
     var-clip eval-shapes --output-dir report/                 # the embedded default model
     var-clip eval-shapes --model path/to/pipeline --samples-per-prompt 8 --guidance-scales 0,2,4,6
-    var-clip eval-shapes --inpainting 12 --outpainting 12 --img2img 12   # also measure the edits (edit_evaluation)
+    var-clip eval-shapes --inpainting 12 --outpainting 12 --img2img 12   # also measure the edits (edit_report)
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from . import shapes_world as sw
-from .edit_evaluation import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
-from .utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option, int_at_least
-from .utils.files import claim_output_folder, input_paths
+from ..utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option, int_at_least
+from ..utils.files import claim_output_folder, input_paths
+from .captions import parse_caption
+from .edit_report import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
+from .evaluate import score_image, summarize_scores
+from .extension import WorldExtension
+from .prompts import evaluation_prompts
+from .spec import IMAGE_SIZE
 
 __all__ = ["evaluate_shapes", "evaluate_prompts", "build_parser", "main"]
 
@@ -54,15 +58,15 @@ def evaluate_shapes(pipe, samples_per_prompt: int = 4, guidance_scale: float | N
     if guidance_scale is not None:
         sampling_kwargs["guidance_scale"] = guidance_scale
     prompts = [(p, held_out, n) for held_out, n in SPLITS.values()
-               for p in sw.evaluation_prompts(held_out=held_out, num_objects=n)[:max_prompts]]
+               for p in evaluation_prompts(held_out=held_out, num_objects=n)[:max_prompts]]
     records = _generate_and_score(pipe, prompts, samples_per_prompt=samples_per_prompt, seed=seed,
                                   batch_size=batch_size, show_progress=show_progress, extension=None,
                                   sampling_kwargs=sampling_kwargs)
-    summary = sw.summarize_scores([r[:4] for r in records])
+    summary = summarize_scores([r[:4] for r in records])
     return summary, records
 
 
-def evaluate_prompts(pipe, prompts: list[str], extension: sw.WorldExtension | None = None,
+def evaluate_prompts(pipe, prompts: list[str], extension: WorldExtension | None = None,
                      samples_per_prompt: int = 4, seed: int = 0, batch_size: int = 16, show_progress: bool = True,
                      **sampling_kwargs) -> tuple[dict, list]:
     """Generate and score any one- or two-object prompts, with a scorer that knows ``extension``'s words (e.g. the
@@ -74,15 +78,15 @@ def evaluate_prompts(pipe, prompts: list[str], extension: sw.WorldExtension | No
     """
     if samples_per_prompt < 1:
         raise ValueError(f"`samples_per_prompt` must be >= 1, got {samples_per_prompt}")
-    jobs = [(p, False, sw.parse_caption(p, extension).num_objects) for p in prompts]
+    jobs = [(p, False, parse_caption(p, extension).num_objects) for p in prompts]
     records = _generate_and_score(pipe, jobs, samples_per_prompt=samples_per_prompt, seed=seed,
                                   batch_size=batch_size, show_progress=show_progress, extension=extension,
                                   sampling_kwargs=sampling_kwargs)
-    return sw.summarize_scores([r[:4] for r in records]), records
+    return summarize_scores([r[:4] for r in records]), records
 
 
 def _generate_and_score(pipe, prompts: list[tuple[str, bool, int]], *, samples_per_prompt: int, seed: int,
-                        batch_size: int, show_progress: bool, extension: sw.WorldExtension | None,
+                        batch_size: int, show_progress: bool, extension: WorldExtension | None,
                         sampling_kwargs: dict) -> list:
     """``(caption, scores, held_out, num_objects, image)`` for every sample of every ``(prompt, held_out,
     num_objects)``; sample ``j`` of prompt ``i`` is drawn with the seed ``seed + 1000·i + j``."""
@@ -94,9 +98,9 @@ def _generate_and_score(pipe, prompts: list[tuple[str, bool, int]], *, samples_p
         generators = [torch.Generator().manual_seed(job_seed) for *_, job_seed in chunk]
         images = pipe([c[0] for c in chunk], generator=generators, **sampling_kwargs).images
         for (prompt, held_out, n, _), image in zip(chunk, images):
-            if image.size != (sw.IMAGE_SIZE, sw.IMAGE_SIZE):  # the evaluator reads the spec's 64 × 64 canvas
-                image = image.resize((sw.IMAGE_SIZE, sw.IMAGE_SIZE), resample=PIL.Image.Resampling.BOX)
-            records.append((prompt, sw.score_image(image, prompt, extension), held_out, n, image))
+            if image.size != (IMAGE_SIZE, IMAGE_SIZE):  # the evaluator reads the spec's 64 × 64 canvas
+                image = image.resize((IMAGE_SIZE, IMAGE_SIZE), resample=PIL.Image.Resampling.BOX)
+            records.append((prompt, score_image(image, prompt, extension), held_out, n, image))
         bar.update(len(chunk))
     bar.close()
     return records
@@ -113,7 +117,7 @@ def headline(summary: dict) -> dict:
 
 
 def sample_grid(records: list, per_group: int = 8):
-    from .utils.image_grid import make_image_grid
+    from ..utils.image_grid import make_image_grid
 
     chosen = []
     for held_out, n in SPLITS.values():
@@ -127,7 +131,7 @@ def sample_grid(records: list, per_group: int = 8):
 
 def inpainting_grid(records: list, per_row: int = 8):
     """Source images and their inpainted results, alternating, with the prompt and the verdict under each result."""
-    from .utils.image_grid import make_image_grid
+    from ..utils.image_grid import make_image_grid
 
     chosen = records[:: max(1, len(records) // per_row)][:per_row]
     images, captions = [], []
@@ -166,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .cli import CLIError, load_pipeline
-    from .pipelines import VARCLIPPipeline
+    from ..pipelines import VARCLIPPipeline
+    from ..pipelines.loading import load_pipeline
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -221,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 os.replace(tmp / name, out / name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    except (CLIError, ValueError) as e:
+    except ValueError as e:
         print(f"var-clip eval-shapes: error: {e}", file=sys.stderr)
         return 1
     acc = report["whole_caption_accuracy"]

@@ -26,7 +26,11 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
-from . import shapes_world as sw
+from .captions import noun_phrase
+from .evaluate import detect_objects, score_image
+from .render import render_scene
+from .scenes import Scene, ShapeObject
+from .spec import BACKGROUND, COLORS, HELD_OUT_PAIRS, IMAGE_SIZE, RELATION_PHRASES, RELATIONS, SHAPES
 
 __all__ = ["InpaintingTask", "inpainting_scenes", "inpainting_tasks", "evaluate_inpainting", "evaluate_outpainting",
            "evaluate_img2img", "psnr"]
@@ -40,18 +44,18 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def inpainting_scenes(num_images: int, seed: int = 0) -> list[sw.Scene]:
+def inpainting_scenes(num_images: int, seed: int = 0) -> list[Scene]:
     """One seen object in the left half of the canvas (never red, never a held-out pair), for the editing tests."""
     rng = np.random.default_rng(seed)
-    pairs = [(c, s) for c in sw.COLORS for s in sw.SHAPES if c != "red" and (c, s) not in sw.HELD_OUT_PAIRS]
+    pairs = [(c, s) for c in COLORS for s in SHAPES if c != "red" and (c, s) not in HELD_OUT_PAIRS]
     scenes = []
     for i in range(num_images):
         color, shape = pairs[i % len(pairs)]
         size = int(rng.integers(12, 27))
         cx = float(rng.integers(size // 2 + 2, 30 - size // 2))  # the bounding box stays left of x = 30
         cy = float(rng.integers(size // 2 + 2, 62 - size // 2))
-        caption = f"{sw.noun_phrase(color, shape)} on the left"
-        scenes.append(sw.Scene((sw.ShapeObject(color, shape, size, cx, cy),), caption, position="left"))
+        caption = f"{noun_phrase(color, shape)} on the left"
+        scenes.append(Scene((ShapeObject(color, shape, size, cx, cy),), caption, position="left"))
     return scenes
 
 
@@ -63,7 +67,7 @@ MASKED_HALF = {"right of": "right", "left of": "left", "above": "top", "below": 
 class InpaintingTask:
     """A one-object scene, the half of the canvas to regenerate, and the caption of the intended result."""
 
-    scene: sw.Scene
+    scene: Scene
     relation: str  # of the new object to the kept one: decides the masked half (MASKED_HALF)
     color: str  # the new object's
     shape: str
@@ -87,20 +91,20 @@ def inpainting_tasks(num_images: int, seed: int = 0) -> list[InpaintingTask]:
     colours, shapes, sizes and places are drawn from ``seed``. Held-out pairs never occur.
     """
     rng = np.random.default_rng(seed)
-    pairs = [(c, s) for c in sw.COLORS for s in sw.SHAPES if (c, s) not in sw.HELD_OUT_PAIRS]
-    relations = [sw.RELATIONS[i % len(sw.RELATIONS)] for i in range(num_images)]
+    pairs = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in HELD_OUT_PAIRS]
+    relations = [RELATIONS[i % len(RELATIONS)] for i in range(num_images)]
     tasks = []
     for relation in relations:
         kept_color, kept_shape = pairs[rng.integers(len(pairs))]
         others = [p for p in pairs if p[0] != kept_color]
         color, shape = others[rng.integers(len(others))]
         # the kept object's bounding box stays inside the unmasked half, 2 px from its edges
-        x0, y0, x1, y1 = _half_box(_opposite(MASKED_HALF[relation]), sw.IMAGE_SIZE)
+        x0, y0, x1, y1 = _half_box(_opposite(MASKED_HALF[relation]), IMAGE_SIZE)
         size = int(rng.integers(12, 27))
         cx = float(rng.integers(int(x0) + size // 2 + 2, int(x1) - size // 2 - 1))
         cy = float(rng.integers(int(y0) + size // 2 + 2, int(y1) - size // 2 - 1))
-        kept = sw.Scene((sw.ShapeObject(kept_color, kept_shape, size, cx, cy),), sw.noun_phrase(kept_color, kept_shape))
-        prompt = f"{sw.noun_phrase(color, shape)} {sw.RELATION_PHRASES[relation][0]} {sw.noun_phrase(kept_color, kept_shape)}"
+        kept = Scene((ShapeObject(kept_color, kept_shape, size, cx, cy),), noun_phrase(kept_color, kept_shape))
+        prompt = f"{noun_phrase(color, shape)} {RELATION_PHRASES[relation][0]} {noun_phrase(kept_color, kept_shape)}"
         tasks.append(InpaintingTask(kept, relation, color, shape, prompt))
     return tasks
 
@@ -120,7 +124,7 @@ def _object_in(image: PIL.Image.Image, color: str, shape: str, box: tuple[float,
     """Whether a detected ``color`` ``shape`` has its centre inside ``box`` (x0, y0, x1, y1)."""
     x0, y0, x1, y1 = box
     return any(o.color == color and o.shape == shape and x0 <= o.cx <= x1 and y0 <= o.cy <= y1
-               for o in sw.detect_objects(image))
+               for o in detect_objects(image))
 
 
 def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
@@ -135,7 +139,7 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
     Returns the summary (with the accuracy per relation) and ``(prompt, source, result, correct)`` records for a grid
     (the source with its masked half darkened).
     """
-    from .pipelines import VARCLIPInpaintPipeline
+    from ..pipelines import VARCLIPInpaintPipeline
 
     inpaint = VARCLIPInpaintPipeline(**pipe.components)
     inpaint.set_progress_bar_config(disable=True)
@@ -144,7 +148,7 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
     by_relation: dict[str, list[bool]] = {}
     bar = tqdm(total=num_images * samples_per_image, desc="inpainting", disable=not show_progress)
     for i, task in enumerate(inpainting_tasks(num_images, seed)):
-        source = _at(sw.render_scene(task.scene), size)
+        source = _at(render_scene(task.scene), size)
         x0, y0, x1, y1 = (int(v) for v in _half_box(task.masked_half, size))
         mask = np.zeros((size, size), dtype=bool)
         mask[y0:y1, x0:x1] = True
@@ -169,9 +173,9 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
             change = np.abs(np.asarray(image).astype(int) - np.asarray(source).astype(int))[~mask]
             max_change = max(max_change, int(change.max()))
             kept_psnr.append(psnr(latent_image[~mask], reconstruction[~mask]))
-            scored = _at(image, sw.IMAGE_SIZE)  # the evaluator reads the spec's 64 × 64 canvas
-            ok = bool(sw.score_image(scored, task.prompt)["caption"]) and _object_in(
-                scored, task.color, task.shape, _half_box(task.masked_half, sw.IMAGE_SIZE))
+            scored = _at(image, IMAGE_SIZE)  # the evaluator reads the spec's 64 × 64 canvas
+            ok = bool(score_image(scored, task.prompt)["caption"]) and _object_in(
+                scored, task.color, task.shape, _half_box(task.masked_half, IMAGE_SIZE))
             correct.append(ok)
             by_relation.setdefault(task.relation, []).append(ok)
             records.append((task.prompt, shaded, image, ok))
@@ -194,7 +198,7 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
 def evaluate_outpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0,
                          show_progress: bool = True, **sampling_kwargs) -> tuple[dict, list]:
     """Extend each scene by 64 px to the right with "a red circle"; see the module docstring."""
-    from .pipelines import VARCLIPInpaintPipeline, prepare_outpainting
+    from ..pipelines import VARCLIPInpaintPipeline, prepare_outpainting
 
     inpaint = VARCLIPInpaintPipeline(**pipe.components)
     inpaint.set_progress_bar_config(disable=True)
@@ -202,8 +206,8 @@ def evaluate_outpainting(pipe, num_images: int = 12, samples_per_image: int = 4,
     found, seams, baselines, records, max_change, sizes_ok = [], [], [], [], 0, True
     bar = tqdm(total=num_images * samples_per_image, desc="outpainting", disable=not show_progress)
     for i, scene in enumerate(inpainting_scenes(num_images, seed)):
-        source = _at(sw.render_scene(scene), size)
-        canvas, mask = prepare_outpainting(source, right=size, fill=sw.BACKGROUND)
+        source = _at(render_scene(scene), size)
+        canvas, mask = prepare_outpainting(source, right=size, fill=BACKGROUND)
         generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(samples_per_image)]
         images = inpaint(["a red circle"] * samples_per_image, image=canvas, mask_image=mask, generator=generators,
                          **sampling_kwargs).images
@@ -211,8 +215,8 @@ def evaluate_outpainting(pipe, num_images: int = 12, samples_per_image: int = 4,
             sizes_ok &= image.size == canvas.size
             array = np.asarray(image).astype(int)
             max_change = max(max_change, int(np.abs(array[:, :size] - np.asarray(source).astype(int)).max()))
-            new_area = _at(image.crop((size, 0, 2 * size, size)), sw.IMAGE_SIZE)
-            found.append(_object_in(new_area, "red", "circle", (0, 0, sw.IMAGE_SIZE, sw.IMAGE_SIZE)))
+            new_area = _at(image.crop((size, 0, 2 * size, size)), IMAGE_SIZE)
+            found.append(_object_in(new_area, "red", "circle", (0, 0, IMAGE_SIZE, IMAGE_SIZE)))
             steps = np.abs(np.diff(array, axis=1)).mean(axis=(0, 2))  # mean colour step between neighbouring columns
             seams.append(float(steps[size - 1]))
             baselines.append(float(np.median(steps)))
@@ -230,7 +234,7 @@ def evaluate_img2img(pipe, strengths: tuple[float, ...] = (0.0, 2 / 7, 3 / 7, 4 
                      num_images: int = 12, samples_per_image: int = 4, seed: int = 0, show_progress: bool = True,
                      **sampling_kwargs) -> dict:
     """Re-prompt one-object scenes with another colour and shape at each strength; see the module docstring."""
-    from .pipelines import VARCLIPImg2ImgPipeline
+    from ..pipelines import VARCLIPImg2ImgPipeline
 
     img2img = VARCLIPImg2ImgPipeline(**pipe.components)
     img2img.set_progress_bar_config(disable=True)
@@ -240,19 +244,19 @@ def evaluate_img2img(pipe, strengths: tuple[float, ...] = (0.0, 2 / 7, 3 / 7, 4 
     for strength in strengths:
         adherence, similarity, kept_layout = [], [], []
         for i, scene in enumerate(scenes):
-            source = sw.render_scene(scene)
+            source = render_scene(scene)
             (obj,) = scene.objects
             color = next(c for c in ("red", "blue", "green") if c != obj.color)
             shape = "circle" if obj.shape != "circle" else "square"
-            prompt = f"{sw.noun_phrase(color, shape)} on the left"
+            prompt = f"{noun_phrase(color, shape)} on the left"
             generators = [torch.Generator().manual_seed(seed + 1000 * i + j) for j in range(samples_per_image)]
             images = img2img([prompt] * samples_per_image, image=source, strength=strength, generator=generators,
                              **sampling_kwargs).images
             for image in images:
-                scored = _at(image, sw.IMAGE_SIZE)
-                adherence.append(bool(sw.score_image(scored, prompt)["caption"]))
+                scored = _at(image, IMAGE_SIZE)
+                adherence.append(bool(score_image(scored, prompt)["caption"]))
                 similarity.append(psnr(np.asarray(scored), np.asarray(source)))
-                kept_layout.append(bool(sw.score_image(scored, scene.caption)["caption"]))
+                kept_layout.append(bool(score_image(scored, scene.caption)["caption"]))
             bar.update(samples_per_image)
         finite = [p for p in similarity if np.isfinite(p)]
         table[f"{strength:.2f}"] = {"new_caption": float(np.mean(adherence)), "input_caption": float(np.mean(kept_layout)),
