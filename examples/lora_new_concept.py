@@ -45,10 +45,10 @@ from safetensors.torch import load_file
 
 import var_clip
 from var_clip import shapes_world as sw
-from var_clip.shapes_world.report import evaluate_prompts
 from var_clip.loaders import LORA_WEIGHT_NAME
 from var_clip.pipelines.loading import load_pipeline
 from var_clip.pipelines.next_scale import image_to_tensor
+from var_clip.shapes_world.report import evaluate_prompts
 from var_clip.training.samples import tensor_to_pil
 from var_clip.utils.atomic import atomic_open
 from var_clip.utils.image_grid import make_image_grid

@@ -41,10 +41,10 @@ import torch
 
 import var_clip
 from var_clip import shapes_world as sw
-from var_clip.shapes_world.report import evaluate_prompts
 from var_clip.loaders import LORA_WEIGHT_NAME
+from var_clip.pipelines.loading import load_pipeline
+from var_clip.shapes_world.report import evaluate_prompts
 from var_clip.utils.atomic import atomic_open
-from var_clip.utils.loading import load_pipeline
 
 CONCEPTS = {
     "corner": (sw.WorldExtension(positions={"top left corner": ("top", "left"),
