@@ -70,6 +70,10 @@ def test_inpaint_and_img2img(model_dir, tmp_path):
         (["generate", "x", "--dtype", "int8"], 2, "must be one of float32, bfloat16, float16"),
         (["generate"], 2, "required: prompt"),
         (["img2img", "x", "--image", "i.png", "--strength", "2"], 2, r"must be a number in \[0, 1\]"),
+        (["img2img", "x", "--image", "i.png", "--strength", "half"], 2, r"must be a number in \[0, 1\], got 'half'"),
+        (["generate", "x", "--num-images", "many"], 2, "must be an int >= 1, got 'many'"),
+        (["generate", "x", "--seed", str(2**64 - 1)], 2, r"must be an int in \[-2\*\*63, 2\*\*64 - 257\]"),
+        (["outpaint", "x", "--image", "i.png", "--right", "-1"], 2, "must be an int >= 0, got -1"),
     ],
 )
 def test_bad_arguments_exit_2(argv, code, message, capsys):

@@ -19,7 +19,17 @@ import os
 import re
 import sys
 
-from .utils.arguments import ArgumentParser, add_device_option, add_dtype_option, add_model_option, add_option
+from .utils.arguments import (
+    ArgumentParser,
+    UsageError,
+    add_device_option,
+    add_dtype_option,
+    add_model_option,
+    add_option,
+    float_between,
+    int_at_least,
+    seed_at_most,
+)
 from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
 from .utils.pretrained import is_network_error as _is_network_error
 
@@ -155,42 +165,9 @@ def _run_reporting(command: str, run, debug: bool) -> int:
         release_held_locks()  # however the command ended, its output folders are free again
 
 
-class UsageError(ValueError):
-    """A bad argument found after parsing (exit code 2)."""
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Arguments
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {text}")
-    return value
-
-
-def _unit_float(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1], got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not -(2**63) <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an int in [-2**63, 2**64 - {2**64 - MAX_SEED}] (a generator's 64-bit "
-                                         f"seed, with room for one per image), got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an int >= 0, got {text}")
-    return value
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -200,9 +177,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="what to draw (English text; quote it)")
     add_model_option(p)
     add_option(p, "negative-prompt", default=None, help="replaces the learned null embedding in guidance")
-    add_option(p, "num-images", type=_positive_int, default=1,
+    add_option(p, "num-images", type=int_at_least(1), default=1,
                help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid (default 1; more: generate-batch)")
-    p.add_argument("--seed", type=_seed, default=0, help="random seed; image i uses seed + i (default 0)")
+    p.add_argument("--seed", type=seed_at_most(MAX_SEED), default=0, help="random seed; image i uses seed + i (default 0)")
     add_sampling_options(p)
     add_dtype_option(p)
     add_device_option(p)
@@ -235,14 +212,14 @@ def _add_command_args(name: str, p: argparse.ArgumentParser) -> None:
     elif name == "outpaint":
         p.add_argument("--image", required=True, help="image to extend")
         for side in ("left", "right", "top", "bottom"):
-            p.add_argument(f"--{side}", type=_non_negative_int, default=0,
+            p.add_argument(f"--{side}", type=int_at_least(0), default=0,
                            help=f"pixels to add on the {side} (default 0)")
         p.add_argument("--fill", default="border",
                        help="colour of the new area before it is drawn: 'border' (the image's own border colour, "
                             "default), or a colour such as '#ebebeb', 'grey' or '235,235,235'")
     elif name == "img2img":
         p.add_argument("--image", required=True, help="starting image")
-        p.add_argument("--strength", type=_unit_float, default=0.6,
+        p.add_argument("--strength", type=float_between(0.0, 1.0), default=0.6,
                        help="share of scales regenerated: 0 reconstructs the image, 1 ignores it (default 0.6)")
 
 

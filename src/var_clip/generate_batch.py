@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .utils.arguments import (OneLineParser, add_dtype_option, add_model_option, add_option, int_at_least,
-                              is_main_process)
+from .utils.arguments import (OneLineParser, UsageError, add_dtype_option, add_model_option, add_option,
+                              int_at_least, is_main_process)
 from .utils.atomic import TEMP_PREFIX, atomic_open
 
 __all__ = [
@@ -61,10 +61,6 @@ OUTPUT_FILES = re.compile(rf"^(\d{{6,}}_\d{{3,}}\.png|{re.escape(METADATA_NAME)}
 #: The most images one folder holds (prompts or labels × images per prompt): every job is planned up front (about
 #: 0.2 ms each), and FID protocols use 50,000.
 MAX_IMAGES = 1_000_000
-
-
-class UsageError(Exception):
-    """Arguments that cannot work (exit code 2), reported as one line."""
 
 
 class GenerationError(Exception):

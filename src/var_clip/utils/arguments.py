@@ -8,9 +8,13 @@ import os
 import re
 import sys
 
-__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "add_device_option", "add_dtype_option",
-           "add_model_option", "add_option", "dtype_name", "finite_float", "finite_floats_only", "int_at_least",
-           "is_main_process"]
+__all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "UsageError", "add_device_option",
+           "add_dtype_option", "add_model_option", "add_option", "dtype_name", "finite_float", "finite_floats_only",
+           "float_between", "int_at_least", "is_main_process", "seed_at_most"]
+
+
+class UsageError(ValueError):
+    """Arguments that cannot work, found after parsing: reported as one line, with exit code 2."""
 
 
 def is_main_process() -> bool:
@@ -101,6 +105,35 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an int >= {minimum}, got {text}")
+        return value
+    return parse
+
+
+def float_between(low: float, high: float):
+    """An argparse type: a number in ``[low, high]``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number in [{low:g}, {high:g}], got {text!r}") from None
+        if not low <= value <= high:  # nan fails too
+            raise argparse.ArgumentTypeError(f"must be a number in [{low:g}, {high:g}], got {text}")
+        return value
+    return parse
+
+
+def seed_at_most(maximum: int):
+    """An argparse type: the seed of a torch generator (64 bits, so from -2**63) up to ``maximum``, below 2**64 by
+    the room a command keeps for the seeds ``seed + i`` of its further images."""
+    allowed = f"an int in [-2**63, 2**64 - {2**64 - maximum}] (a generator's 64-bit seed, with room for one per image)"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if not -(2**63) <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
     return parse
 
