@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -262,8 +263,11 @@ def plain_command(workdir: Path, output: str, *extra: str) -> list[str]:
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")
-def test_the_plain_command_chooses_mixes_in_prior_images_and_writes_the_grid_and_card(workdir):
-    assert train_var.main(plain_command(workdir, "run")) == 0
+def test_the_plain_command_chooses_mixes_in_prior_images_and_writes_the_grid_and_card(workdir, caplog):
+    with caplog.at_level(logging.WARNING):
+        assert train_var.main(plain_command(workdir, "run")) == 0
+    # the new word is what the run teaches: sampling the grid does not warn about it at every validation
+    assert not [r for r in caplog.records if "never saw" in r.getMessage()]
     out = workdir / "run"
     weights = load_file(out / LORA_WEIGHT_NAME)
     assert {k.split(".")[0] for k in weights} == {"transformer", "text_encoder"}  # "huge" is new: text encoder on
@@ -283,6 +287,9 @@ def test_the_plain_command_chooses_mixes_in_prior_images_and_writes_the_grid_and
     assert "![samples during training](progress.png)" in card
     assert "| `--train_text_encoder` | on |" in card and "`huge`" in card and "rank | alpha" in card
     assert "| `--max_train_steps` | 4 | given |" in card
+    assert "| `--cache_dir` | cache/ (in the adapter's folder) |" in card
+    # a card may be published: it names local folders by their own name, never by the machine's paths
+    assert str(workdir) not in card and "base_model" not in card.split("---")[1]
 
 
 @pytest.mark.usefixtures("fresh_accelerate_state")

@@ -65,6 +65,7 @@ CHOSEN_FLAGS: dict[str, Any] = {
     "cache_dir": None,
 }
 CACHE_DIR = "cache"  # a LoRA run's token cache and prior images, inside its output folder
+PATH_FLAGS = frozenset({"--cache_dir"})  # settings whose value is a path of the machine
 
 
 def add_lora_default_arguments(parser: argparse.ArgumentParser, group) -> None:
@@ -134,10 +135,19 @@ class LoraDefaults:
         return [f"{c.flag:<{width}}  {c.shown_value():<8} " + ("(given)" if c.given else f"(chosen) {c.reason}")
                 for c in self.choices]
 
-    def markdown_table(self) -> str:
-        """The settings as the model card's table."""
+    def markdown_table(self, relative_to: str | Path | None = None) -> str:
+        """The settings as the model card's table; a path inside ``relative_to`` (the output folder) is shown
+        relative to it, any other path by its last part (a card may be published: no paths of the machine)."""
+        def shown(choice: LoraChoice) -> str:
+            if choice.flag not in PATH_FLAGS or not isinstance(choice.value, str):
+                return choice.shown_value()
+            path = Path(choice.value).resolve()
+            if relative_to is not None and path.is_relative_to(Path(relative_to).resolve()):
+                return f"{path.relative_to(Path(relative_to).resolve()).as_posix()}/ (in the adapter's folder)"
+            return path.name
+
         rows = ["| setting | value | chosen from |", "| --- | --- | --- |"]
-        rows += [f"| `{c.flag}` | {c.shown_value()} | {'given' if c.given else c.reason} |" for c in self.choices]
+        rows += [f"| `{c.flag}` | {shown(c)} | {'given' if c.given else c.reason} |" for c in self.choices]
         return "\n".join(rows)
 
 

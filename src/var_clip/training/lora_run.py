@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import DEFAULT_MODEL
 from ..loaders.lora import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, adapter_parts
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
 from .lora_defaults import CACHE_DIR, LoraDefaults, choose_lora_defaults
@@ -32,12 +34,26 @@ from .prior_preservation import (
 )
 from .progress_grid import GRID_NAME, ProgressGrid, pick_captions
 
-__all__ = ["LORA_ADAPTER_NAME", "LoraRun", "export_lora", "prepare_lora_run"]
+__all__ = ["LORA_ADAPTER_NAME", "LoraRun", "card_name", "export_lora", "prepare_lora_run"]
 
 logger = logging.getLogger(__name__)
 
 LORA_ADAPTER_NAME = "default"
 GRID_USER_ROWS, GRID_KNOWN_ROWS = 4, 2
+
+
+def card_name(name_or_path: str | os.PathLike | None) -> tuple[str, str | None]:
+    """How a card names a model or data source, and its Hub id: a Hub id as it is; a local folder by its own name
+    only (a card may be published, and the machine's paths are nobody's business); the embedded default model as
+    such. Returns ``(name, hub_id or None)``."""
+    if name_or_path is None:
+        return "the given captions", None
+    path = Path(name_or_path)
+    if path.exists():
+        if path.resolve() == Path(DEFAULT_MODEL).resolve():
+            return "the var-clip default model", None
+        return path.resolve().name, None
+    return str(name_or_path), str(name_or_path)
 
 
 @dataclass
@@ -143,12 +159,14 @@ def export_lora(model: torch.nn.Module, folder: Path, args: argparse.Namespace, 
     if run.grid.path.is_file():
         shutil.copyfile(run.grid.path, folder / GRID_NAME)
         progress = GRID_NAME
-    card_data = ModelCardData(library_name="var-clip", tags=["var-clip", "lora", "text-to-image"],
-                              base_model=str(args.pretrained_pipeline))
+    base, hub_id = card_name(args.pretrained_pipeline)
+    card_data = ModelCardData(library_name="var-clip", tags=["var-clip", "lora", "text-to-image"], base_model=hub_id)
     card = render_model_card(
-        "lora.md", card_data, base=args.pretrained_pipeline, data=args.train_data_dir or args.caption_file,
+        "lora.md", card_data, base=base, base_id=hub_id or "path/to/the/base/pipeline",
+        data=card_name(args.train_data_dir or args.caption_file)[0],
         num_images=run.defaults.num_images, num_prior_images=run.num_prior_images, steps=args.max_train_steps or
         f"{args.num_train_epochs} epochs of", batch=args.train_batch_size, weights=LORA_WEIGHT_NAME,
-        settings_table=run.defaults.markdown_table(), new_words=words, adapters_table="\n".join(rows),
-        text_part=text_part, progress_image=progress)
+        settings_table=run.defaults.markdown_table(relative_to=args.output_dir), new_words=words,
+        adapters_table="\n".join(rows), text_part=text_part, progress_image=progress,
+        example_prompt=run.grid.rows[0][1] if run.grid.rows else "...")
     card.save(folder / "README.md")

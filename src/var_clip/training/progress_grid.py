@@ -9,6 +9,7 @@ grid is written as ``progress.png`` and, with ``--report_to tensorboard``, logge
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -81,7 +82,14 @@ class ProgressGrid:
         prompts = [caption for _, caption in self.rows]
         device = pipe.transformer.device
         generators = [torch.Generator(device=device).manual_seed(self.seed + r) for r in range(len(prompts))]
-        images = pipe(prompts, generator=generators, **self.sampling).images
+        # the captions' new words are what the adapter learns: the pipeline's warning about them says nothing new
+        pipeline_logger = logging.getLogger(type(pipe).__module__)
+        previous = pipeline_logger.level
+        pipeline_logger.setLevel(logging.ERROR)
+        try:
+            images = pipe(prompts, generator=generators, **self.sampling).images
+        finally:
+            pipeline_logger.setLevel(previous)
         step_dir = self._step_dir(step)
         step_dir.mkdir(parents=True, exist_ok=True)
         for r, image in enumerate(images):
