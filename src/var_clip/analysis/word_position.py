@@ -31,6 +31,7 @@ from PIL import Image
 
 from ..pipelines.loading import load_pipeline
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
+from ..text_encoding import encode_text
 from ..utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option
 from ..utils.atomic import atomic_open, atomic_write
 from ..utils.device import resolve_device
@@ -175,14 +176,11 @@ def _pipeline_embedder(pipe) -> Embedder:
 
 
 def _clip_embedder(tokenizer, text_encoder) -> Embedder:
-    max_len = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
-
     @torch.no_grad()
     def embed(texts: list[str]) -> torch.Tensor:
-        # the same recipe as VARCLIPPipeline: padded to CLIP's length, projected text embeds, L2-normalised
-        ids = tokenizer(texts, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt").input_ids
-        embeds = text_encoder(ids.to(text_encoder.device)).text_embeds.float()
-        return (embeds / embeds.norm(dim=-1, keepdim=True)).cpu()
+        # the pipelines' own text encoding: padded to CLIP's length, projected text embeds, L2-normalised
+        return encode_text(tokenizer, text_encoder, texts, device="cpu", execution_device=text_encoder.device
+                           ).embeds_BE.float()
 
     return embed
 
