@@ -31,7 +31,7 @@ from .utils.arguments import (
     seed_at_most,
 )
 from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
-from .utils.pretrained import is_network_error as _is_network_error
+from .utils.pretrained import is_network_error
 
 # Subcommands implemented by other modules' `main(argv)` (or the function after a colon): name -> (module, one-line help)
 DELEGATED = {
@@ -113,7 +113,7 @@ def describe_failure(error: BaseException) -> str | None:
     text = " ".join(str(error).split()) or type(error).__name__
     if isinstance(error, (CLIError, ValueError, OutputLockedError)):
         return text
-    if _is_network_error(error):
+    if is_network_error(error):
         from huggingface_hub import constants
 
         if constants.is_offline_mode():  # the advice to go offline would be no advice at all

@@ -11,7 +11,7 @@ from ..original_format import DEFAULT_PATCH_NUMS
 from ..pipelines.single_file import DEFAULT_TEXT_ENCODER, ConversionError
 from ..utils.dtypes import VARIANT_DTYPE_NAMES
 from ..utils.package_data import shipped_folder
-from .describe import _params
+from .describe import parameter_count
 
 #: The model-card templates that ship with the package (``var_clip_d16.md``, ``var_class_conditional.md``,
 #: ``default_model.md``): the repository's top-level ``model_cards/``, ``var_clip/model_cards`` in the wheel.
@@ -68,7 +68,7 @@ def _sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def _card_fields(pipe, *, var_checkpoint, vae_checkpoint, text_encoder_source, model_location, dtype, variant):
+def card_fields(pipe, *, var_checkpoint, vae_checkpoint, text_encoder_source, model_location, dtype, variant):
     import diffusers
 
     t, v = pipe.transformer.config, pipe.vqvae.config
@@ -90,7 +90,7 @@ def _card_fields(pipe, *, var_checkpoint, vae_checkpoint, text_encoder_source, m
         text_embed_dim=t.text_embed_dim if t.condition_type == "text" else None,
         num_classes=t.num_classes if t.condition_type == "class" else None,
         example_class=207 if t.condition_type == "class" and t.num_classes > 207 else 0,
-        transformer_params=_params(pipe.transformer), vqvae_params=_params(pipe.vqvae),
+        transformer_params=parameter_count(pipe.transformer), vqvae_params=parameter_count(pipe.vqvae),
         has_text_encoder=has_text_encoder,
         text_encoder_source=text_encoder_source or DEFAULT_TEXT_ENCODER,
         dtype=dtype, variant=variant,
@@ -101,7 +101,7 @@ def _card_fields(pipe, *, var_checkpoint, vae_checkpoint, text_encoder_source, m
     )
 
 
-def _card_data(pipe, has_text_encoder: bool, text_encoder_source: str | None, released: bool):
+def card_data_of(pipe, has_text_encoder: bool, text_encoder_source: str | None, released: bool):
     from huggingface_hub import ModelCardData
 
     # `library_name: var-clip`, not `diffusers`: the Hub derives the "Use this model" snippet and the loader from

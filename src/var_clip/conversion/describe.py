@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 
-def _params(module: torch.nn.Module) -> str:
+def parameter_count(module: torch.nn.Module) -> str:
     n = sum(p.numel() for p in module.parameters())
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
@@ -25,12 +25,12 @@ def describe_pipeline(pipe, text_encoder_source: str | None = None) -> list[tupl
         ("", "shared AdaLN", "yes" if t.shared_aln else "no"),
         ("", "L2-norm attention", "yes" if t.attn_l2_norm else "no"),
         ("", "patch_nums", f"{','.join(map(str, t.patch_nums))} ({L} tokens)"),
-        ("", "parameters", _params(pipe.transformer)),
+        ("", "parameters", parameter_count(pipe.transformer)),
         ("vqvae", "codebook", f"{v.vocab_size} × {v.latent_channels}"),
         ("", "ch / ch_mult / res blocks", f"{v.ch} / {tuple(v.ch_mult)} / {v.num_res_blocks}"),
         ("", "image size", f"{pipe.vqvae.sample_size} px"),
         ("", "φ (quant_resi, shared)", f"{v.quant_resi:g}, {v.share_quant_resi}"),
-        ("", "parameters", _params(pipe.vqvae)),
+        ("", "parameters", parameter_count(pipe.vqvae)),
     ]
     if t.condition_type == "text":
         encoder = getattr(pipe, "text_encoder", None)
@@ -38,7 +38,7 @@ def describe_pipeline(pipe, text_encoder_source: str | None = None) -> list[tupl
             rows.append(("text encoder", "", "none (generate with prompt_embeds)"))
         else:
             rows.append(("text encoder", text_encoder_source or "CLIP",
-                         f"projection {encoder.config.projection_dim}, {_params(encoder)}"))
+                         f"projection {encoder.config.projection_dim}, {parameter_count(encoder)}"))
     return rows
 
 

@@ -21,7 +21,7 @@ from ..pipelines.single_file import DEFAULT_TEXT_ENCODER, ConversionError, parse
 from ..utils.dtypes import VARIANT_DTYPE_NAMES, cast_keeping_fp32_modules, torch_dtype
 from ..utils.files import check_replaceable, resolve_output_dir, write_marker
 from . import check as final_check
-from .card import _card_data, _card_fields, render_model_card
+from .card import card_data_of, card_fields, render_model_card
 from .describe import describe_pipeline, format_table
 from .infer import load_original_pipeline
 
@@ -149,10 +149,10 @@ def convert_original_checkpoints(
         write_marker(staging, "convert_original_checkpoints")
         if model_card_template is not None:
             has_text_encoder = getattr(pipe, "text_encoder", None) is not None
-            fields = _card_fields(pipe, var_checkpoint=var_checkpoint, vae_checkpoint=vae_checkpoint,
+            fields = card_fields(pipe, var_checkpoint=var_checkpoint, vae_checkpoint=vae_checkpoint,
                                   text_encoder_source=text_encoder, model_location=repo_id or str(output_dir),
                                   dtype=dtype, variant=variant)
-            card_data = _card_data(pipe, has_text_encoder, text_encoder, fields["released_architecture"])
+            card_data = card_data_of(pipe, has_text_encoder, text_encoder, fields["released_architecture"])
             card = render_model_card(model_card_template, card_data, **fields)
             card.save(staging / "README.md")
         seconds["save"] = time.perf_counter() - start
