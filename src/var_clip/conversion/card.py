@@ -69,6 +69,7 @@ def _sha256(path: str | os.PathLike) -> str:
 
 
 def card_fields(pipe, *, var_checkpoint, vae_checkpoint, text_encoder_source, model_location, dtype, variant):
+    """The fields a converted pipeline's card template reads: its architecture, sources, sizes and versions."""
     import diffusers
 
     t, v = pipe.transformer.config, pipe.vqvae.config
@@ -102,6 +103,7 @@ def card_fields(pipe, *, var_checkpoint, vae_checkpoint, text_encoder_source, mo
 
 
 def card_data_of(pipe, has_text_encoder: bool, text_encoder_source: str | None, released: bool):
+    """The card's metadata header (library, pipeline tag, tags, base model) for a converted pipeline."""
     from huggingface_hub import ModelCardData
 
     # `library_name: var-clip`, not `diffusers`: the Hub derives the "Use this model" snippet and the loader from

@@ -8,6 +8,7 @@ import torch
 
 
 def parameter_count(module: torch.nn.Module) -> str:
+    """The module's number of parameters, as a card writes it ("3.2M", "1.05B")."""
     n = sum(p.numel() for p in module.parameters())
     return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.1f}M" if n >= 1e5 else f"{n / 1e3:.1f}K"
 
