@@ -59,6 +59,7 @@ __all__ = [
     "claim_output_dir",
     "release_output_dir",
     "configure_logging",
+    "trainer_main",
     "create_accelerator",
     "build_optimizer",
     "trainable_parameters",
@@ -225,6 +226,15 @@ def configure_logging(level: int = logging.INFO) -> None:
     """Log lines with time and source for a command-line run; accelerate's per-file save messages stay quiet."""
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(max(level, logging.WARNING))
+
+
+def trainer_main(build_parser: Callable[[], argparse.ArgumentParser], train: Callable[[argparse.Namespace], Any],
+                 argv: list[str] | None = None) -> int:
+    """A trainer's command line: parse ``argv``, log as a command does, train; 0 when it finished."""
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    train(args)
+    return 0
 
 
 def create_accelerator(args: argparse.Namespace, project_name: str):

@@ -41,9 +41,9 @@ from .engine import (
     add_data_arguments,
     add_training_arguments,
     check_training_arguments,
-    configure_logging,
     create_accelerator,
     run_training,
+    trainer_main,
 )
 from .hard_negatives import COLOR_WORDS, SHAPE_WORDS, attribute_pairs, caption_hard_negatives
 from .tokenizer import build_byte_level_clip_tokenizer
@@ -308,10 +308,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    train(args)
-    return 0
+    return trainer_main(build_parser, train, argv)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from ..pipelines.pipeline_var import VARPipeline
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
 from ..vocabulary import build_vocabulary
 from .data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset, num_classes_of
-from .engine import TrainingResult, TrainingTask, configure_logging, create_accelerator, run_training
+from .engine import TrainingResult, TrainingTask, create_accelerator, run_training, trainer_main
 from .lora_adapters import add_text_encoder_adapters, add_transformer_adapter
 from .lora_defaults import take_unset
 from .lora_run import LoraRun, export_lora, prepare_lora_run
@@ -119,10 +119,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    train(args)
-    return 0
+    return trainer_main(build_parser, train, argv)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

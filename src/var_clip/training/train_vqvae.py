@@ -31,9 +31,9 @@ from .engine import (
     add_data_arguments,
     add_training_arguments,
     check_training_arguments,
-    configure_logging,
     create_accelerator,
     run_training,
+    trainer_main,
 )
 from .samples import save_sample_grid, tensor_to_pil
 
@@ -180,10 +180,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    configure_logging()
-    train(args)
-    return 0
+    return trainer_main(build_parser, train, argv)
 
 
 if __name__ == "__main__":
