@@ -30,6 +30,12 @@ def untouched_threads(monkeypatch):
 
 
 @pytest.fixture
+def busy_machine(monkeypatch):
+    """Other processes keep a core busy, whatever this machine is doing: the choice follows the work alone."""
+    monkeypatch.setattr(threads, "cores_used_by_others", lambda: 1.0)
+
+
+@pytest.fixture
 def models_dir(tiny_pipe, tmp_path):
     tiny_pipe.save_pretrained(tmp_path / "text")
     (tmp_path / "prompts.txt").write_text("a red circle\n")
@@ -50,13 +56,36 @@ def counts_during_call(pipe, **kwargs) -> list[int]:
 
 
 @needs_two_cores
-def test_a_tiny_model_runs_on_one_thread_and_the_count_is_restored(tiny_pipe, untouched_threads):
+def test_a_tiny_model_runs_on_one_thread_on_a_busy_machine_and_the_count_is_restored(tiny_pipe, untouched_threads,
+                                                                                      busy_machine):
     assert not user_chose_threads()
     assert set(counts_during_call(tiny_pipe)) == {1}
     assert torch.get_num_threads() == DEFAULT
 
 
-def test_the_choice_follows_the_work(untouched_threads):
+@needs_two_cores
+def test_an_idle_machine_gives_every_core_to_any_call(tiny_pipe, untouched_threads, monkeypatch):
+    monkeypatch.setattr(threads, "cores_used_by_others", lambda: 0.0)
+    assert set(counts_during_call(tiny_pipe)) == {DEFAULT}
+    assert thread_count_for(0, others=threads.IDLE_BELOW_CORES / 2) == DEFAULT
+    assert thread_count_for(0, others=threads.IDLE_BELOW_CORES) == thread_count_for(0, others=None) == 1
+    assert torch.get_num_threads() == DEFAULT
+
+
+def test_the_load_of_other_processes_is_read_from_the_cpu_clock(monkeypatch):
+    clock = iter([(0.0, 0.0, 0.0), (1.0, 1.5, 0.5), (1.01, 9.0, 0.5), (3.0, 1.6, 2.4)])
+    monkeypatch.setattr(threads, "_cpu_clock", lambda: next(clock))
+    monkeypatch.setattr(threads, "_last_look", None)
+    assert threads.cores_used_by_others() is None  # the first look only starts the clock
+    assert threads.cores_used_by_others() == pytest.approx(1.0)  # 1.5 busy seconds, 0.5 of them ours, in 1 s
+    assert threads.cores_used_by_others() == pytest.approx(1.0)  # 10 ms is too short a look: the last answer
+    assert threads.cores_used_by_others() == 0.0  # more CPU of ours than the machine counted (sampled apart) reads as idle, never < 0
+    monkeypatch.setattr(threads, "_cpu_clock", lambda: None)
+    assert threads.cores_used_by_others() is None  # a system that does not say
+    assert 0.0 <= (threads._cpu_clock() or (0, 0, 0))[2]
+
+
+def test_the_choice_follows_the_work(untouched_threads, busy_machine):
     assert thread_count_for(0) == thread_count_for(WORK_PER_THREAD * 1.9) == 1
     assert thread_count_for(WORK_PER_THREAD * 2) == min(2, DEFAULT)
     assert thread_count_for(WORK_PER_THREAD * 1000) == DEFAULT
@@ -99,7 +128,7 @@ def test_set_num_threads_wins_and_stays(tiny_pipe, untouched_threads):
 
 
 @needs_two_cores
-def test_a_pinned_count_wins_even_when_it_is_torchs_default(tiny_pipe, untouched_threads):
+def test_a_pinned_count_wins_even_when_it_is_torchs_default(tiny_pipe, untouched_threads, busy_machine):
     with pinned_threads(DEFAULT):
         assert set(counts_during_call(tiny_pipe)) == {DEFAULT}
     assert not user_chose_threads()  # the pin ends with its block
@@ -108,7 +137,8 @@ def test_a_pinned_count_wins_even_when_it_is_torchs_default(tiny_pipe, untouched
 
 
 @needs_two_cores
-def test_generate_batch_threads_option_wins(models_dir, untouched_threads, fresh_accelerate_state, monkeypatch):
+def test_generate_batch_threads_option_wins(models_dir, untouched_threads, fresh_accelerate_state, monkeypatch,
+                                            busy_machine):
     seen = []
     sample = NextScalePipelineMixin.sample_next_scale
 

@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
          help="global seed; image i of prompt p uses a seed derived from (seed, p, i) only (default 0)")
     add_option(group, "threads", type=int_at_least(1), default=None,
          help="intra-op threads per process (default: OMP_NUM_THREADS when set, as `accelerate launch` sets it; "
-              "else chosen by the work: 1 for small models and batches, one per core for d16-sized ones)")
+              "else chosen by the work and the machine: every core when nothing else runs, else 1 for small models "
+              "and batches and one per core for d16-sized ones)")
 
     group = p.add_argument_group("output")
     add_option(group, "output-dir", default=None, help="folder of the PNGs, metadata.jsonl and the .npz (created)")
