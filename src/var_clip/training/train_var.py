@@ -50,8 +50,15 @@ from .token_cache import (
 )
 from .var_arguments import build_parser, check_arguments
 from .var_components import VARComponents, build_components, load_vqvae
-from .var_conditioning import BatchInputs, FrozenTeacher, TextEncoderAndTransformer, WithColumns, condition_columns
-from .var_loss import VARObjective, scale_loss_weights, var_loss
+from .var_conditioning import (
+    BatchInputs,
+    FrozenTeacher,
+    TextEncoderAndTransformer,
+    VARObjective,
+    WithColumns,
+    condition_columns,
+)
+from .var_loss import scale_loss_weights, var_loss
 
 __all__ = ["TRANSFORMER_NO_DECAY_KEYS", "build_parser", "load_vqvae", "main", "scale_loss_weights", "train",
            "var_loss"]

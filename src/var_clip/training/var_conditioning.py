@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -25,9 +26,10 @@ from ..models.var_transformer import VARTransformer2DModel
 from ..text_encoding import encode_text
 from ..vocabulary import unknown_words
 from .teacher_targets import TeacherTargets, precompute_teacher_targets
-from .var_loss import TeacherFn, teacher_forcing_input
+from .var_loss import TeacherFn, teacher_forcing_input, var_loss
 
-__all__ = ["BatchInputs", "FrozenTeacher", "TextEncoderAndTransformer", "WithColumns", "condition_columns"]
+__all__ = ["BatchInputs", "FrozenTeacher", "TextEncoderAndTransformer", "VARObjective", "WithColumns",
+           "condition_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -192,3 +194,30 @@ class FrozenTeacher:
         if self.targets is None:
             return lambda x, drop, rows: self.model(x, **_rows_of(condition, rows), cond_drop_mask=drop).logits
         return lambda x, drop, rows: self.targets.log_probs(batch["index"][rows.cpu()], drop.cpu()).to(x.device)
+
+
+@dataclass
+class VARObjective:
+    """train-var's loss on one batch, as ``TrainingTask.loss_fn`` takes it: ``(model, batch) -> (loss, metrics)``.
+
+    ``inputs`` turns a batch into its token indices (B, L) and condition arguments
+    (:class:`BatchInputs`); with a ``teacher`` (``--keep_known_captions``) the rows the batch marks
+    ``known`` are held to its predictions.
+    """
+
+    transformer: VARTransformer2DModel
+    vqvae: MultiScaleVQModel
+    inputs: Callable[[dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
+    label_smoothing: float
+    scale_weighting: str
+    generator: torch.Generator
+    teacher: FrozenTeacher | None = None
+
+    def __call__(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        idx_BL, condition = self.inputs(batch)
+        if self.teacher is None:
+            return var_loss(model, self.transformer, self.vqvae, idx_BL, condition, self.label_smoothing,
+                            self.generator, scale_weighting=self.scale_weighting)
+        return var_loss(model, self.transformer, self.vqvae, idx_BL, condition, self.label_smoothing, self.generator,
+                        keep_B=batch["known"], teacher=self.teacher.for_batch(batch, condition),
+                        scale_weighting=self.scale_weighting)

@@ -9,8 +9,6 @@ Legend: B batch · K rows held to the teacher · S scales · pn side of one scal
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -18,11 +16,7 @@ import torch.nn.functional as F
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 
-if TYPE_CHECKING:
-    from .var_conditioning import FrozenTeacher
-
-__all__ = ["SCALE_WEIGHTINGS", "VARObjective", "kl_to_teacher", "scale_loss_weights", "teacher_forcing_input",
-           "var_loss"]
+__all__ = ["SCALE_WEIGHTINGS", "kl_to_teacher", "scale_loss_weights", "teacher_forcing_input", "var_loss"]
 
 SCALE_WEIGHTINGS = ("tokens", "scales")
 
@@ -113,30 +107,3 @@ def var_loss(model, transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel
         metrics.update(accuracy=hits_BL.float().mean().item() * 100,
                        accuracy_last_scale=hits_BL[:, -last_l:].float().mean().item() * 100)
     return loss, metrics
-
-
-@dataclass
-class VARObjective:
-    """train-var's loss on one batch, as ``TrainingTask.loss_fn`` takes it: ``(model, batch) -> (loss, metrics)``.
-
-    ``inputs`` turns a batch into its token indices (B, L) and condition arguments
-    (:class:`~.var_conditioning.BatchInputs`); with a ``teacher`` (``--keep_known_captions``) the rows the batch marks
-    ``known`` are held to its predictions.
-    """
-
-    transformer: VARTransformer2DModel
-    vqvae: MultiScaleVQModel
-    inputs: Callable[[dict[str, Any]], tuple[torch.Tensor, dict[str, Any]]]
-    label_smoothing: float
-    scale_weighting: str
-    generator: torch.Generator
-    teacher: FrozenTeacher | None = None
-
-    def __call__(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
-        idx_BL, condition = self.inputs(batch)
-        if self.teacher is None:
-            return var_loss(model, self.transformer, self.vqvae, idx_BL, condition, self.label_smoothing,
-                            self.generator, scale_weighting=self.scale_weighting)
-        return var_loss(model, self.transformer, self.vqvae, idx_BL, condition, self.label_smoothing, self.generator,
-                        keep_B=batch["known"], teacher=self.teacher.for_batch(batch, condition),
-                        scale_weighting=self.scale_weighting)
