@@ -16,17 +16,16 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from typing import TypeVar
 
 import torch
 from accelerate import init_empty_weights
 
-from typing import TYPE_CHECKING
-
 from ..utils.dtypes import cast_keeping_fp32_modules
 
-if TYPE_CHECKING:  # the classes are passed in: this module sits below them
-    from .multiscale_vq import MultiScaleVQModel
-    from .var_transformer import VARTransformer2DModel
+# the model classes are passed in (this module sits below them): a builder returns an instance of the class it got
+VQModel = TypeVar("VQModel", bound=torch.nn.Module)
+Transformer = TypeVar("Transformer", bound=torch.nn.Module)
 
 __all__ = [
     "DEFAULT_PATCH_NUMS",
@@ -163,8 +162,8 @@ def infer_vqvae_config(state_dict: Mapping[str, torch.Tensor], patch_nums=DEFAUL
     )
 
 
-def build_vqvae(model_class: type[MultiScaleVQModel], state_dict: Mapping[str, torch.Tensor],
-                patch_nums=DEFAULT_PATCH_NUMS, quant_resi: float = 0.5, **config_overrides) -> MultiScaleVQModel:
+def build_vqvae(model_class: type[VQModel], state_dict: Mapping[str, torch.Tensor],
+                patch_nums=DEFAULT_PATCH_NUMS, quant_resi: float = 0.5, **config_overrides) -> VQModel:
     """Build ``model_class`` (a :class:`MultiScaleVQModel`) from VAR's VQ-VAE state dict (``vae_ch160v4096z32.pth``)."""
     if looks_like_transformer(state_dict):
         raise OriginalCheckpointError("this is a VAR transformer checkpoint, not a VQ-VAE (were the files swapped?)")
@@ -264,8 +263,8 @@ def infer_transformer_config(state_dict: Mapping[str, torch.Tensor], num_heads: 
     return config
 
 
-def build_transformer(model_class: type[VARTransformer2DModel], state_dict: Mapping[str, torch.Tensor],
-                      num_heads: int | None = None, patch_nums=None, **config_overrides) -> VARTransformer2DModel:
+def build_transformer(model_class: type[Transformer], state_dict: Mapping[str, torch.Tensor],
+                      num_heads: int | None = None, patch_nums=None, **config_overrides) -> Transformer:
     """Build ``model_class`` (a :class:`VARTransformer2DModel`) from a VAR-CLIP or VAR transformer state dict."""
     config = infer_transformer_config(state_dict, num_heads=num_heads, patch_nums=patch_nums)
     config.update(config_overrides)
@@ -292,8 +291,8 @@ def build_transformer(model_class: type[VARTransformer2DModel], state_dict: Mapp
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def read_vqvae_file(model_class: type[MultiScaleVQModel], checkpoint: str | os.PathLike, patch_nums=DEFAULT_PATCH_NUMS,
-                    quant_resi: float = 0.5, dtype: torch.dtype | None = None, **config_overrides) -> MultiScaleVQModel:
+def read_vqvae_file(model_class: type[VQModel], checkpoint: str | os.PathLike, patch_nums=DEFAULT_PATCH_NUMS,
+                    quant_resi: float = 0.5, dtype: torch.dtype | None = None, **config_overrides) -> VQModel:
     """Read VAR's VQ-VAE file (``vae_ch160v4096z32.pth``) into a :class:`MultiScaleVQModel`, as the converter does.
 
     The file does not store ``patch_nums`` (VAR's 256-px schedule by default; the transformer's own when a pipeline
@@ -305,9 +304,9 @@ def read_vqvae_file(model_class: type[MultiScaleVQModel], checkpoint: str | os.P
                  dtype)
 
 
-def read_transformer_file(model_class: type[VARTransformer2DModel], checkpoint: str | os.PathLike,
+def read_transformer_file(model_class: type[Transformer], checkpoint: str | os.PathLike,
                           num_heads: int | None = None, patch_nums=None, dtype: torch.dtype | None = None,
-                          **config_overrides) -> VARTransformer2DModel:
+                          **config_overrides) -> Transformer:
     """Read a VAR-CLIP ``ar-ckpt-*.pth`` (or a bare transformer state dict) or VAR's ``var_d*.pth`` into a
     :class:`VARTransformer2DModel`, as the converter does. ``dtype`` casts all but the float32 logits head."""
     state_dict = _single_file_state_dict(checkpoint, looks_like_vqvae, "a VQ-VAE, not a VAR transformer",
@@ -372,8 +371,8 @@ _TO_ORIGINAL_TRANSFORMER_KEYS = (
 )
 
 
-def transformer_to_original(model: VARTransformer2DModel) -> dict[str, torch.Tensor]:
-    """``model``'s weights as the original ``VAR`` module's state dict, buffers included (the zero key biases, the
+def transformer_to_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s (a :class:`VARTransformer2DModel`) weights as the original ``VAR`` module's state dict, buffers included (the zero key biases, the
     level indices and the block-causal mask the original saves), so the original code loads it strictly."""
     state_dict = {}
     for key, value in model.state_dict().items():
@@ -389,7 +388,7 @@ def transformer_to_original(model: VARTransformer2DModel) -> dict[str, torch.Ten
     return state_dict
 
 
-def vqvae_to_original(model: MultiScaleVQModel) -> dict[str, torch.Tensor]:
+def vqvae_to_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s weights as the original ``VQVAE`` module's state dict (φ's convolutions under the original's
     ``quant_resi`` layout for its ``share_quant_resi`` setting)."""
     share = model.config.share_quant_resi
@@ -403,7 +402,7 @@ def vqvae_to_original(model: MultiScaleVQModel) -> dict[str, torch.Tensor]:
     return state_dict
 
 
-def save_original_checkpoints(transformer: VARTransformer2DModel, vqvae: MultiScaleVQModel,
+def save_original_checkpoints(transformer: torch.nn.Module, vqvae: torch.nn.Module,
                               directory: str | os.PathLike, var_name: str = "ar-ckpt-last.pth",
                               vae_name: str = "vae_ch160v4096z32.pth") -> tuple[str, str]:
     """Write ``transformer`` in VAR-CLIP's training-checkpoint layout (``{'epoch', 'iter', 'trainer':
