@@ -10,9 +10,25 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["caption_words", "build_vocabulary", "unknown_words"]
+__all__ = ["agree_articles", "article", "caption_words", "build_vocabulary", "unknown_words"]
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+_ARTICLE_BEFORE = re.compile(r"\b(a|an|A|An) ([A-Za-z])")
+
+
+def article(word: str) -> str:
+    """The indefinite article before ``word``, by its first letter (right for every word of the shapes world)."""
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+def agree_articles(text: str) -> str:
+    """``text`` with every "a" before a vowel made "an" and every "an" before a consonant made "a" (after a word was
+    removed or renamed next to an article); capitals are kept."""
+    def agree(m: re.Match) -> str:
+        chosen = article(m.group(2))
+        return (chosen.capitalize() if m.group(1)[0].isupper() else chosen) + " " + m.group(2)
+
+    return _ARTICLE_BEFORE.sub(agree, text)
 
 
 def caption_words(text: str) -> list[str]:

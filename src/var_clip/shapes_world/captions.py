@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from ..vocabulary import agree_articles, article
 from .extension import WorldExtension
 from .scenes import Scene
 from .spec import (
@@ -20,29 +21,10 @@ from .spec import (
 )
 
 
-def article(word: str) -> str:
-    """The indefinite article before ``word``. Every word that can follow an article here starts with a letter whose
-    sound matches its spelling."""
-    return "an" if word[0] in "aeiou" else "a"
-
-
 def noun_phrase(color: str, shape: str, size: str | None = None) -> str:
     """``"a [size] <color> <shape>"``, the way every caption names an object."""
     words = f"{size} {color} {shape}" if size else f"{color} {shape}"
     return f"{article(words)} {words}"
-
-
-_ARTICLE_BEFORE = re.compile(r"\b(a|an|A|An) ([A-Za-z])")
-
-
-def agree_articles(text: str) -> str:
-    """``text`` with every "a" before a vowel made "an" and every "an" before a consonant made "a" (after a word was
-    removed or renamed next to an article)."""
-    def agree(m: re.Match) -> str:
-        chosen = article(m.group(2).lower())
-        return (chosen.capitalize() if m.group(1)[0].isupper() else chosen) + " " + m.group(2)
-
-    return _ARTICLE_BEFORE.sub(agree, text)
 
 
 def rename_word(caption: str, word: str, new_word: str) -> str:

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..sampling import DEFAULT_GUIDANCE_SCALE, DEFAULT_TOP_K, DEFAULT_TOP_P
 from ..utils.atomic import atomic_open
+from ..vocabulary import agree_articles
 from .token_cache import module_fingerprint
 
 __all__ = ["PriorSpec", "build_prior_set", "known_captions", "prior_captions", "prior_folder", "record_known_captions",
@@ -44,18 +45,6 @@ PRIOR_DIR_PREFIX = "prior-"
 CHUNK_SIZE = 32
 KNOWN_CAPTIONS_RECORDED = 128
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
-_ARTICLE = re.compile(r"\b(a|an|A|An) ([A-Za-z])")
-
-
-def _agree_articles(text: str) -> str:
-    """"a" before a vowel becomes "an" and "an" before a consonant "a" (a removed word may have stood between)."""
-    def agree(m: re.Match) -> str:
-        article = "an" if m.group(2).lower() in "aeiou" else "a"
-        return (article.capitalize() if m.group(1)[0].isupper() else article) + " " + m.group(2)
-
-    return _ARTICLE.sub(agree, text)
-
-
 def known_captions(captions: Sequence[str], vocabulary: Sequence[str]) -> list[str]:
     """Captions the base model knows, made from ``captions``: each with the words outside ``vocabulary`` taken out
     (articles made to agree again), and those that use only known words as they are; distinct, in order of first
@@ -64,7 +53,7 @@ def known_captions(captions: Sequence[str], vocabulary: Sequence[str]) -> list[s
     for caption in captions:
         kept = _WORD.sub(lambda m: m.group(0) if m.group(0).lower() in known else "", caption)
         if kept != caption:
-            kept = _agree_articles(" ".join(kept.split()))
+            kept = agree_articles(" ".join(kept.split()))
             kept = re.sub(r"\s+([,.;:!?])", r"\1", kept).strip(" ,;:")
         if _WORD.search(kept):
             result.setdefault(kept, None)
