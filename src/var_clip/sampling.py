@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .utils.arguments import int_at_least
+from .utils.arguments import float_between, float_where, int_at_least
 
 Generators = torch.Generator | list[torch.Generator] | None
 
@@ -111,16 +111,6 @@ def gumbel_smooth_probs(filtered_logits_BlV: torch.Tensor, ratio: float, generat
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def _number(text: str, ok, allowed: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
-    if not (math.isfinite(value) and ok(value)):
-        raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
-    return value
-
-
 def _interval(text: str) -> tuple[int, int]:
     parts = text.split(",")
     if len(parts) != 2:
@@ -132,7 +122,7 @@ def _prune_ratios(text: str) -> dict[int, float]:
     ratios = {}
     for item in filter(None, text.split(",")):
         side, _, ratio = item.partition(":")
-        ratios[int_at_least(1)(side)] = _number(ratio, lambda v: 0 <= v < 1, "a share in [0, 1)")
+        ratios[int_at_least(1)(side)] = float_where(lambda v: 0 <= v < 1, "a share in [0, 1)")(ratio)
     if not ratios:
         raise argparse.ArgumentTypeError(f"must be SIDE:SHARE pairs, e.g. 8:0.5; got {text!r}")
     return ratios
@@ -159,7 +149,7 @@ class SamplingOption:
 SAMPLING_OPTIONS: tuple[SamplingOption, ...] = (
     SamplingOption("guidance_scale", DEFAULT_GUIDANCE_SCALE,
                    "classifier-free guidance, ramping linearly over the scales; 0 disables it",
-                   lambda t: _number(t, lambda v: v >= 0, "a finite number >= 0")),
+                   float_where(lambda v: v >= 0, "a finite number >= 0")),
     SamplingOption("guidance_schedule", "linear",
                    "linear (the weight grows with the scale, as VAR) or constant",
                    lambda t: t if t in GUIDANCE_SCHEDULES else _raise(f"must be one of {GUIDANCE_SCHEDULES}, got {t!r}")),
@@ -168,9 +158,9 @@ SAMPLING_OPTIONS: tuple[SamplingOption, ...] = (
     SamplingOption("top_k", DEFAULT_TOP_K, "sample among the k most likely tokens; 0 disables",
                    int_at_least(0)),
     SamplingOption("top_p", DEFAULT_TOP_P, "nucleus sampling threshold in [0, 1]; 0 disables",
-                   lambda t: _number(t, lambda v: 0 <= v <= 1, "a number in [0, 1]")),
+                   float_between(0.0, 1.0)),
     SamplingOption("temperature", 1.0, "divides the logits before sampling",
-                   lambda t: _number(t, lambda v: v > 0, "a finite number > 0")),
+                   float_where(lambda v: v > 0, "a finite number > 0")),
     SamplingOption("prune_ratios", None, "FastVAR: SIDE:SHARE pairs of tokens skipped at those scales, e.g. 8:0.5",
                    _prune_ratios),
     SamplingOption("more_smooth", False, "Gumbel-softmax smoothing (the original's visualisation setting)", None),

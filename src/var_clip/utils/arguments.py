@@ -7,10 +7,11 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 
 __all__ = ["ArgumentParser", "OneLineParser", "OneSpellingHelpFormatter", "UsageError", "add_device_option",
            "add_dtype_option", "add_model_option", "add_option", "dtype_name", "finite_float", "finite_floats_only",
-           "float_between", "int_at_least", "is_main_process", "seed_at_most"]
+           "float_between", "float_where", "int_at_least", "is_main_process", "seed_at_most"]
 
 
 class UsageError(ValueError):
@@ -109,17 +110,22 @@ def int_at_least(minimum: int):
     return parse
 
 
-def float_between(low: float, high: float):
-    """An argparse type: a number in ``[low, high]``."""
+def float_where(ok: Callable[[float], bool], allowed: str):
+    """An argparse type: a finite number for which ``ok`` holds; errors say it must be ``allowed``."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be a number in [{low:g}, {high:g}], got {text!r}") from None
-        if not low <= value <= high:  # nan fails too
-            raise argparse.ArgumentTypeError(f"must be a number in [{low:g}, {high:g}], got {text}")
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
         return value
     return parse
+
+
+def float_between(low: float, high: float):
+    """An argparse type: a number in ``[low, high]``."""
+    return float_where(lambda value: low <= value <= high, f"a number in [{low:g}, {high:g}]")
 
 
 def seed_at_most(maximum: int):
