@@ -6,8 +6,9 @@ V codebook size.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,9 +20,11 @@ from ..loaders.lora import loaded_adapters
 from ..models.multiscale_vq import MultiScaleVQModel
 from ..models.var_transformer import VARTransformer2DModel
 from ..sampling import SamplingSchedule, gumbel_smooth_probs, resolve_schedule, sample_tokens
+from ..utils.logs import logger_level
 from ..utils.threads import intra_op_threads, threads_for_work
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent", "tokens")
+_MODELING_LOGGER = "diffusers.models.modeling_utils"  # warns when a cast reaches modules kept in float32
 
 
 @dataclass
@@ -103,7 +106,7 @@ class NextScalePipelineMixin:
         """
         if kwargs.get("dtype") is None and kwargs.get("torch_dtype") is None:
             kwargs["dtype"] = pipeline.dtype
-        with _without_fp32_cast_warning():  # the warning describes what the restore below undoes
+        with logger_level(_MODELING_LOGGER, logging.ERROR):  # its cast warning describes what the restore below undoes
             new = super().from_pipe(pipeline, **kwargs)
         _restore_fp32_modules(new)
         return new
@@ -112,7 +115,7 @@ class NextScalePipelineMixin:
         """diffusers' ``to``; a dtype cast keeps the modules each component keeps in float32 (the quantizer, whose
         nearest-code search is exact only in float32, and the logits head), as ``from_pretrained(dtype=...)`` does.
         """
-        with _without_fp32_cast_warning():  # the warning describes what the restore below undoes
+        with logger_level(_MODELING_LOGGER, logging.ERROR):  # its cast warning describes what the restore below undoes
             super().to(*args, **kwargs)
         _restore_fp32_modules(self)
         return self
@@ -476,21 +479,6 @@ class NextScalePipelineMixin:
         if not request.return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
-
-
-@contextmanager
-def _without_fp32_cast_warning():
-    """Silence diffusers' warning that a cast reaches the float32 modules, for the casts that restore them."""
-    import logging as std_logging
-
-    from diffusers.models import modeling_utils
-
-    previous = modeling_utils.logger.level
-    modeling_utils.logger.setLevel(std_logging.ERROR)
-    try:
-        yield
-    finally:
-        modeling_utils.logger.setLevel(previous)
 
 
 def _restore_fp32_modules(pipe) -> None:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw
 
 from ..utils.atomic import atomic_open
 from ..utils.image_grid import default_font, make_image_grid, wrap_text
+from ..utils.logs import logger_level
 from ..vocabulary import caption_words, unknown_words
 
 __all__ = ["GRID_NAME", "ProgressGrid", "pick_captions"]
@@ -83,13 +84,8 @@ class ProgressGrid:
         device = pipe.transformer.device
         generators = [torch.Generator(device=device).manual_seed(self.seed + r) for r in range(len(prompts))]
         # the captions' new words are what the adapter learns: the pipeline's warning about them says nothing new
-        pipeline_logger = logging.getLogger(type(pipe).__module__)
-        previous = pipeline_logger.level
-        pipeline_logger.setLevel(logging.ERROR)
-        try:
+        with logger_level(type(pipe).__module__, logging.ERROR):
             images = pipe(prompts, generator=generators, **self.sampling).images
-        finally:
-            pipeline_logger.setLevel(previous)
         step_dir = self._step_dir(step)
         step_dir.mkdir(parents=True, exist_ok=True)
         for r, image in enumerate(images):
