@@ -9,7 +9,8 @@ a table, and a plot of both against depth.
 Every setting runs in its own process (``bench_inference.py``'s ``run_single``: guidance 4, top-k 900, top-p 0.95,
 median of ``--runs`` calls after a warm-up call), so its peak resident memory is its own: weights, KV cache,
 activations and the interpreter. "per image" divides a call's seconds and that peak by the batch. The figures go to
-``--json`` and the plot to ``--plot`` (defaults: docs/cost_by_depth.json and docs/images/cost_by_depth.png).
+``--json`` and the plot to ``--plot`` (defaults: docs/cost_by_depth.json and docs/images/cost_by_depth.png); settings
+measured now replace the same settings in an existing ``--json``, the others stay, so a grid can be filled in parts.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def measure(depths: list[int], batch_sizes: list[int], dtypes: list[str], runs: 
                       f"{dtype} | {batch} | {row['s_per_call']:.2f} | {row['s_per_image']:.2f} | "
                       f"{row['peak_mib']:.0f} | {row['peak_mib_per_image']:.0f} |", flush=True)
     return results
+
+
+def merged(path: Path, results: list[dict]) -> list[dict]:
+    """Earlier figures in ``path`` for the settings not measured now, then the new ones, ordered by setting."""
+    key = lambda r: (r["depth"], r["dtype"], r["batch"])  # noqa: E731
+    earlier = json.loads(path.read_text()) if path.exists() else []
+    new = {key(r) for r in results}
+    return sorted([r for r in earlier if key(r) not in new] + results, key=key)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -110,6 +119,7 @@ def main() -> None:
     results = measure(depths, batch_sizes, dtypes, args.runs)
     if not results:
         raise SystemExit("no setting finished")
+    results = merged(args.json, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.plot)
