@@ -44,10 +44,14 @@ def measure(depths: list[int], batch_sizes: list[int], dtypes: list[str], runs: 
                            transformer_parameters=r["transformer_parameters"],
                            gflop_per_call=r["gflop_per_call"])
                 results.append(row)
-                print(f"| {depth} | {r['transformer_parameters'] / 1e6:.3g} M | "
+                print(f"| {depth} | {_count(r['transformer_parameters'])} | "
                       f"{dtype} | {batch} | {row['s_per_call']:.2f} | {row['s_per_image']:.2f} | "
                       f"{row['peak_mib']:.0f} | {row['peak_mib_per_image']:.0f} |", flush=True)
     return results
+
+
+def _count(parameters: int) -> str:
+    return f"{parameters / 1e9:.3g} B" if parameters >= 1e9 else f"{parameters / 1e6:.3g} M"
 
 
 def merged(path: Path, results: list[dict]) -> list[dict]:

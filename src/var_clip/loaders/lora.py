@@ -26,7 +26,12 @@ from pathlib import Path
 import safetensors.torch
 import torch
 from diffusers.loaders import PeftAdapterMixin
-from diffusers.loaders.lora_base import LoraBaseMixin, set_adapters_for_text_encoder
+from diffusers.loaders.lora_base import (
+    LORA_ADAPTER_METADATA_KEY,
+    LORA_WEIGHT_NAME_SAFE,
+    LoraBaseMixin,
+    set_adapters_for_text_encoder,
+)
 from diffusers.utils import logging
 from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 
@@ -40,9 +45,9 @@ __all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMi
 
 logger = logging.get_logger(__name__)
 
-#: diffusers' file name for LoRA weights (``LORA_WEIGHT_NAME_SAFE``); the only one read without `weight_name`.
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the adapter's LoraConfig
+#: diffusers' file name for LoRA weights; the only one read without `weight_name`.
+LORA_WEIGHT_NAME = LORA_WEIGHT_NAME_SAFE
+LORA_METADATA_KEY = LORA_ADAPTER_METADATA_KEY  # diffusers' header key for the adapter's LoraConfig
 TRANSFORMER_PREFIX = "transformer"
 TEXT_ENCODER_PREFIX = "text_encoder"
 #: the CLIP text encoder's default LoRA targets, as diffusers' text-encoder LoRA trainings: every attention projection
