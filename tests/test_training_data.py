@@ -52,6 +52,27 @@ def test_imagefolder_dataset_has_images_and_captions(shapes, tmp_path):
         load_image_caption_dataset(shapes, caption_file=shapes / "metadata.jsonl")
 
 
+def test_a_folder_without_split_names_loads_as_datasets_would_infer_it_without_the_inference(shapes, tmp_path):
+    """The shortcut past datasets' split inference (a walk of the folder per pattern) must load the same rows, and
+    must leave the inference to datasets wherever a name could mean a split."""
+    import datasets
+
+    from var_clip.training import data
+
+    flat = sorted(shapes.rglob("*"))
+    assert data._all_files_when_no_split_names(shapes, flat) == {"train": "**"}
+    inferred = datasets.load_dataset("imagefolder", data_dir=str(shapes), split="train", cache_dir=str(tmp_path / "a"))
+    ours = load_image_caption_dataset(shapes, cache_dir=tmp_path / "b")
+    assert ours["text"] == inferred["text"]
+    assert [np.asarray(i).tobytes() for i in ours["image"]] == [np.asarray(i).tobytes() for i in inferred["image"]]
+
+    for name in ("train/a.png", "b_test.png", "valid-3/c.png", "Eval/d.png", "data/train-00000-of-00001.parquet",
+                 "x.eval"):
+        assert data._all_files_when_no_split_names(shapes, [*flat, shapes / name]) is None, name
+    assert data._all_files_when_no_split_names(tmp_path, [tmp_path / "trainee.png", tmp_path / "latest.png"]) == {
+        "train": "**"}
+
+
 def write_var_clip_layout(root: Path, shapes: Path) -> Path:
     """VAR-CLIP's layout: imagenet/val/image_captions.txt with './val/<synset>/<file>: caption' lines."""
     lines = []

@@ -17,6 +17,7 @@ Legend: B batch · H, W image size · N dataset size.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -139,9 +140,11 @@ def load_image_caption_dataset(
         if not data_dir.is_dir():
             raise ValueError(f"`data_dir` {str(data_dir)!r} is not a folder")
         _check_metadata_files(data_dir)
-        _refuse_special_files(data_dir.rglob("*"))
+        paths = list(data_dir.rglob("*"))
+        _refuse_special_files(paths)
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train",
+                                            data_files=_all_files_when_no_split_names(data_dir, paths),
                                             cache_dir=None if cache_dir is None else str(cache_dir),
                                             drop_labels=False if condition == "class" else None)
         except FileNotFoundError:  # datasets' EmptyDatasetError: no image files at all
@@ -166,6 +169,30 @@ def load_image_caption_dataset(
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
     return dataset
+
+
+def _all_files_when_no_split_names(data_dir: Path, paths: Iterable[Path]) -> dict[str, str] | None:
+    """``{"train": "**"}`` (every file: what datasets' split inference concludes for such a folder) when no name under
+    ``data_dir`` could name a split or another of its default layouts; None otherwise, and datasets infers as always.
+
+    The inference tries some 60 patterns (``train/``, ``*-test.*``, ``data/train-00000-of-…``, ...), each a walk of the
+    whole folder: for 100,000 images, minutes before the first training step. A name "could name a split" when one of
+    its words (split at ``-._``, spaces and digits) is a split keyword; the test is broader than the patterns, so a
+    doubt leaves the inference to datasets.
+    """
+    try:
+        from datasets.data_files import SPLIT_KEYWORDS
+    except ImportError:  # a datasets without the constant: let it infer
+        return None
+    keywords = {k for words in SPLIT_KEYWORDS.values() for k in words} | {"data", "task", "instruction"}
+    for path in paths:
+        relative = path.relative_to(data_dir)
+        if path.suffix == ".eval":  # datasets' pattern for evaluation logs
+            return None
+        for part in relative.parts:
+            if keywords & set(re.split(r"[-._ 0-9]+", part.lower())):
+                return None
+    return {"train": "**"}
 
 
 def _refuse_special_files(paths: Iterable[Path]) -> None:
