@@ -142,6 +142,10 @@ def load_image_caption_dataset(
         _check_metadata_files(data_dir)
         paths = list(data_dir.rglob("*"))
         _refuse_special_files(paths)
+        image_suffixes = set(Image.registered_extensions())
+        if not any(path.suffix.lower() in image_suffixes for path in paths):
+            raise ValueError(f"`data_dir` {str(data_dir)!r} holds no images (an imagefolder needs image files next "
+                             f"to its metadata.jsonl)")
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train",
                                             data_files=_all_files_when_no_split_names(data_dir, paths),
