@@ -79,7 +79,8 @@ def test_the_load_of_other_processes_is_read_from_the_cpu_clock(monkeypatch):
     assert threads.cores_used_by_others() is None  # the first look only starts the clock
     assert threads.cores_used_by_others() == pytest.approx(1.0)  # 1.5 busy seconds, 0.5 of them ours, in 1 s
     assert threads.cores_used_by_others() == pytest.approx(1.0)  # 10 ms is too short a look: the last answer
-    assert threads.cores_used_by_others() == 0.0  # more CPU of ours than the machine counted (sampled apart) reads as idle, never < 0
+    # more CPU of ours than the machine counted (the two are sampled apart) reads as idle, never below 0
+    assert threads.cores_used_by_others() == 0.0
     monkeypatch.setattr(threads, "_cpu_clock", lambda: None)
     assert threads.cores_used_by_others() is None  # a system that does not say
     assert 0.0 <= (threads._cpu_clock() or (0, 0, 0))[2]

@@ -372,8 +372,9 @@ _TO_ORIGINAL_TRANSFORMER_KEYS = (
 
 
 def transformer_to_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """``model``'s (a :class:`VARTransformer2DModel`) weights as the original ``VAR`` module's state dict, buffers included (the zero key biases, the
-    level indices and the block-causal mask the original saves), so the original code loads it strictly."""
+    """``model``'s (a :class:`VARTransformer2DModel`) weights as the original ``VAR`` module's state dict, buffers
+    included (the zero key biases, the level indices and the block-causal mask the original saves), so the original
+    code loads it strictly."""
     state_dict = {}
     for key, value in model.state_dict().items():
         for pattern, replacement in _TO_ORIGINAL_TRANSFORMER_KEYS:

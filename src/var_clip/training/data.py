@@ -144,16 +144,14 @@ def load_image_caption_dataset(
         _refuse_special_files(paths)
         image_suffixes = set(Image.registered_extensions())
         if not any(path.suffix.lower() in image_suffixes for path in paths):
-            raise ValueError(f"`data_dir` {str(data_dir)!r} holds no images (an imagefolder needs image files next "
-                             f"to its metadata.jsonl)")
+            raise _no_images(f"`data_dir` {str(data_dir)!r}")
         try:
             dataset = datasets.load_dataset("imagefolder", data_dir=str(data_dir), split="train",
                                             data_files=_all_files_when_no_split_names(data_dir, paths),
                                             cache_dir=None if cache_dir is None else str(cache_dir),
                                             drop_labels=False if condition == "class" else None)
-        except FileNotFoundError:  # datasets' EmptyDatasetError: no image files at all
-            raise ValueError(f"`data_dir` {str(data_dir)!r} holds no images (an imagefolder needs image files next "
-                             f"to its metadata.jsonl)") from None
+        except FileNotFoundError:  # datasets' EmptyDatasetError: no image file it reads (hidden ones are skipped)
+            raise _no_images(f"`data_dir` {str(data_dir)!r}") from None
         renames = {image_column: "image", caption_column: "text", label_column: "label"}
         for old, new in renames.items():
             if old != new and old in dataset.column_names:
@@ -164,7 +162,7 @@ def load_image_caption_dataset(
 
     if len(dataset) == 0:
         source = f"`data_dir` {str(data_dir)!r}" if data_dir is not None else f"`caption_file` {str(caption_file)!r}"
-        raise ValueError(f"{source} holds no images (an imagefolder needs image files next to its metadata.jsonl)")
+        raise _no_images(source)
     needed = {"text": "text", "class": "label", None: "image"}[condition]
     if needed not in dataset.column_names:
         what = ("captions: `metadata.jsonl` lines with `file_name` and `text` (or set `caption_column`)"
@@ -173,6 +171,10 @@ def load_image_caption_dataset(
     if max_samples is not None and max_samples < len(dataset):
         dataset = dataset.select(range(max_samples))
     return dataset
+
+
+def _no_images(source: str) -> ValueError:
+    return ValueError(f"{source} holds no images (an imagefolder needs image files next to its metadata.jsonl)")
 
 
 def _all_files_when_no_split_names(data_dir: Path, paths: Iterable[Path]) -> dict[str, str] | None:

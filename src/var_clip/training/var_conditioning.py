@@ -215,9 +215,8 @@ class VARObjective:
 
     def __call__(self, model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         idx_BL, condition = self.inputs(batch)
-        if self.teacher is None:
-            return var_loss(model, self.transformer, self.vqvae, idx_BL, condition, self.label_smoothing,
-                            self.generator, scale_weighting=self.scale_weighting)
+        held = self.teacher is not None
         return var_loss(model, self.transformer, self.vqvae, idx_BL, condition, self.label_smoothing, self.generator,
-                        keep_B=batch["known"], teacher=self.teacher.for_batch(batch, condition),
+                        keep_B=batch["known"] if held else None,
+                        teacher=self.teacher.for_batch(batch, condition) if held else None,
                         scale_weighting=self.scale_weighting)
