@@ -54,12 +54,28 @@ def _count(parameters: int) -> str:
     return f"{parameters / 1e9:.3g} B" if parameters >= 1e9 else f"{parameters / 1e6:.3g} M"
 
 
-def merged(path: Path, results: list[dict]) -> list[dict]:
-    """Earlier figures in ``path`` for the settings not measured now, then the new ones, ordered by setting."""
-    key = lambda r: (r["depth"], r["dtype"], r["batch"])  # noqa: E731
-    earlier = json.loads(path.read_text()) if path.exists() else []
-    new = {key(r) for r in results}
-    return sorted([r for r in earlier if key(r) not in new] + results, key=key)
+def _setting(row: dict) -> tuple:
+    return row["depth"], row["dtype"], row["batch"]
+
+
+def read_figures(path: Path) -> list[dict]:
+    """The figures saved in ``path`` (none if it does not exist), read before any measuring so a wrong file costs
+    nothing."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+        for row in rows:
+            _setting(row)
+    except (ValueError, TypeError, KeyError) as error:
+        raise SystemExit(f"--json {str(path)!r} is not this benchmark's figures ({error!r}); choose another file")
+    return rows
+
+
+def merged(earlier: list[dict], results: list[dict]) -> list[dict]:
+    """The earlier figures of the settings not measured now, and the new ones, ordered by setting."""
+    new = {_setting(r) for r in results}
+    return sorted([r for r in earlier if _setting(r) not in new] + results, key=_setting)
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -120,10 +136,11 @@ def main() -> None:
         parser.error(f"--dtypes takes fp32 and/or bf16, got {args.dtypes!r}")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    earlier = read_figures(args.json)
     results = measure(depths, batch_sizes, dtypes, args.runs)
     if not results:
         raise SystemExit("no setting finished")
-    results = merged(args.json, results)
+    results = merged(earlier, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.plot)
