@@ -138,6 +138,18 @@ def short_var_run(workdir: Path, vqvae_dir: Path, clip_dir: Path, name: str, ste
     return losses
 
 
+def test_plot_log_draws_the_trainers_own_logs(vqvae_dir, var_dir, tmp_path):
+    """docs/training.md's `var-clip plot-log` lines, on logs the trainers wrote."""
+    pytest.importorskip("matplotlib")
+    from var_clip.cli import main
+
+    assert main(["plot-log", str(var_dir), "-o", str(tmp_path / "var.png")]) == 0
+    panels = len([k for k in read_log(var_dir)[0] if k not in ("step", "epoch")])  # loss, lr, grad norm, accuracies
+    assert panels >= 4 and Image.open(tmp_path / "var.png").size == (900, 240 * panels)
+    assert main(["plot-log", str(vqvae_dir), str(var_dir), "--metric", "loss", "-o", str(tmp_path / "both.png")]) == 0
+    assert Image.open(tmp_path / "both.png").size == (900, 240)
+
+
 def test_var_bf16_mixed_precision_runs_on_cpu(workdir, vqvae_dir, clip_dir):
     short_var_run(workdir, vqvae_dir, clip_dir, "var-bf16", 3, "--mixed_precision", "bf16")
     pipe = VARCLIPPipeline.from_pretrained(workdir / "var-bf16")

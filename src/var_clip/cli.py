@@ -46,6 +46,7 @@ DELEGATED = {
     "word-position": ("var_clip.analysis.word_position", "how a word's position in a caption steers CLIP guidance"),
     "phrase-position": ("var_clip.analysis.phrase_position",
                         "whole-caption accuracy while a key phrase moves through the caption (shapes world)"),
+    "plot-log": ("var_clip.training.metrics_log", "draw training runs' logs: loss, accuracy, learning rate by step"),
     "eval-shapes": ("var_clip.shapes_world.report", "faithfulness report on the shapes world (accuracy per attribute)"),
     "generate-batch": ("var_clip.generate_batch", "many images from a prompt file, dataset or class labels; resumable, "
                                                   "multi-process (accelerate), imagefolder + .npz output"),
@@ -81,6 +82,7 @@ COMMAND_EXTRAS = {
                                   ("--train-text-encoder", None): ("peft",)}),
     "word-position": (("matplotlib",), {}),
     "phrase-position": (("matplotlib",), {}),
+    "plot-log": (("matplotlib",), {}),
     "eval-fid": (("torchmetrics",), {}),
     "demo": (("gradio",), {}),
 }

@@ -25,7 +25,6 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..utils.arguments import add_option, finite_floats_only
-from ..utils.atomic import atomic_open
 from ..utils.dtypes import has_native_bf16
 from ..utils.files import (
     MARKER_NAME,
@@ -47,6 +46,7 @@ from .checkpointing import (
     save_checkpoint,
 )
 from .data import DataPosition, ResumableSampler, iterate_batches, make_dataloader
+from .metrics_log import LOG_FILE_NAME, MetricsLog, read_log
 
 __all__ = [
     "MIXED_PRECISION_CHOICES",
@@ -83,7 +83,6 @@ def _log_main(message: str, *args: Any, level: int = logging.INFO) -> None:
 MIXED_PRECISION_CHOICES = ("no", "bf16", "fp16", "auto")
 REPORT_TO_CHOICES = ("tensorboard", "none")
 LR_SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-LOG_FILE_NAME = "train_log.jsonl"
 STAGING_NAME = ".final.tmp"
 
 
@@ -296,53 +295,6 @@ def build_optimizer(model: nn.Module, args: argparse.Namespace, no_decay_keys: S
     lr = learning_rate if learning_rate is not None else args.learning_rate
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr,
                              betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Logs
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-class MetricsLog:
-    """One JSON object per optimizer step in ``output_dir/train_log.jsonl`` (main process only).
-
-    On resume the lines after the checkpoint's step are dropped (they belong to the interrupted run), so the file
-    always reads as one uninterrupted run.
-    """
-
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
-
-    def truncate_after(self, step: int) -> None:
-        if not self.enabled or not self.path.is_file():
-            return
-        kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and _parse_step(line) is not None and _parse_step(line) <= step]
-        with atomic_open(self.path, "w") as handle:
-            handle.write("".join(line + "\n" for line in kept))
-
-    def reset(self) -> None:
-        if self.enabled and self.path.is_file():
-            self.path.unlink()
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
-
-
-def _parse_step(line: str) -> int | None:
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a line cut short by a crash
-
-
-def read_log(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of ``output_dir/train_log.jsonl``."""
-    path = Path(output_dir) / LOG_FILE_NAME
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 # ----------------------------------------------------------------------------------------------------------------------
