@@ -257,7 +257,13 @@ def test_a_sampling_option_is_one_declaration():
     every command that samples; given on the command line, it reaches the pipeline as the keyword."""
     import inspect
 
-    from var_clip import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline, VARInpaintPipeline, VARPipeline
+    from var_clip import (
+        VARCLIPImg2ImgPipeline,
+        VARCLIPInpaintPipeline,
+        VARCLIPPipeline,
+        VARInpaintPipeline,
+        VARPipeline,
+    )
     from var_clip.cli import GENERATION_COMMANDS, build_parser
     from var_clip.generate_batch import build_parser as batch_parser
     from var_clip.sampling import SAMPLING_OPTIONS, given_sampling_options

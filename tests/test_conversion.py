@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from var_clip import VARCLIPPipeline, VARPipeline
+from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 from .conftest import REPO, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
-from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 SCRIPTS = REPO / "conversion_scripts"
 

@@ -17,9 +17,9 @@ from huggingface_hub import HfApi
 import var_clip.hub as hub
 from var_clip import VARCLIPPipeline, VARPipeline
 from var_clip.hub import CUSTOM_PIPELINES_DIR
+from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 from .conftest import REPO, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
-from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 REPO_ID = "someone/tiny-var-clip"
 

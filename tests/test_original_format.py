@@ -11,11 +11,12 @@ from var_clip.original_format import (
     OriginalCheckpointError,
     load_original_state_dict,
     transformer_from_original,
+    transformer_to_original,
     vqvae_from_original,
+    vqvae_to_original,
 )
 
 from .conftest import make_tiny_transformer, make_tiny_vqvae
-from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import re
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -27,6 +27,7 @@ import var_clip.hub as hub
 from var_clip import MultiScaleVQModel, VARTransformer2DModel
 from var_clip.cli import describe_failure, main
 from var_clip.models.strict_loading import ConfigMismatchError, check_transformer_config
+from var_clip.original_format import transformer_to_original, vqvae_to_original
 from var_clip.training import train_vqvae
 from var_clip.training.checkpointing import check_checkpoint_state
 from var_clip.training.data import ImageCaptionDataset, ImageTransform, load_image_caption_dataset
@@ -43,7 +44,6 @@ from var_clip.utils.files import (
 )
 
 from .conftest import REPO, make_tiny_transformer, make_tiny_vqvae
-from var_clip.original_format import transformer_to_original, vqvae_to_original
 
 
 def _script(name: str):
@@ -612,8 +612,9 @@ def test_eval_fid_never_hands_a_pickle_to_torch_fidelity(tmp_path, capsys, monke
 
 @pytest.fixture
 def saved_pipeline(tmp_path):
-    from .conftest import make_tiny_text_encoder, make_tiny_tokenizer
     from var_clip import VARCLIPPipeline
+
+    from .conftest import make_tiny_text_encoder, make_tiny_tokenizer
 
     tokenizer = make_tiny_tokenizer()
     VARCLIPPipeline(tokenizer=tokenizer, text_encoder=make_tiny_text_encoder(tokenizer),

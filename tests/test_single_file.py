@@ -18,10 +18,9 @@ from var_clip import (
     VARTransformer2DModel,
 )
 from var_clip.conversion import convert_original_checkpoints
-from var_clip.original_format import OriginalCheckpointError
+from var_clip.original_format import OriginalCheckpointError, transformer_to_original, vqvae_to_original
 
 from .conftest import TEXT_DIM, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_transformer, make_tiny_vqvae
-from var_clip.original_format import transformer_to_original, vqvae_to_original
 from .test_original_format import _Payload
 
 

@@ -8,8 +8,13 @@ import torch
 from var_clip.generate_batch import main as generate_batch
 from var_clip.pipelines.next_scale import NextScalePipelineMixin
 from var_clip.utils import threads
-from var_clip.utils.threads import (WORK_PER_THREAD, pinned_threads, thread_count_for, threads_for_work,
-                                   user_chose_threads)
+from var_clip.utils.threads import (
+    WORK_PER_THREAD,
+    pinned_threads,
+    thread_count_for,
+    threads_for_work,
+    user_chose_threads,
+)
 
 DEFAULT = threads._DEFAULT_THREADS  # torch's own count when nothing is set
 # with one core the automatic choice is torch's default either way: these tests would then prove nothing

@@ -16,8 +16,13 @@ from var_clip.training import train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log
 
-from .conftest import (killed_after_checkpoint, make_tiny_text_encoder, make_tiny_tokenizer, make_tiny_vqvae,
-                       reset_accelerate_state)
+from .conftest import (
+    killed_after_checkpoint,
+    make_tiny_text_encoder,
+    make_tiny_tokenizer,
+    make_tiny_vqvae,
+    reset_accelerate_state,
+)
 
 STEPS = 6
 

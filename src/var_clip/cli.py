@@ -270,8 +270,8 @@ def run_generation(args) -> int:
     import torch
 
     from . import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
-    from .utils.device import resolve_device
     from .sampling import given_sampling_options
+    from .utils.device import resolve_device
     from .utils.image_grid import make_image_grid
 
     cls = {"generate": VARCLIPPipeline, "inpaint": VARCLIPInpaintPipeline, "outpaint": VARCLIPInpaintPipeline,

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import hashlib
 import inspect
 import json
@@ -30,14 +31,20 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .utils.arguments import (OneLineParser, UsageError, add_dtype_option, add_model_option, add_option,
-                              int_at_least, is_main_process)
+from .utils.arguments import (
+    OneLineParser,
+    UsageError,
+    add_dtype_option,
+    add_model_option,
+    add_option,
+    int_at_least,
+    is_main_process,
+)
 from .utils.atomic import TEMP_PREFIX, atomic_open
 
 __all__ = [

@@ -21,8 +21,14 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..utils.arguments import (ArgumentParser, add_device_option, add_dtype_option, add_model_option, add_option,
-                               int_at_least)
+from ..utils.arguments import (
+    ArgumentParser,
+    add_device_option,
+    add_dtype_option,
+    add_model_option,
+    add_option,
+    int_at_least,
+)
 
 __all__ = ["Workspace", "build_parser", "main", "serve"]
 
