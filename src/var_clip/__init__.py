@@ -5,7 +5,8 @@ __version__ = "0.1.0"
 import importlib as _importlib
 import os as _os
 
-#: Folder of the small shapes-world pipeline that ships with the package: `VARCLIPPipeline.from_pretrained(DEFAULT_MODEL)`.
+#: Folder of the small shapes-world pipeline that ships with the package:
+#: `VARCLIPPipeline.from_pretrained(DEFAULT_MODEL)`.
 DEFAULT_MODEL = _os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "default_model")
 
 # The models and pipelines import torch and diffusers: they load on first use, so that `import var_clip.cli` (and

@@ -33,7 +33,8 @@ from .utils.arguments import (
 from .utils.files import OutputLockedError, check_writable, image_format_of, release_held_locks, save_image
 from .utils.pretrained import is_network_error
 
-# Subcommands implemented by other modules' `main(argv)` (or the function after a colon): name -> (module, one-line help)
+# Subcommands implemented by other modules' `main(argv)` (or the function after a colon):
+# name -> (module, one-line help)
 DELEGATED = {
     "convert-var-clip": ("var_clip.conversion.cli:main_var_clip",
                          "convert VAR-CLIP's original checkpoints into a pipeline folder with a model card"),
@@ -180,15 +181,18 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     add_model_option(p)
     add_option(p, "negative-prompt", default=None, help="replaces the learned null embedding in guidance")
     add_option(p, "num-images", type=int_at_least(1), default=1,
-               help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid (default 1; more: generate-batch)")
-    p.add_argument("--seed", type=seed_at_most(MAX_SEED), default=0, help="random seed; image i uses seed + i (default 0)")
+               help=f"images to generate, up to {MAX_GRID_IMAGES}; several make a grid "
+                    f"(default 1; more: generate-batch)")
+    p.add_argument("--seed", type=seed_at_most(MAX_SEED), default=0,
+                   help="random seed; image i uses seed + i (default 0)")
     add_sampling_options(p)
     add_dtype_option(p)
     add_device_option(p)
     add_option(p, "save-progress", metavar="PNG", default=None,
                    help="also write the coarse-to-fine progression (one preview per scale) as a strip")
     p.add_argument("-o", "--output", default="var_clip.png",
-                   help="image file to write; the suffix names the format (.png, .jpg, .webp, ...; default var_clip.png)")
+                   help="image file to write; the suffix names the format "
+                        "(.png, .jpg, .webp, ...; default var_clip.png)")
     p.add_argument("--debug", action="store_true", help="show the full traceback of a failure")
 
 
@@ -314,11 +318,13 @@ def run_generation(args) -> int:
     images = pipe(
         args.prompt, negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images, generator=generators,
         callback_on_step_end=keep_preview if args.save_progress else None,
-        callback_on_step_end_tensor_inputs=["f_hat"] if args.save_progress else None, **given_sampling_options(args), **extra,
+        callback_on_step_end_tensor_inputs=["f_hat"] if args.save_progress else None,
+        **given_sampling_options(args), **extra,
     ).images
     picture = images[0] if len(images) == 1 else make_image_grid(images, cols=min(len(images), 4))
     save_image(picture, args.output, "--output")
-    print(f"wrote {args.output} ({len(images)} image{'s' if len(images) > 1 else ''}, {picture.width}×{picture.height})")
+    print(f"wrote {args.output} ({len(images)} image{'s' if len(images) > 1 else ''}, "
+          f"{picture.width}×{picture.height})")
     if args.save_progress:
         sides = [f"{pn}x{pn}" for pn in pipe.transformer.config.patch_nums]  # plain x: every font has it
         size = max(previews[0].width, 64)

@@ -100,7 +100,8 @@ def image_seed(seed: int, prompt_index: int, image_index: int) -> int:
     images per prompt never changes the seed of an existing image. 63 bits keep it a signed int64 in ``datasets``.
     """
     if min(seed, prompt_index, image_index) < 0:
-        raise ValueError(f"`seed`, `prompt_index` and `image_index` must be >= 0, got {(seed, prompt_index, image_index)}")
+        raise ValueError(f"`seed`, `prompt_index` and `image_index` must be >= 0, "
+                         f"got {(seed, prompt_index, image_index)}")
     return int(np.random.SeedSequence([seed, prompt_index, image_index]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
@@ -144,7 +145,8 @@ def parse_class_labels(text: str) -> list[int]:
         try:
             low, high = int(first), int(last if sep else first)
         except ValueError:
-            raise ValueError(f"`class_labels` must be ints and inclusive ranges like '0-999' or '1,5,9', got {text!r}") from None
+            raise ValueError(f"`class_labels` must be ints and inclusive ranges like '0-999' or '1,5,9', "
+                             f"got {text!r}") from None
         if low < 0 or high < low:
             raise ValueError(f"`class_labels` ranges must be 'low-high' with 0 <= low <= high, got {part.strip()!r}")
         if len(labels) + high - low + 1 > MAX_IMAGES:  # counted before the list is built
@@ -185,7 +187,8 @@ def _read_prompt_file(path: Path, suffix: str, column: str) -> list[str]:
         if suffix == ".csv":
             reader = csv.DictReader(handle)
             if column not in (reader.fieldnames or []):
-                raise ValueError(f"`prompt_column` {column!r} is not a column of {source!r} (columns: {reader.fieldnames})")
+                raise ValueError(f"`prompt_column` {column!r} is not a column of {source!r} "
+                                 f"(columns: {reader.fieldnames})")
             prompts = []
             for row in reader:
                 if not isinstance(row[column], str) or not row[column].strip():
@@ -215,7 +218,8 @@ def _load_dataset_column(source: str, column: str, split: str) -> list:
         else:
             raise ValueError(f"`prompts` {source!r} is neither a file, a folder nor a dataset name (owner/name)")
     except (OSError, ConnectionError, FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise ValueError(f"could not load the dataset {source!r}: {str(error).splitlines()[0] if str(error) else type(error).__name__}"
+        raise ValueError(f"could not load the dataset {source!r}: "
+                         f"{str(error).splitlines()[0] if str(error) else type(error).__name__}"
                          " (offline? pass a local file or dataset folder)") from None
     if isinstance(dataset, datasets.DatasetDict):
         if split not in dataset:
@@ -306,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(group, "prompts", metavar="PATH_OR_DATASET", default=None,
          help="a .txt file (one prompt per non-empty line), a .jsonl or .csv file, a `datasets` folder "
               "(save_to_disk or a local dataset) or a Hub dataset name; see --prompt-column and --split")
-    add_option(group, "prompt-column", default="prompt", help="column of the prompts in .jsonl/.csv/datasets (default prompt)")
+    add_option(group, "prompt-column", default="prompt",
+         help="column of the prompts in .jsonl/.csv/datasets (default prompt)")
     add_option(group, "split", default="train", help="split of a dataset (default train)")
     add_option(group, "class-labels", type=_class_labels, default=None, metavar="LABELS",
          help="class labels for a class-conditional VAR model, e.g. 0-999 or 1,5,9 (VAR's FID protocol: 0-999)")
@@ -316,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = p.add_argument_group("model and sampling")
     add_model_option(group)
-    add_option(group, "batch-size", type=int_at_least(1), default=32, help="images per forward pass and process (default 32)")
+    add_option(group, "batch-size", type=int_at_least(1), default=32,
+         help="images per forward pass and process (default 32)")
     add_sampling_options(group)
     add_dtype_option(group)
     add_option(group, "seed", type=int_at_least(0), default=0,
@@ -328,10 +334,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = p.add_argument_group("output")
     add_option(group, "output-dir", default=None, help="folder of the PNGs, metadata.jsonl and the .npz (created)")
-    add_option(group, "npz", action="store_true", help=f"also write every image into OUTPUT_DIR/{NPZ_NAME} (arr_0: N×H×W×3 uint8)")
+    add_option(group, "npz", action="store_true",
+         help=f"also write every image into OUTPUT_DIR/{NPZ_NAME} (arr_0: N×H×W×3 uint8)")
     add_option(group, "max-images", type=int_at_least(1), default=None,
          help="stop after about this many new images (at a batch boundary), e.g. to fit a time slot; rerun to go on")
-    add_option(group, "no-progress-bar", action="store_true", help="no progress bar (the summary line is still printed)")
+    add_option(group, "no-progress-bar", action="store_true",
+         help="no progress bar (the summary line is still printed)")
     return p
 
 
@@ -374,7 +382,8 @@ def _check_model_kind(args: argparse.Namespace, class_mode: bool) -> None:
         raise UsageError(f"--model {model} is class-conditional: pass --class-labels, not --prompts")
     n = config.get("num_classes")
     if class_mode and n is not None and max(args.class_labels) >= n:
-        raise UsageError(f"--class-labels goes up to {max(args.class_labels)} but the model has {n} classes (0-{n - 1})")
+        raise UsageError(f"--class-labels goes up to {max(args.class_labels)} but the model has {n} classes "
+                         f"(0-{n - 1})")
 
 
 def _load_pipeline(args: argparse.Namespace, pipeline_class: type, device):

@@ -77,7 +77,8 @@ def _per_image(generator: Generators, batch_size: int):
     return None
 
 
-def sample_tokens(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0, generator: Generators = None) -> tuple[torch.LongTensor, torch.Tensor]:
+def sample_tokens(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
+                  generator: Generators = None) -> tuple[torch.LongTensor, torch.Tensor]:
     """Draw one token per position. Returns the indices (B, l) and the filtered logits (for Gumbel smoothing)."""
     B, l, V = logits_BlV.shape
     filtered = filter_logits(logits_BlV, top_k, top_p)
@@ -86,7 +87,8 @@ def sample_tokens(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0, 
     if generators is None:
         idx = torch.multinomial(probs_BlV.view(-1, V), num_samples=1, generator=generator).view(B, l)
     else:
-        idx = torch.stack([torch.multinomial(probs_BlV[b], num_samples=1, generator=g).view(l) for b, g in enumerate(generators)])
+        idx = torch.stack([torch.multinomial(probs_BlV[b], num_samples=1, generator=g).view(l)
+                           for b, g in enumerate(generators)])
     return idx, filtered
 
 
@@ -152,7 +154,8 @@ SAMPLING_OPTIONS: tuple[SamplingOption, ...] = (
                    float_where(lambda v: v >= 0, "a finite number >= 0")),
     SamplingOption("guidance_schedule", "linear",
                    "linear (the weight grows with the scale, as VAR) or constant",
-                   lambda t: t if t in GUIDANCE_SCHEDULES else _raise(f"must be one of {GUIDANCE_SCHEDULES}, got {t!r}")),
+                   lambda t: t if t in GUIDANCE_SCHEDULES else _raise(f"must be one of {GUIDANCE_SCHEDULES}, "
+                                                                      f"got {t!r}")),
     SamplingOption("guidance_interval", None, "START,STOP: guide only these scale indices (Python-slice style)",
                    _interval),
     SamplingOption("top_k", DEFAULT_TOP_K, "sample among the k most likely tokens; 0 disables",
@@ -224,7 +227,8 @@ class SamplingSchedule:
 def _per_scale(name: str, value, num_scales: int, check, allowed: str) -> tuple:
     values = list(value) if isinstance(value, (list, tuple)) else [value] * num_scales
     if len(values) != num_scales:
-        raise ValueError(f"`{name}` must be one value or a list of {num_scales} values (one per scale), got {len(values)}")
+        raise ValueError(f"`{name}` must be one value or a list of {num_scales} values (one per scale), "
+                         f"got {len(values)}")
     for v in values:
         if isinstance(v, bool) or not check(v):
             raise ValueError(f"`{name}` must be {allowed}, got {v!r}")
@@ -288,8 +292,8 @@ def resolve_schedule(
         prune = _per_scale("prune_ratios", prune_ratios, S, lambda v: is_num(v) and 0.0 <= v < 1.0, "a share in [0, 1)")
     if prune[0] > 0:
         raise ValueError("`prune_ratios` cannot prune the first scale (it has no coarser scale to restore from)")
-    return SamplingSchedule(float(guidance_scale), tuple(guidance), top_k, tuple(float(p) for p in top_p), tuple(float(t) for t in temperature),
-                            tuple(float(p) for p in prune))
+    return SamplingSchedule(float(guidance_scale), tuple(guidance), top_k, tuple(float(p) for p in top_p),
+                            tuple(float(t) for t in temperature), tuple(float(p) for p in prune))
 
 
 def pivotal_tokens(x_BlD: torch.Tensor, prune_ratio: float) -> torch.LongTensor:

@@ -369,8 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(parser, "generate", action="store_true", help="also generate one image per variant (same seed)")
     add_option(parser, "guidance-scale", type=float, default=DEFAULT_GUIDANCE_SCALE,
                help=f"classifier-free guidance (default: {DEFAULT_GUIDANCE_SCALE})")
-    add_option(parser, "top-k", type=int, default=DEFAULT_TOP_K, help=f"top-k sampling filter (default: {DEFAULT_TOP_K})")
-    add_option(parser, "top-p", type=float, default=DEFAULT_TOP_P, help=f"nucleus sampling filter (default: {DEFAULT_TOP_P})")
+    add_option(parser, "top-k", type=int, default=DEFAULT_TOP_K,
+               help=f"top-k sampling filter (default: {DEFAULT_TOP_K})")
+    add_option(parser, "top-p", type=float, default=DEFAULT_TOP_P,
+               help=f"nucleus sampling filter (default: {DEFAULT_TOP_P})")
     add_option(parser, "batch-size", type=int, default=8, help="images per pipeline call (default: 8)")
     add_option(parser, "cols", type=int, default=None, help="images per row in the grid (default: up to 6)")
     add_device_option(parser)

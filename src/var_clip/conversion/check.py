@@ -24,14 +24,16 @@ def check_pipeline_folder(folder: str | os.PathLike, variant: str | None = None,
     pipe.set_progress_bar_config(disable=True)
     generator = torch.Generator().manual_seed(seed)
     if cls is VARPipeline:
-        images = pipe(class_labels=0, guidance_scale=DEFAULT_GUIDANCE_SCALE, generator=generator, output_type="np").images
+        images = pipe(class_labels=0, guidance_scale=DEFAULT_GUIDANCE_SCALE, generator=generator,
+                      output_type="np").images
     elif pipe.text_encoder is not None:
         images = pipe("a photo of a red fox in the snow", guidance_scale=DEFAULT_GUIDANCE_SCALE, generator=generator,
                       output_type="np").images
     else:  # no text encoder: a random unit vector stands in for a CLIP text embedding
         E = pipe.transformer.config.text_embed_dim
         embeds = torch.nn.functional.normalize(torch.randn(1, E, generator=generator), dim=-1)
-        images = pipe(prompt_embeds=embeds, guidance_scale=DEFAULT_GUIDANCE_SCALE, generator=generator, output_type="np").images
+        images = pipe(prompt_embeds=embeds, guidance_scale=DEFAULT_GUIDANCE_SCALE, generator=generator,
+                      output_type="np").images
     size = pipe.vqvae.sample_size
     if images.shape != (1, size, size, 3) or not (images >= 0).all() or not (images <= 1).all():
         raise RuntimeError(f"the converted pipeline produced an image of shape {images.shape}, expected (1, {size}, "

@@ -118,7 +118,8 @@ def convert_original_checkpoints(
         dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"`` (or torch's names, ``"float16"``, ...); half precisions are
             saved as the diffusers variant of that name (``fp16``, ``bf16``).
         overwrite: replace a non-empty ``output_dir``, only once the new folder is complete.
-        model_card_template: a Jinja template file, or the name of one shipped in ``var_clip/model_cards``, for the folder's ``README.md``; None writes none.
+        model_card_template: a Jinja template file, or the name of one shipped in ``var_clip/model_cards``, for the
+            folder's ``README.md``; None writes none.
         repo_id: the Hub repository the folder is meant for, used in the card's usage snippet (else the local path).
         check: load the written folder and generate one image before moving it into place.
     """

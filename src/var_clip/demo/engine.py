@@ -47,9 +47,10 @@ class Cancelled(Exception):
 class DemoRequest:
     """One generation asked for in the page: every setting in one object, validated by :meth:`check`.
 
-    Image ``i`` uses seed ``seed + i``; a sampling setting left at None takes the pipeline's default. ``mode`` is ``"text"`` or one of :data:`EDIT_MODES`; the edits read ``image``
-    (the model's size), inpainting also ``mask`` (white = regenerate), outpainting ``margins`` (left, top, right,
-    bottom in pixels) and image-to-image ``strength``.
+    Image ``i`` uses seed ``seed + i``; a sampling setting left at None takes the pipeline's default. ``mode`` is
+    ``"text"`` or one of :data:`EDIT_MODES`; the edits read ``image`` (the model's size), inpainting also ``mask``
+    (white = regenerate), outpainting ``margins`` (left, top, right, bottom in pixels) and image-to-image
+    ``strength``.
     """
 
     prompt: str
@@ -209,7 +210,7 @@ class DemoEngine:
         self._lock = SharedExclusiveLock()
         self._lora: tuple[str, float] | None = None  # (source, weight) of the loaded adapter
 
-    # -- the model ------------------------------------------------------------------------------------------------------
+    # -- the model -----------------------------------------------------------------------------------------------------
 
     def start(self) -> DemoEngine:
         """Load the pipeline in a background thread (the first call; later ones do nothing); requests wait for it."""
@@ -262,7 +263,7 @@ class DemoEngine:
         words = set(self.vocabulary)
         return self.sample_size == IMAGE_SIZE and set(COLORS) <= words and set(SHAPES) <= words
 
-    # -- generation -----------------------------------------------------------------------------------------------------
+    # -- generation ----------------------------------------------------------------------------------------------------
 
     def generate(self, request: DemoRequest, cancel: threading.Event | None = None) -> Iterator[Preview | Result]:
         """Run ``request``: a :class:`Preview` of the scales as they come (the newest one when decoding falls behind;

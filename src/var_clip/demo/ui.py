@@ -221,7 +221,8 @@ def build_demo(engine: DemoEngine, model_label: str, limits: UploadLimits = Uplo
                         strength = gr.Slider(0, 1, value=0.6, step=0.05, label="Strength (image to image)")
                         with gr.Row():
                             margins = [gr.Slider(0, 128, value=0, step=8, label=f"{side} (px, outpainting)",
-                                                 elem_id=f"margin-{side}") for side in ("left", "top", "right", "bottom")]
+                                                 elem_id=f"margin-{side}")
+                                       for side in ("left", "top", "right", "bottom")]
                         edit_images = gr.Slider(1, MAX_IMAGES, value=2, step=1, label="Images")
                         edit_seed, edit_randomize = seed_controls("edit-")
                         edit_controls = sampling_controls()

@@ -63,9 +63,11 @@ def read_upload(path: str | os.PathLike, limits: UploadLimits = UploadLimits()) 
     except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning):
         raise UploadError("the image declares more pixels than the demo decodes (a decompression bomb?)") from None
     except PIL.UnidentifiedImageError:
-        raise UploadError(f"the file is not an image the demo reads; upload one of {', '.join(ALLOWED_FORMATS)}") from None
+        raise UploadError(f"the file is not an image the demo reads; upload one of "
+                          f"{', '.join(ALLOWED_FORMATS)}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
-        raise UploadError(f"the image could not be decoded (a truncated or damaged file?): {' '.join(str(e).split())}") from None
+        raise UploadError(f"the image could not be decoded (a truncated or damaged file?): "
+                          f"{' '.join(str(e).split())}") from None
     return image
 
 
@@ -74,8 +76,8 @@ def _check_dimensions(size: tuple[int, int], limits: UploadLimits) -> None:
     if width < 1 or height < 1:
         raise UploadError(f"the image is {width}×{height} pixels: it has no pixels")
     if width * height > limits.max_pixels or max(width, height) > limits.max_side:
-        raise UploadError(f"the image is {width}×{height} pixels; the demo decodes at most {limits.max_pixels:,} pixels "
-                          f"and {limits.max_side} on a side (a decompression bomb is refused before decoding)")
+        raise UploadError(f"the image is {width}×{height} pixels; the demo decodes at most {limits.max_pixels:,} "
+                          f"pixels and {limits.max_side} on a side (a decompression bomb is refused before decoding)")
 
 
 def fit_to_square(image: PIL.Image.Image, size: int) -> tuple[PIL.Image.Image, str | None]:

@@ -386,9 +386,9 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         parts = {prefix: any(k.startswith(f"{prefix}.") for k in state_dict)
                  for prefix in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX)}
         if not any(parts.values()):
-            raise ValueError(f"no `{TRANSFORMER_PREFIX}.` or `{TEXT_ENCODER_PREFIX}.` keys in this LoRA file (found e.g. "
-                             f"{next(iter(state_dict))!r}): var-clip adapters live on the transformer and the text "
-                             "encoder")
+            raise ValueError(f"no `{TRANSFORMER_PREFIX}.` or `{TEXT_ENCODER_PREFIX}.` keys in this LoRA file "
+                             f"(found e.g. {next(iter(state_dict))!r}): var-clip adapters live on the transformer and "
+                             "the text encoder")
         for prefix, present in parts.items():
             if present and getattr(self, prefix, None) is None:
                 raise ValueError(f"this LoRA file adapts the {prefix}, and this pipeline has no `{prefix}`")
@@ -568,7 +568,8 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         modules = {c: getattr(self, c, None) for c in components}
         layers = {c: {name: m for name, m in module.named_modules() if isinstance(m, BaseTunerLayer)}
                   for c, module in modules.items() if module is not None}
-        scalings = {(c, name): dict(getattr(m, "scaling", {})) for c, found in layers.items() for name, m in found.items()}
+        scalings = {(c, name): dict(getattr(m, "scaling", {}))
+                    for c, found in layers.items() for name, m in found.items()}
         for c, found in layers.items():
             saved = self._weights_before_fusing.setdefault(c, {})
             for name, layer in found.items():

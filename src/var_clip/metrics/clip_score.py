@@ -42,7 +42,8 @@ def load_clip(model: str | Path):
 def _prompts(folder: Path, column: str) -> list[str]:
     metadata = folder / "metadata.jsonl"
     if not metadata.is_file():
-        raise ValueError(f"{str(folder)!r} has no metadata.jsonl with the prompts (write it with var-clip generate-batch)")
+        raise ValueError(f"{str(folder)!r} has no metadata.jsonl with the prompts "
+                         "(write it with var-clip generate-batch)")
     records = read_jsonl(metadata, [column], {column: str}, fix=f"every line needs a `{column}` string "
                                                                "(or pass --prompt-column)")
     if not records:
@@ -79,7 +80,8 @@ def compute_clip_score(folder: str | Path, model, processor, prompt_column: str 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="var-clip eval-clip-score", description=__doc__)
     add_option(p, "images", required=True, help="a folder written by generate-batch (images + metadata.jsonl)")
-    add_option(p, "clip-model", default=DEFAULT_CLIP, help=f"CLIP folder or Hub id (default {DEFAULT_CLIP}); {CLIP_HELP}")
+    add_option(p, "clip-model", default=DEFAULT_CLIP,
+               help=f"CLIP folder or Hub id (default {DEFAULT_CLIP}); {CLIP_HELP}")
     add_option(p, "prompt-column", default="text", help="metadata.jsonl field with the prompt (default text)")
     add_option(p, "batch-size", type=int_at_least(1), default=32, help="images per forward pass (default 32)")
     add_device_option(p)

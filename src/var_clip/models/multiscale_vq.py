@@ -192,7 +192,8 @@ class Phi(nn.Conv2d):
         self.ratio = abs(ratio)
 
     def forward(self, h_BChw: torch.Tensor) -> torch.Tensor:
-        return h_BChw.mul(1 - self.ratio) + super().forward(h_BChw.to(self.weight.dtype)).to(h_BChw.dtype).mul(self.ratio)
+        return (h_BChw.mul(1 - self.ratio)
+                + super().forward(h_BChw.to(self.weight.dtype)).to(h_BChw.dtype).mul(self.ratio))
 
 
 class MultiScaleQuantizer(nn.Module):
@@ -295,7 +296,8 @@ class MultiScaleQuantizer(nn.Module):
             f_hat = h if f_hat is None else f_hat + h
         return f_hat
 
-    def next_scale_input(self, si: int, f_hat_BChw: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def next_scale_input(self, si: int, f_hat_BChw: torch.Tensor,
+                         h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Add scale ``si``'s embedding ``h`` to ``f_hat``; return it and the transformer's input for scale si+1.
 
         The next input is the new ``f_hat`` area-downsampled to the next side (None after the last scale).
@@ -310,7 +312,8 @@ class MultiScaleQuantizer(nn.Module):
     def indices_to_teacher_input(self, idx_per_scale: list[torch.LongTensor]) -> torch.Tensor:
         """Teacher-forcing input of the transformer: (B, L - pn_1², C), the inputs of scales 2..S."""
         B = idx_per_scale[0].shape[0]
-        f_hat = idx_per_scale[0].new_zeros(B, self.channels, self.patch_nums[-1], self.patch_nums[-1], dtype=torch.float32)
+        f_hat = idx_per_scale[0].new_zeros(B, self.channels, self.patch_nums[-1], self.patch_nums[-1],
+                                           dtype=torch.float32)
         inputs = []
         for si in range(len(self.patch_nums) - 1):
             f_hat, next_BChw = self.next_scale_input(si, f_hat, self.indices_to_embedding(idx_per_scale[si]).float())
@@ -341,7 +344,8 @@ class MultiScaleQuantizer(nn.Module):
             h = self._upsample_refine(self.indices_to_embedding(idx_N.view(B, pn * pn)), si, H)
             f_hat = f_hat + h
             f_rest = f_rest - h.detach()
-            # β·commitment (moves the encoder) + codebook term (moves codebook and φ), summed over every prefix of scales
+            # β·commitment (moves the encoder) + codebook term (moves codebook and φ), summed over every prefix of
+            # scales
             vq_loss = vq_loss + self.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, f_no_grad)
         vq_loss = vq_loss / len(self.patch_nums)
         # Straight-through estimator: the forward value is f_hat, the gradient flows to f.
@@ -466,7 +470,8 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
 
         # 2. quantizer: 0 → one φ per scale, 1 → a single shared φ, K → K partially shared φs
         num_phis = len(patch_nums) if share_quant_resi == 0 else share_quant_resi
-        self.quantize = MultiScaleQuantizer(vocab_size, latent_channels, patch_nums, num_phis, quant_resi, beta, using_znorm)
+        self.quantize = MultiScaleQuantizer(vocab_size, latent_channels, patch_nums, num_phis, quant_resi, beta,
+                                            using_znorm)
         k = quant_conv_kernel_size
         self.quant_conv = nn.Conv2d(latent_channels, latent_channels, k, padding=k // 2)
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, k, padding=k // 2)
@@ -501,7 +506,8 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
     def encode(self, images_B3HW: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] → continuous latent ``f`` (B, C, pn_S, pn_S) before quantization."""
         self._check_images(images_B3HW)
-        # the norms' dtype is the compute dtype, also when the convolutions' weights are stored in fp8 (layerwise casting)
+        # the norms' dtype is the compute dtype, also when the convolutions' weights are stored in fp8 (layerwise
+        # casting)
         return self.quant_conv(self.encoder(images_B3HW.to(self.encoder.norm_out.weight.dtype)))
 
     @torch.no_grad()
@@ -531,9 +537,10 @@ class MultiScaleVQModel(StrictLoadingMixin, ModelMixin, ConfigMixin):
         self._check_indices(idx_per_scale)
         return self.quantize.indices_to_teacher_input(idx_per_scale)
 
-    # -- what a next-scale sampler asks of the VQ-VAE between transformer steps -----------------------------------------
+    # -- what a next-scale sampler asks of the VQ-VAE between transformer steps ----------------------------------------
 
-    def embed_tokens(self, idx_Bl: torch.LongTensor | None = None, probs_BlV: torch.Tensor | None = None) -> torch.Tensor:
+    def embed_tokens(self, idx_Bl: torch.LongTensor | None = None,
+                     probs_BlV: torch.Tensor | None = None) -> torch.Tensor:
         """One scale's latent (B, C, pn, pn) in float32: the codebook vectors of the tokens ``idx_Bl`` (B, pn²), or the
         mix of all of them weighted by ``probs_BlV`` (B, pn², V) (the Gumbel-smoothed sampling of the original's
         visualisation setting). Exactly one of the two is given."""

@@ -95,7 +95,8 @@ def load_original_state_dict(path: str | os.PathLike, what: str = "checkpoint") 
                 f"{what} {path!r} needs code to unpickle and was refused (only tensors and plain containers are "
                 f"read; nothing from the file was run)"
             ) from None
-        raise OriginalCheckpointError(f"{what} {path!r} is damaged or truncated: {msg.splitlines()[0] if msg else type(e).__name__}") from None
+        raise OriginalCheckpointError(f"{what} {path!r} is damaged or truncated: "
+                                      f"{msg.splitlines()[0] if msg else type(e).__name__}") from None
     if isinstance(obj, Mapping) and "trainer" in obj:
         trainer = obj["trainer"]
         if not isinstance(trainer, Mapping) or "var_wo_ddp" not in trainer:
@@ -132,7 +133,8 @@ def _vqvae_key(key: str) -> str:
     return key
 
 
-def infer_vqvae_config(state_dict: Mapping[str, torch.Tensor], patch_nums=DEFAULT_PATCH_NUMS, quant_resi: float = 0.5) -> dict:
+def infer_vqvae_config(state_dict: Mapping[str, torch.Tensor], patch_nums=DEFAULT_PATCH_NUMS,
+                       quant_resi: float = 0.5) -> dict:
     """Read every hyperparameter the VQ-VAE checkpoint determines; ``patch_nums`` and φ's ratio it cannot."""
     sd = state_dict
     try:
@@ -230,7 +232,8 @@ def infer_transformer_config(state_dict: Mapping[str, torch.Tensor], num_heads: 
     if attn_l2_norm:
         inferred_heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1]
         if num_heads is not None and num_heads != inferred_heads:
-            raise OriginalCheckpointError(f"`num_heads`={num_heads} contradicts the checkpoint, which has {inferred_heads}")
+            raise OriginalCheckpointError(f"`num_heads`={num_heads} contradicts the checkpoint, which has "
+                                          f"{inferred_heads}")
         num_heads = inferred_heads
     elif num_heads is None:
         num_heads = depth
@@ -273,9 +276,11 @@ def build_transformer(model_class: type[Transformer], state_dict: Mapping[str, t
     mapped = {}
     for key, value in state_dict.items():
         if key in _DERIVED:
-            ours = model.level_L.view(1, -1) if key == "lvl_1L" else model.attn_bias_LL.view(1, 1, *model.attn_bias_LL.shape)
+            ours = (model.level_L.view(1, -1) if key == "lvl_1L"
+                    else model.attn_bias_LL.view(1, 1, *model.attn_bias_LL.shape))
             if value.shape != ours.shape or not torch.equal(value.to(ours.dtype), ours):
-                raise OriginalCheckpointError(f"checkpoint buffer {key!r} disagrees with the one derived from the config")
+                raise OriginalCheckpointError(f"checkpoint buffer {key!r} disagrees with the one derived from the "
+                                              "config")
             continue
         if _ZERO_K_BIAS.match(key):
             if torch.count_nonzero(value):
@@ -350,7 +355,8 @@ def _load_exact(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], wha
         if wrong:
             parts.append(f"shape mismatches: {wrong}")
         raise OriginalCheckpointError(f"the {what} checkpoint does not fit the inferred model; " + "; ".join(parts))
-    model.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in state_dict.items()}, strict=True, assign=True)
+    model.load_state_dict({k: v.to(expected[k].dtype).contiguous() for k, v in state_dict.items()}, strict=True,
+                          assign=True)
     model.eval()
 
 

@@ -284,7 +284,8 @@ class AdaLNSelfAttnBlock(nn.Module):
     """Pre-norm transformer block whose LayerNorms take scale, shift and a residual gate from the condition."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, norm_eps: float, shared_aln: bool,
-                 l2_norm: bool, drop: float, attn_drop: float, drop_path: float, cross_attention_dim: int | None = None):
+                 l2_norm: bool, drop: float, attn_drop: float, drop_path: float,
+                 cross_attention_dim: int | None = None):
         super().__init__()
         self.dim, self.shared_aln, self.drop_path = dim, shared_aln, drop_path
         self.attn = SelfAttention(dim, num_heads, attn_drop, drop, l2_norm)
@@ -423,11 +424,13 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
             cross_attention_dim=cross_attention_dim, num_classes=num_classes, cond_drop_rate=cond_drop_rate,
             drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
         )
-        if vocabulary is not None and not (isinstance(vocabulary, list) and all(isinstance(w, str) for w in vocabulary)):
+        if vocabulary is not None and not (isinstance(vocabulary, list)
+                                           and all(isinstance(w, str) for w in vocabulary)):
             raise ValueError(f"`vocabulary` must be a list of words or None, got {type(vocabulary).__name__}")
         if known_captions is not None and not (isinstance(known_captions, list)
                                                and all(isinstance(c, str) for c in known_captions)):
-            raise ValueError(f"`known_captions` must be a list of captions or None, got {type(known_captions).__name__}")
+            raise ValueError(f"`known_captions` must be a list of captions or None, "
+                             f"got {type(known_captions).__name__}")
         patch_nums = tuple(int(p) for p in patch_nums)
         D = embed_dim
         init_std = math.sqrt(1 / D / 3)
@@ -473,7 +476,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         level_L = torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(patch_nums)])
         self.register_buffer("level_L", level_L, persistent=False)
         mask_LL = level_L.view(-1, 1) >= level_L.view(1, -1)  # a token sees its own and every coarser scale
-        self.register_buffer("attn_bias_LL", torch.zeros(mask_LL.shape).masked_fill_(~mask_LL, -torch.inf), persistent=False)
+        self.register_buffer("attn_bias_LL", torch.zeros(mask_LL.shape).masked_fill_(~mask_LL, -torch.inf),
+                             persistent=False)
 
         self._init_weights()
 
@@ -579,11 +583,13 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
 
     # -- condition -----------------------------------------------------------------------------------------------------
 
-    def embed_condition(self, text_embeds: torch.Tensor | None = None, class_labels: torch.LongTensor | None = None) -> torch.Tensor:
+    def embed_condition(self, text_embeds: torch.Tensor | None = None,
+                        class_labels: torch.LongTensor | None = None) -> torch.Tensor:
         """Condition → (B, D): the start token and the input of every AdaLN."""
         if self.config.condition_type == "text":
             if text_embeds is None:
-                raise ValueError("this transformer is text-conditioned: pass `text_embeds` of shape (B, text_embed_dim)")
+                raise ValueError("this transformer is text-conditioned: pass `text_embeds` of shape "
+                                 "(B, text_embed_dim)")
             return self.text_proj(text_embeds.to(self._input_dtype(self.text_proj)))
         if class_labels is None:
             raise ValueError("this transformer is class-conditioned: pass `class_labels` of shape (B,)")
@@ -626,8 +632,10 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         if encoder_hidden_states is None:
             raise ValueError("this transformer cross-attends to the text: pass `encoder_hidden_states` (B, T, "
                              f"{H}) and `encoder_attention_mask` (B, T)")
-        if encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch_size or encoder_hidden_states.shape[2] != H:
-            raise ValueError(f"`encoder_hidden_states` must be ({batch_size}, T, {H}), got {tuple(encoder_hidden_states.shape)}")
+        if (encoder_hidden_states.ndim != 3 or encoder_hidden_states.shape[0] != batch_size
+                or encoder_hidden_states.shape[2] != H):
+            raise ValueError(f"`encoder_hidden_states` must be ({batch_size}, T, {H}), "
+                             f"got {tuple(encoder_hidden_states.shape)}")
         if encoder_attention_mask is None:
             encoder_attention_mask = torch.ones(encoder_hidden_states.shape[:2], dtype=torch.bool,
                                                 device=encoder_hidden_states.device)
@@ -682,7 +690,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
                                      f"{device.type}): choose 'native', '_native_math' or 'flex' there")
 
     def modulations(self, cond_BD: torch.Tensor) -> Modulations:
-        shared = self.shared_ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.config.embed_dim) if self.shared_ada_lin is not None else None
+        shared = (self.shared_ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.config.embed_dim)
+                  if self.shared_ada_lin is not None else None)
         blocks = [block.modulation(cond_BD, shared) for block in self.blocks]
         head = self.head_ada_lin(F.silu(cond_BD)).view(-1, 1, 2, self.config.embed_dim)
         return Modulations(blocks=blocks, head=head)
@@ -765,7 +774,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         L = self.num_tokens
         if x_BLC_wo_first_l is None or x_BLC_wo_first_l.shape[1:] != (L - self.first_l, self.config.latent_channels):
             shape = None if x_BLC_wo_first_l is None else tuple(x_BLC_wo_first_l.shape)
-            raise ValueError(f"`hidden_states` must be (B, {L - self.first_l}, {self.config.latent_channels}), got {shape}")
+            raise ValueError(f"`hidden_states` must be (B, {L - self.first_l}, {self.config.latent_channels}), "
+                             f"got {shape}")
         B = x_BLC_wo_first_l.shape[0]
         if cond_drop_mask is not None:
             text_embeds, class_labels, encoder_hidden_states, encoder_attention_mask = self._drop_condition(
@@ -775,7 +785,8 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         if self.uses_text_tokens:
             context, mask_B11T = self._text_context(encoder_hidden_states, encoder_attention_mask, B)
         sos = cond_BD.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start
-        x_BLD = torch.cat((sos, self.word_embed(x_BLC_wo_first_l.to(cond_BD.dtype))), dim=1) + self._level_pos(slice(0, L))
+        x_BLD = (torch.cat((sos, self.word_embed(x_BLC_wo_first_l.to(cond_BD.dtype))), dim=1)
+                 + self._level_pos(slice(0, L)))
         mods = self.modulations(cond_BD)
         self._check_attention_backends(block_causal=True, device=x_BLD.device)
         bias_11LL = self.attn_bias_LL[None, None]  # 4-D: no backend may read an (L, L) mask as a (B, L) padding mask

@@ -193,7 +193,8 @@ class NextScalePipelineMixin:
             if not all(isinstance(g, torch.Generator) for g in generator):
                 raise ValueError("`generator` must be a torch.Generator or a list of them")
         elif generator is not None and not isinstance(generator, torch.Generator):
-            raise ValueError(f"`generator` must be a torch.Generator, a list of them, or None; got {type(generator).__name__}")
+            raise ValueError(f"`generator` must be a torch.Generator, a list of them, or None; "
+                             f"got {type(generator).__name__}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}, got {output_type!r}")
         if not isinstance(more_smooth, bool):
@@ -205,7 +206,8 @@ class NextScalePipelineMixin:
         inputs = tuple(callback_on_step_end_tensor_inputs or ())
         unknown = [k for k in inputs if k not in self._callback_tensor_inputs]
         if unknown:
-            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, got {unknown}")
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}, "
+                             f"got {unknown}")
         return GenerationRequest(num_images=num_images, schedule=schedule, more_smooth=more_smooth,
                                  generator=generator, output_type=output_type, return_dict=return_dict,
                                  callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=inputs,
@@ -242,7 +244,8 @@ class NextScalePipelineMixin:
 
     @staticmethod
     def check_num_images(num_images_per_prompt) -> None:
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
+        if (not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool)
+                or num_images_per_prompt < 1):
             raise ValueError(f"`num_images_per_prompt` must be an int >= 1, got {num_images_per_prompt!r}")
 
     def threads_for(self, request: GenerationRequest) -> AbstractContextManager[int]:
@@ -351,7 +354,8 @@ class NextScalePipelineMixin:
             raise ValueError(f"`callback_on_step_end` must return a dict or None, got {type(returned).__name__}")
         unknown = [k for k in returned if k not in self._callback_tensor_inputs]
         if unknown:
-            raise ValueError(f"`callback_on_step_end` returned {unknown}; it may return only {self._callback_tensor_inputs} "
+            raise ValueError(f"`callback_on_step_end` returned {unknown}; it may return only "
+                             f"{self._callback_tensor_inputs} "
                              "(`latents` / `f_hat` edit the latent; the others are read-only)")
         edited = {k: v for k, v in returned.items() if k in ("f_hat", "latents") and v is not local[k]}
         if len(edited) > 1:
@@ -375,7 +379,8 @@ class NextScalePipelineMixin:
         if resize and pixels.shape[-2:] != (size, size):
             if pixels.shape[-1] != pixels.shape[-2]:
                 raise ValueError(f"`{name}` is {pixels.shape[-1]}×{pixels.shape[-2]}: this model works on square "
-                                 f"{size}×{size} images; crop or pad it to a square first (it is not distorted silently)")
+                                 f"{size}×{size} images; crop or pad it to a square first "
+                                 "(it is not distorted silently)")
             pixels = F.interpolate(pixels, size=(size, size), mode="bicubic", antialias=True).clamp(0, 1)
         return (pixels * 2 - 1).to(device=self._execution_device, dtype=torch.float32)
 
@@ -408,14 +413,17 @@ class NextScalePipelineMixin:
                 if arr.ndim != 2:
                     raise ValueError(f"`{name}` arrays must be (H, W), (1, H, W) or (H, W, 1), got shape {m.shape}")
                 if not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1:
-                    raise ValueError(f"`{name}` values must be in [0, 1] (1 = regenerate), got [{arr.min()}, {arr.max()}]")
+                    raise ValueError(f"`{name}` values must be in [0, 1] (1 = regenerate), "
+                                     f"got [{arr.min()}, {arr.max()}]")
             else:
-                raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, got {type(m).__name__}")
+                raise ValueError(f"`{name}` must be a PIL image, a numpy array or a torch tensor, "
+                                 f"got {type(m).__name__}")
             out.append(arr)
         ref_hw = tuple(image_to_tensor(image).shape[-2:])
         for arr in out:
             if tuple(arr.shape) != ref_hw:
-                raise ValueError(f"`{name}` must be the size of `image` ({ref_hw[1]}×{ref_hw[0]}), got {arr.shape[1]}×{arr.shape[0]}")
+                raise ValueError(f"`{name}` must be the size of `image` ({ref_hw[1]}×{ref_hw[0]}), "
+                                 f"got {arr.shape[1]}×{arr.shape[0]}")
         size = self.vqvae.sample_size
         mask_B1HW = torch.from_numpy(np.stack(out)).unsqueeze(1)
         if resize and (mask_B1HW.shape[-1] != size or mask_B1HW.shape[-2] != size):
@@ -534,10 +542,12 @@ def image_to_tensor(image, name: str = "image") -> torch.Tensor:
         if not torch.isfinite(t).all():
             raise ValueError(f"`{name}` holds NaN or infinite values")
         if t.min() < 0 or t.max() > 1:
-            raise ValueError(f"`{name}` float values must be in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
+            raise ValueError(f"`{name}` float values must be in [0, 1], "
+                             f"got [{float(t.min()):.3g}, {float(t.max()):.3g}]")
         tensors.append(t)
     if len({t.shape[-2:] for t in tensors}) > 1:
-        raise ValueError(f"`{name}` images must all have one size, got {sorted({tuple(t.shape[-2:]) for t in tensors})}")
+        raise ValueError(f"`{name}` images must all have one size, "
+                         f"got {sorted({tuple(t.shape[-2:]) for t in tensors})}")
     return torch.cat(tensors)
 
 
@@ -546,7 +556,8 @@ def check_components_agree(transformer: VARTransformer2DModel, vqvae: MultiScale
     if tuple(transformer.config.patch_nums) != tuple(vqvae.config.patch_nums):
         raise ValueError(f"`transformer` and `vqvae` disagree on patch_nums: {transformer.config.patch_nums} vs "
                          f"{vqvae.config.patch_nums}")
-    if (transformer.config.vocab_size, transformer.config.latent_channels) != (vqvae.config.vocab_size, vqvae.config.latent_channels):
+    if ((transformer.config.vocab_size, transformer.config.latent_channels)
+            != (vqvae.config.vocab_size, vqvae.config.latent_channels)):
         raise ValueError("`transformer` and `vqvae` disagree on the codebook (vocab_size, latent_channels)")
 
 

@@ -57,12 +57,15 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
                                          num_heads=num_heads, quant_resi=quant_resi, dtype=dtype)
 
     def check_inputs(self, class_labels) -> list[int]:
-        labels = [class_labels] if isinstance(class_labels, int) and not isinstance(class_labels, bool) else class_labels
+        labels = ([class_labels] if isinstance(class_labels, int) and not isinstance(class_labels, bool)
+                  else class_labels)
         if isinstance(labels, torch.Tensor):
             labels = labels.tolist() if labels.ndim == 1 and not labels.is_floating_point() else None
         n = self.transformer.config.num_classes
-        if not isinstance(labels, list) or not labels or not all(isinstance(c, int) and not isinstance(c, bool) for c in labels):
-            raise ValueError(f"`class_labels` must be an int or a non-empty list of ints in [0, {n}), got {class_labels!r}")
+        if (not isinstance(labels, list) or not labels
+                or not all(isinstance(c, int) and not isinstance(c, bool) for c in labels)):
+            raise ValueError(f"`class_labels` must be an int or a non-empty list of ints in [0, {n}), "
+                             f"got {class_labels!r}")
         bad = [c for c in labels if not 0 <= c < n]
         if bad:
             raise ValueError(f"`class_labels` must be in [0, {n}), got {bad}")
@@ -103,14 +106,16 @@ class VARPipeline(NextScalePipelineMixin, DiffusionPipeline):
             >>> from var_clip import VARPipeline
 
             >>> pipe = VARPipeline.from_pretrained("path/to/converted/var_d16")
-            >>> image = pipe(class_labels=[207], generator=torch.Generator().manual_seed(0)).images[0]  # golden retriever
+            >>> image = pipe(class_labels=[207],
+            ...              generator=torch.Generator().manual_seed(0)).images[0]  # golden retriever
             ```
         """
         labels = self.check_inputs(class_labels)
         self.check_num_images(num_images_per_prompt)
         request = self.prepare_request(
             len(labels) * num_images_per_prompt, generator=generator, output_type=output_type, return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             more_smooth=more_smooth, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
             guidance_interval=guidance_interval, top_k=top_k, top_p=top_p, temperature=temperature,
             prune_ratios=prune_ratios,
@@ -177,7 +182,8 @@ class VARInpaintPipeline(VARPipeline):
         edit = EditRequest(image_B3HW=self.preprocess_image(image), mask_B1HW=self.preprocess_mask(mask_image, image))
         request = self.prepare_request(
             len(labels) * num_images_per_prompt, generator=generator, output_type=output_type, return_dict=return_dict,
-            callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
             more_smooth=more_smooth, edit=edit, guidance_scale=guidance_scale, guidance_schedule=guidance_schedule,
             guidance_interval=guidance_interval, top_k=top_k, top_p=top_p, temperature=temperature,
             prune_ratios=prune_ratios,

@@ -60,8 +60,8 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
             if vqvae is not None:
                 check_components_agree(transformer, vqvae)
             if text_encoder is not None and text_encoder.config.projection_dim != transformer.config.text_embed_dim:
-                raise ValueError(f"`text_encoder` projects to {text_encoder.config.projection_dim} dims but `transformer` "
-                                 f"expects text embeddings of {transformer.config.text_embed_dim}")
+                raise ValueError(f"`text_encoder` projects to {text_encoder.config.projection_dim} dims but "
+                                 f"`transformer` expects text embeddings of {transformer.config.text_embed_dim}")
             H = transformer.config.cross_attention_dim
             if text_encoder is not None and H and text_encoder.config.hidden_size != H:
                 raise ValueError(f"`text_encoder`'s hidden states have {text_encoder.config.hidden_size} dims but "
@@ -157,14 +157,16 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
         batch_size = prompt_embeds.shape[0]
         if do_classifier_free_guidance and negative_prompt_embeds is None:
             if negative_prompt is not None:
-                negatives = [negative_prompt] * batch_size if isinstance(negative_prompt, str) else list(negative_prompt)
+                negatives = ([negative_prompt] * batch_size if isinstance(negative_prompt, str)
+                             else list(negative_prompt))
                 negative_prompt_embeds, states, mask = encode_text(self.tokenizer, self.text_encoder, negatives, device,
                                                                    execution_device=self._execution_device)
                 if negative_prompt_token_embeds is None:
                     negative_prompt_token_embeds, negative_prompt_attention_mask = states, mask
             elif self.transformer is not None:
                 negative_prompt_embeds = self.transformer.null_condition(batch_size)
-        if do_classifier_free_guidance and tokens and negative_prompt_token_embeds is None and self.transformer is not None:
+        if (do_classifier_free_guidance and tokens and negative_prompt_token_embeds is None
+                and self.transformer is not None):
             negative_prompt_token_embeds, negative_prompt_attention_mask = self.transformer.null_text_states(batch_size)
 
         dtype = self.transformer.dtype if self.transformer is not None else prompt_embeds.dtype
@@ -212,7 +214,8 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
         elif guided:
             condition = {"text_embeds": torch.cat((e.prompt_embeds, e.negative_prompt_embeds))}
             if tokens:
-                states, mask = _pad_cat(states, mask, e.negative_prompt_token_embeds, e.negative_prompt_attention_mask.bool())
+                states, mask = _pad_cat(states, mask, e.negative_prompt_token_embeds,
+                                        e.negative_prompt_attention_mask.bool())
         if tokens:
             condition.update(encoder_hidden_states=states, encoder_attention_mask=mask)
         return condition
@@ -235,7 +238,8 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
                              + (" (both were given)" if prompt is not None else " (neither was given)"))
         E = self.transformer.config.text_embed_dim
         if prompt is not None:
-            if not (isinstance(prompt, str) or (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt))):
+            if not (isinstance(prompt, str)
+                    or (isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt))):
                 raise ValueError(f"`prompt` must be a str or a non-empty list of str, got {type(prompt).__name__}")
             if self.text_encoder is None or self.tokenizer is None:
                 raise ValueError("this pipeline has no `text_encoder`/`tokenizer` (converted without one): pass "
@@ -247,16 +251,20 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("pass at most one of `negative_prompt` and `negative_prompt_embeds`")
         if negative_prompt is not None:
-            if not (isinstance(negative_prompt, str) or (isinstance(negative_prompt, list) and all(isinstance(p, str) for p in negative_prompt))):
-                raise ValueError(f"`negative_prompt` must be a str or a list of str, got {type(negative_prompt).__name__}")
+            if not (isinstance(negative_prompt, str)
+                    or (isinstance(negative_prompt, list) and all(isinstance(p, str) for p in negative_prompt))):
+                raise ValueError(f"`negative_prompt` must be a str or a list of str, "
+                                 f"got {type(negative_prompt).__name__}")
             if isinstance(negative_prompt, list) and len(negative_prompt) != batch_size:
                 raise ValueError(f"`negative_prompt` has {len(negative_prompt)} entries for {batch_size} prompts")
             if self.text_encoder is None or self.tokenizer is None:
-                raise ValueError("this pipeline has no `text_encoder`/`tokenizer`: pass `negative_prompt_embeds` instead")
+                raise ValueError("this pipeline has no `text_encoder`/`tokenizer`: pass `negative_prompt_embeds` "
+                                 "instead")
         if negative_prompt_embeds is not None:
             _check_embeds("negative_prompt_embeds", negative_prompt_embeds, E)
             if negative_prompt_embeds.shape[0] != batch_size:
-                raise ValueError(f"`negative_prompt_embeds` has {negative_prompt_embeds.shape[0]} rows for {batch_size} prompts")
+                raise ValueError(f"`negative_prompt_embeds` has {negative_prompt_embeds.shape[0]} rows for "
+                                 f"{batch_size} prompts")
         return batch_size
 
     def check_token_inputs(self, batch_size: int, prompt, negative_prompt, prompt_embeds, **token_inputs) -> None:
@@ -272,19 +280,23 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
             raise ValueError(f"{sorted(given)} are for transformers with token-level conditioning; this one reads the "
                              "pooled `prompt_embeds` only")
         for side, text in (("", prompt), ("negative_", negative_prompt)):
-            states, mask = token_inputs.get(f"{side}prompt_token_embeds"), token_inputs.get(f"{side}prompt_attention_mask")
+            states, mask = (token_inputs.get(f"{side}prompt_token_embeds"),
+                            token_inputs.get(f"{side}prompt_attention_mask"))
             if states is None:
                 if mask is not None:
                     raise ValueError(f"`{side}prompt_attention_mask` needs `{side}prompt_token_embeds`")
                 continue
             if text is not None:
-                raise ValueError(f"pass `{side}prompt_token_embeds` with `{side}prompt_embeds`, not with `{side}prompt`")
-            if not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[0] != batch_size or states.shape[2] != H:
+                raise ValueError(f"pass `{side}prompt_token_embeds` with `{side}prompt_embeds`, "
+                                 f"not with `{side}prompt`")
+            if (not isinstance(states, torch.Tensor) or states.ndim != 3 or states.shape[0] != batch_size
+                    or states.shape[2] != H):
                 shape = tuple(states.shape) if isinstance(states, torch.Tensor) else type(states).__name__
                 raise ValueError(f"`{side}prompt_token_embeds` must be a tensor ({batch_size}, T, {H}), got {shape}")
             if not states.is_floating_point() or not torch.isfinite(states).all():
                 raise ValueError(f"`{side}prompt_token_embeds` must be finite floating-point values")
-            if mask is not None and (not isinstance(mask, torch.Tensor) or tuple(mask.shape) != tuple(states.shape[:2])):
+            if mask is not None and (not isinstance(mask, torch.Tensor)
+                                     or tuple(mask.shape) != tuple(states.shape[:2])):
                 raise ValueError(f"`{side}prompt_attention_mask` must be a tensor {tuple(states.shape[:2])}, got "
                                  f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}")
 
@@ -439,9 +451,11 @@ class PromptInputs:
 
     def num_images(self, pipe: VARCLIPPipeline, num_images_per_prompt) -> int:
         """Validate against ``pipe``; returns prompts × images per prompt."""
-        batch_size = pipe.check_inputs(self.prompt, self.negative_prompt, self.prompt_embeds, self.negative_prompt_embeds)
+        batch_size = pipe.check_inputs(self.prompt, self.negative_prompt, self.prompt_embeds,
+                                       self.negative_prompt_embeds)
         pipe.check_token_inputs(batch_size, self.prompt, self.negative_prompt, self.prompt_embeds,
-                                prompt_token_embeds=self.prompt_token_embeds, prompt_attention_mask=self.prompt_attention_mask,
+                                prompt_token_embeds=self.prompt_token_embeds,
+                                prompt_attention_mask=self.prompt_attention_mask,
                                 negative_prompt_token_embeds=self.negative_prompt_token_embeds,
                                 negative_prompt_attention_mask=self.negative_prompt_attention_mask)
         pipe.check_num_images(num_images_per_prompt)

@@ -13,7 +13,8 @@ __all__ = ["window_origins", "inpaint_in_windows"]
 
 
 def window_origins(length: int, size: int) -> list[int]:
-    """Start offsets of windows of ``size`` covering ``length`` with half-window overlap (the last flush with the end)."""
+    """Start offsets of windows of ``size`` covering ``length`` with half-window overlap (the last flush with the
+    end)."""
     starts = list(range(0, length - size + 1, max(1, size // 2)))
     if starts[-1] != length - size:
         starts.append(length - size)

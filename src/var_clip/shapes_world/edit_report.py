@@ -81,7 +81,8 @@ class InpaintingTask:
 def _half_box(half: str, size: float) -> tuple[float, float, float, float]:
     """(x0, y0, x1, y1) of one half of a ``size`` × ``size`` canvas."""
     h = size / 2
-    return {"left": (0, 0, h, size), "right": (h, 0, size, size), "top": (0, 0, size, h), "bottom": (0, h, size, size)}[half]
+    return {"left": (0, 0, h, size), "right": (h, 0, size, size), "top": (0, 0, size, h),
+            "bottom": (0, h, size, size)}[half]
 
 
 def inpainting_tasks(num_images: int, seed: int = 0) -> list[InpaintingTask]:
@@ -117,7 +118,8 @@ def _at(image: PIL.Image.Image, size: int) -> PIL.Image.Image:
     """``image`` at ``size`` × ``size`` (models of another resolution than the spec's 64 px; box filter down)."""
     if image.size == (size, size):
         return image
-    return image.resize((size, size), resample=PIL.Image.Resampling.BOX if size < image.width else PIL.Image.Resampling.LANCZOS)
+    return image.resize((size, size),
+                        resample=PIL.Image.Resampling.BOX if size < image.width else PIL.Image.Resampling.LANCZOS)
 
 
 def _object_in(image: PIL.Image.Image, color: str, shape: str, box: tuple[float, float, float, float]) -> bool:
@@ -132,8 +134,9 @@ def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0, cell_threshold: float = 0.5,
-                        show_progress: bool = True, **sampling_kwargs) -> tuple[dict, list]:
+def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, seed: int = 0,
+                        cell_threshold: float = 0.5, show_progress: bool = True,
+                        **sampling_kwargs) -> tuple[dict, list]:
     """Inpaint a random new object next to a kept one (:func:`inpainting_tasks`); see the module docstring.
 
     Returns the summary (with the accuracy per relation) and ``(prompt, source, result, correct)`` records for a grid
@@ -259,7 +262,8 @@ def evaluate_img2img(pipe, strengths: tuple[float, ...] = (0.0, 2 / 7, 3 / 7, 4 
                 kept_layout.append(bool(score_image(scored, scene.caption)["caption"]))
             bar.update(samples_per_image)
         finite = [p for p in similarity if np.isfinite(p)]
-        table[f"{strength:.2f}"] = {"new_caption": float(np.mean(adherence)), "input_caption": float(np.mean(kept_layout)),
+        table[f"{strength:.2f}"] = {"new_caption": float(np.mean(adherence)),
+                                    "input_caption": float(np.mean(kept_layout)),
                                     "psnr_to_input": float(np.median(finite)) if finite else float("inf")}
     bar.close()
     return {"strengths": table, "num_images": num_images, "samples_per_image": samples_per_image}

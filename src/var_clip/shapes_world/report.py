@@ -90,7 +90,8 @@ def _generate_and_score(pipe, prompts: list[tuple[str, bool, int]], *, samples_p
                         sampling_kwargs: dict) -> list:
     """``(caption, scores, held_out, num_objects, image)`` for every sample of every ``(prompt, held_out,
     num_objects)``; sample ``j`` of prompt ``i`` is drawn with the seed ``seed + 1000·i + j``."""
-    jobs = [(p, held_out, n, seed + 1000 * i + j) for i, (p, held_out, n) in enumerate(prompts) for j in range(samples_per_prompt)]
+    jobs = [(p, held_out, n, seed + 1000 * i + j)
+            for i, (p, held_out, n) in enumerate(prompts) for j in range(samples_per_prompt)]
     records = []
     bar = tqdm(total=len(jobs), desc="eval-shapes", disable=not show_progress)
     for start in range(0, len(jobs), batch_size):
@@ -125,7 +126,8 @@ def sample_grid(records: list, per_group: int = 8):
         step = max(1, len(group) // per_group)
         chosen += group[::step][:per_group]
     images = [r[4].resize((128, 128), resample=0) for r in chosen]
-    captions = [("[right] " if r[1]["caption"] else "[wrong] ") + r[0] + (" [held out]" if r[2] else "") for r in chosen]
+    captions = [("[right] " if r[1]["caption"] else "[wrong] ") + r[0] + (" [held out]" if r[2] else "")
+                for r in chosen]
     return make_image_grid(images, captions=captions, cols=per_group)
 
 
@@ -144,7 +146,8 @@ def inpainting_grid(records: list, per_row: int = 8):
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="var-clip eval-shapes", description=__doc__)
     add_model_option(p)
-    add_option(p, "output-dir", default="shapes_report", help="where report.json and samples.png go (default shapes_report)")
+    add_option(p, "output-dir", default="shapes_report",
+               help="where report.json and samples.png go (default shapes_report)")
     add_option(p, "samples-per-prompt", type=int_at_least(1), default=4,
                help="samples per prompt (default 4, the spec's minimum)")
     add_option(p, "guidance-scale", type=float, default=None, help="main guidance scale (default: the pipeline's)")
@@ -229,14 +232,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"var-clip eval-shapes: error: {e}", file=sys.stderr)
         return 1
     acc = report["whole_caption_accuracy"]
-    print("whole-caption accuracy: " + ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in acc.items()))
+    print("whole-caption accuracy: "
+          + ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in acc.items()))
     for g, a in report["guidance_sweep"].items():
         print(f"  guidance {g}: " + ", ".join(f"{k} {v:.0%}" for k, v in a.items() if v is not None))
     if "inpainting" in report:
         r = report["inpainting"]
         print(f"inpainting: caption with the new object in the mask {r['caption_with_new_object_in_mask']:.0%}, kept "
-              f"half of the generated latent {r['kept_latent_psnr_median']:.1f} dB median ({r['kept_redrawn_share']:.0%} "
-              f"redrawn), largest change outside the mask {r['max_unmasked_change']}; by relation of the new object: "
+              f"half of the generated latent {r['kept_latent_psnr_median']:.1f} dB median "
+              f"({r['kept_redrawn_share']:.0%} redrawn), largest change outside the mask {r['max_unmasked_change']}; "
+              "by relation of the new object: "
               + ", ".join(f"{k} {v:.0%}" for k, v in r["by_relation"].items()))
     if "outpainting" in report:
         r = report["outpainting"]

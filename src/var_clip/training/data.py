@@ -332,7 +332,8 @@ class ImageCaptionDataset(Dataset):
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 row = self.dataset[int(index)]
                 pixel_values = self.transform(row["image"], rng)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning,
+                Image.DecompressionBombError) as error:
             hint = ""
             if isinstance(error, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
                 hint = " (a possible decompression bomb; raise PIL.Image.MAX_IMAGE_PIXELS only for images you trust)"

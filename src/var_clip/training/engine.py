@@ -157,7 +157,8 @@ def add_training_arguments(
     add_option(group, "max-grad-norm", type=float, default=max_grad_norm, help="0 disables clipping")
     add_option(group, "use-ema", action="store_true", help="keep an exponential moving average of the weights "
                                                               "and export it")
-    add_option(group, "ema-decay", type=float, default=0.9999, help="the moving average's decay per step (default 0.9999)")
+    add_option(group, "ema-decay", type=float, default=0.9999,
+               help="the moving average's decay per step (default 0.9999)")
 
     group = parser.add_argument_group("speed")
     add_option(group, "mixed-precision", choices=MIXED_PRECISION_CHOICES, default="no",

@@ -165,7 +165,8 @@ def build_token_cache(
         tensors["text_embeds"] = torch.cat([t["text_embeds"] for t in texts]).float()
         if "text_states" in texts[0]:  # pad every batch's states to the longest caption of the dataset (masked)
             T = max(t["text_states"].shape[1] for t in texts)
-            tensors["text_states"] = torch.cat([F.pad(t["text_states"].float(), (0, 0, 0, T - t["text_states"].shape[1]))
+            tensors["text_states"] = torch.cat([F.pad(t["text_states"].float(),
+                                                      (0, 0, 0, T - t["text_states"].shape[1]))
                                                 for t in texts])
             tensors["text_mask"] = torch.cat([F.pad(t["text_mask"].to(torch.uint8), (0, T - t["text_mask"].shape[1]))
                                               for t in texts])

@@ -156,8 +156,8 @@ def dtype_name(text: str) -> str:
 
     name = VARIANT_DTYPE_NAMES.get(text, text)
     if name not in DTYPE_NAMES:
-        raise argparse.ArgumentTypeError(f"must be one of {', '.join(DTYPE_NAMES)} (or {', '.join(VARIANT_DTYPE_NAMES)}), "
-                                          f"got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(DTYPE_NAMES)} "
+                                          f"(or {', '.join(VARIANT_DTYPE_NAMES)}), got {text!r}")
     return name
 
 

@@ -95,7 +95,8 @@ def resolve_output_dir(path: str | os.PathLike | None, flag: str) -> Path:
     refused: replacing or filling them would put the user's own files at stake.
     """
     if path is None or not str(path).strip():
-        raise UnsafeOutputError(f"{flag} must name a folder, got {path!r} (an empty path would mean the current folder)")
+        raise UnsafeOutputError(f"{flag} must name a folder, got {path!r} "
+                                "(an empty path would mean the current folder)")
     given = Path(path).expanduser()
     resolved = given.resolve()
     if given.is_symlink() or resolved != given.absolute():
