@@ -99,7 +99,7 @@ def test_eval_shapes_report(model_dir, tmp_path):
     out = tmp_path / "report"
     assert main(["eval-shapes", "--model", model_dir, "--output-dir", str(out), "--samples-per-prompt", "1",
                  "--max-prompts", "2", "--guidance-scales", "0,2", "--inpainting", "2", "--outpainting", "1",
-                 "--img2img", "1"]) == 0
+                 "--img2img", "1", "--prompt", "a red circle above a blue square", "--prompt", "a small blue square"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["whole_caption_accuracy"]) == {"seen_one_object", "seen_two_objects", "held_out_one_object",
                                                      "held_out_two_objects"}
@@ -113,6 +113,19 @@ def test_eval_shapes_report(model_dir, tmp_path):
     assert PIL.Image.open(out / "inpainting.png").width > 0
     assert report["outpainting"]["output_size_kept"] and report["outpainting"]["max_original_change"] == 0
     assert set(report["img2img"]["strengths"]) == {"0.00", "0.29", "0.43", "0.57", "0.71", "0.86", "1.00"}
+    quickstart, small = report["prompts"]  # drawn at seed 0 like `var-clip generate PROMPT --seed 0`
+    assert quickstart["prompt"] == "a red circle above a blue square" and quickstart["seeds"] == [0, 0]
+    assert quickstart["right"] == int(quickstart["verdicts"][0]["caption"]) and small["verdicts"][0]["size"] is not None
+    grid = PIL.Image.open(out / "prompts.png")
+    assert grid.height > 2 * 128 > grid.width >= 128  # a row per prompt, its images side by side
+
+
+def test_eval_shapes_refuses_a_prompt_it_cannot_score_before_any_work(tmp_path, capsys):
+    out = tmp_path / "report"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval-shapes", "--prompt", "a red fox", "--output-dir", str(out)])
+    assert exit_info.value.code == 2 and "--prompt 'a red fox' is not a caption of the shapes world" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_console_script_help_lists_every_command():

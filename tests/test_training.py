@@ -91,6 +91,25 @@ def test_vqvae_training_learns_and_saves_a_loadable_model(vqvae_dir):
     assert not (vqvae_dir / ".final.tmp").exists() and not list(vqvae_dir.glob("checkpoint-*"))
 
 
+def test_vqvae_decoder_only_keeps_every_token_and_latent(workdir, vqvae_dir):
+    """--decoder_only: the fine-tuned VQ-VAE encodes every image to the same tokens and every token map to the same
+    latent (a transformer trained on it stays valid); only the decoder changed."""
+    args = common(workdir, "vqvae-decoder", 4, 8, 3e-3) + ["--init_from", str(vqvae_dir), "--decoder_only",
+                                                           "--num_validation_images", "0"]
+    assert train_vqvae.main(args) == 0
+    before = MultiScaleVQModel.from_pretrained(vqvae_dir).eval()
+    after = MultiScaleVQModel.from_pretrained(workdir / "vqvae-decoder").eval()
+    weights = dict(before.named_parameters())
+    changed = {name for name, value in after.named_parameters() if not torch.equal(value, weights[name])}
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed), sorted(changed)
+    images = torch.rand(4, 3, before.sample_size, before.sample_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    tokens = before.encode_indices(images)
+    assert all(torch.equal(a, b) for a, b in zip(tokens, after.encode_indices(images)))
+    assert torch.equal(before.quantize.indices_to_latent(tokens), after.quantize.indices_to_latent(tokens))
+    with pytest.raises(ValueError, match="--init_from"):
+        train_vqvae.train(train_vqvae.build_parser().parse_args(common(workdir, "x", 1, 2, 1e-3) + ["--decoder_only"]))
+
+
 def test_clip_training_learns_and_writes_text_encoder_tokenizer_and_clip(clip_dir):
     from transformers import CLIPModel, CLIPProcessor, CLIPTextModelWithProjection, CLIPTokenizer
 

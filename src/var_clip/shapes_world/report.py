@@ -8,6 +8,10 @@ the main guidance scale and, optionally, at several others.
     var-clip eval-shapes --output-dir report/                 # the embedded default model
     var-clip eval-shapes --model path/to/pipeline --samples-per-prompt 8 --guidance-scales 0,2,4,6
     var-clip eval-shapes --inpainting 12 --outpainting 12 --img2img 12   # also measure the edits (edit_report)
+    var-clip eval-shapes --prompt "a red circle above a blue square" --samples-per-prompt 8   # also this caption
+
+A ``--prompt`` is drawn at the seeds ``seed, seed + 1, ...``, the images ``var-clip generate PROMPT --num-images N
+--seed SEED`` makes, so "right in 6 of seeds 0–7" reads off the report.
 """
 
 from __future__ import annotations
@@ -34,10 +38,10 @@ from .extension import WorldExtension
 from .prompts import evaluation_prompts
 from .spec import IMAGE_SIZE
 
-__all__ = ["evaluate_shapes", "evaluate_prompts", "build_parser", "main"]
+__all__ = ["evaluate_shapes", "evaluate_prompts", "score_prompt_at_seeds", "build_parser", "main"]
 
 #: What eval-shapes writes into its --output-dir.
-REPORT_FILES = re.compile(r"^(report\.json|samples\.png|inpainting\.png)$")
+REPORT_FILES = re.compile(r"^(report\.json|samples\.png|inpainting\.png|prompts\.png)$")
 
 SPLITS = {  # name -> (held_out, num_objects)
     "seen_one": (False, 1), "seen_two": (False, 2), "held_out_one": (True, 1), "held_out_two": (True, 2),
@@ -83,6 +87,28 @@ def evaluate_prompts(pipe, prompts: list[str], extension: WorldExtension | None 
                                   batch_size=batch_size, show_progress=show_progress, extension=extension,
                                   sampling_kwargs=sampling_kwargs)
     return summarize_scores([r[:4] for r in records]), records
+
+
+def score_prompt_at_seeds(pipe, prompt: str, num_images: int = 8, seed: int = 0, batch_size: int = 16,
+                          show_progress: bool = False, **sampling_kwargs) -> dict:
+    """Draw ``prompt`` at the seeds ``seed … seed + num_images - 1`` (image ``j`` with a generator seeded ``seed +
+    j``, as ``var-clip generate --num-images --seed`` draws them) and score each image against it.
+
+    Returns ``{"prompt", "seeds", "right", "num_images", "accuracy": {metric: fraction or None}, "verdicts",
+    "images"}``: ``right`` counts the images whose whole caption holds. Raises ``ValueError`` for a caption the
+    shapes world cannot score.
+    """
+    if num_images < 1:
+        raise ValueError(f"`num_images` must be >= 1, got {num_images}")
+    num_objects = parse_caption(prompt).num_objects
+    records = _generate_and_score(pipe, [(prompt, False, num_objects)], samples_per_prompt=num_images, seed=seed,
+                                  batch_size=batch_size, show_progress=show_progress, extension=None,
+                                  sampling_kwargs=sampling_kwargs)
+    group = summarize_scores([r[:4] for r in records])["all"]["all"]
+    verdicts = [r[1] for r in records]
+    return {"prompt": prompt, "seeds": [seed, seed + num_images - 1], "right": sum(bool(v["caption"]) for v in verdicts),
+            "num_images": num_images, "accuracy": {k: v for k, v in group.items() if k != "num_samples"},
+            "verdicts": verdicts, "images": [r[4] for r in records]}
 
 
 def _generate_and_score(pipe, prompts: list[tuple[str, bool, int]], *, samples_per_prompt: int, seed: int,
@@ -143,6 +169,18 @@ def inpainting_grid(records: list, per_row: int = 8):
     return make_image_grid(images, captions=captions, cols=min(per_row, len(images)))
 
 
+def prompts_grid(results: list[dict]):
+    """Each ``--prompt``'s images in a row, the seed and the verdict under each."""
+    from ..utils.image_grid import make_image_grid
+
+    images, captions = [], []
+    for result in results:
+        for j, (image, verdict) in enumerate(zip(result["images"], result["verdicts"])):
+            images.append(image.resize((128, 128), resample=0))
+            captions.append(f"{'[right]' if verdict['caption'] else '[wrong]'} seed {result['seeds'][0] + j}")
+    return make_image_grid(images, captions=captions, cols=max(r["num_images"] for r in results))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="var-clip eval-shapes", description=__doc__)
     add_model_option(p)
@@ -168,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="also extend N scenes by 64 px to the right with a red circle and score it")
     add_option(p, "img2img", type=int_at_least(0), default=0, metavar="N",
                help="also re-prompt N scenes at every strength (adherence vs similarity)")
+    add_option(p, "prompt", action="append", default=None, metavar="TEXT",
+               help="also score this caption of the shapes world at the seeds seed … seed + samples-per-prompt - 1 "
+                    "(as var-clip generate --num-images --seed draws them); repeat for several")
     add_device_option(p)
     return p
 
@@ -188,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--guidance-scales must be comma-separated numbers, got {args.guidance_scales!r}")
         if any(g < 0 for g in sweep):
             parser.error("--guidance-scales must be >= 0")
+    for prompt in args.prompt or ():
+        try:
+            parse_caption(prompt)
+        except ValueError as error:
+            parser.error(f"--prompt {prompt!r} is not a caption of the shapes world: {error}")
     try:
         out = claim_output_folder(args.output_dir, "--output-dir", "eval-shapes", input_paths(args, ("model",)),
                                   own_files=REPORT_FILES)
@@ -215,6 +261,11 @@ def main(argv: list[str] | None = None) -> int:
             report["outpainting"], _ = evaluate_outpainting(pipe, num_images=args.outpainting, **edit_kwargs)
         if args.img2img:
             report["img2img"] = evaluate_img2img(pipe, num_images=args.img2img, **edit_kwargs)
+        sampling = {k: v for k, v in edit_kwargs.items() if k not in ("samples_per_image", "seed")}
+        prompt_results = [score_prompt_at_seeds(pipe, prompt, args.samples_per_prompt, args.seed, args.batch_size,
+                                                **sampling) for prompt in args.prompt or ()]
+        if prompt_results:
+            report["prompts"] = [{k: v for k, v in r.items() if k != "images"} for r in prompt_results]
         # write into a temporary folder, then move the finished files into place
         tmp = Path(tempfile.mkdtemp(prefix=".eval_shapes_", dir=out))
         try:
@@ -224,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
             if inpainting_records:
                 inpainting_grid(inpainting_records).save(tmp / "inpainting.png")
                 names.append("inpainting.png")
+            if prompt_results:
+                prompts_grid(prompt_results).save(tmp / "prompts.png")
+                names.append("prompts.png")
             for name in names:
                 os.replace(tmp / name, out / name)
         finally:
@@ -252,6 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         for strength, r in report["img2img"]["strengths"].items():
             print(f"img2img strength {strength}: new caption {r['new_caption']:.0%}, input caption "
                   f"{r['input_caption']:.0%}, PSNR to the input {r['psnr_to_input']:.1f} dB")
+    for r in report.get("prompts", ()):
+        print(f"{r['prompt']!r}: right in {r['right']} of {r['num_images']} (seeds {r['seeds'][0]}–{r['seeds'][1]})")
     print(f"wrote {out / 'report.json'} and {out / 'samples.png'}")
     return 0
 

@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     group = parser.add_argument_group("model (when not --init_from)")
     add_option(group, "init-from", type=str, default=None, help="fine-tune this MultiScaleVQModel folder")
+    add_option(group, "decoder-only", action="store_true",
+               help="with --init_from: train only the decoder (post-quant conv and decoder); the encoder, codebook "
+                    "and φ convs stay frozen, so every image keeps its tokens and a transformer trained on the "
+                    "VQ-VAE stays valid: it renders the same tokens more sharply")
     add_option(group, "vocab-size", type=int, default=4096, help="codebook entries V (default 4096, as VAR)")
     add_option(group, "latent-channels", type=int, default=32, help="codebook vector width C (default 32)")
     add_option(group, "ch", type=int, default=160, help="base channel count of encoder and decoder (default 160)")
@@ -84,6 +88,13 @@ def _build_model(args) -> MultiScaleVQModel:
         model = MultiScaleVQModel.from_pretrained(args.init_from)
     else:
         model = _new_model(args)
+    if args.decoder_only:
+        # the tokens of an image (encoder, quant_conv, codebook) and the latent of a token map (codebook, φ) are what
+        # a transformer was trained on: only what turns that latent into pixels learns
+        model.requires_grad_(False)
+        model.post_quant_conv.requires_grad_(True)
+        model.decoder.requires_grad_(True)
+        return model
     # With fewer scales than shared φ convs some φ serve no scale: freeze them, or data-parallel training would wait
     # for gradients that never come (they stay as initialised, and are never used by this model).
     used = set(model.quantize.phi_index_per_scale)
@@ -127,6 +138,8 @@ def train(args: argparse.Namespace) -> TrainingResult:
     from accelerate.utils import set_seed
 
     check_training_arguments(args)
+    if args.decoder_only and not args.init_from:
+        raise ValueError("`--decoder_only` fine-tunes the decoder of an existing VQ-VAE: give it with `--init_from`")
     for name in ("l2_weight", "l1_weight", "vq_weight"):
         if getattr(args, name) < 0:
             raise ValueError(f"`--{name}` must be >= 0, got {getattr(args, name)}")
