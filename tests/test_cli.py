@@ -99,7 +99,8 @@ def test_eval_shapes_report(model_dir, tmp_path):
     out = tmp_path / "report"
     assert main(["eval-shapes", "--model", model_dir, "--output-dir", str(out), "--samples-per-prompt", "1",
                  "--max-prompts", "2", "--guidance-scales", "0,2", "--inpainting", "2", "--outpainting", "1",
-                 "--img2img", "1", "--prompt", "a red circle above a blue square", "--prompt", "a small blue square"]) == 0
+                 "--img2img", "1", "--prompt", "a red circle above a blue square", "--prompt", "a small blue square",
+                 "--reconstruction", "6"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["whole_caption_accuracy"]) == {"seen_one_object", "seen_two_objects", "held_out_one_object",
                                                      "held_out_two_objects"}
@@ -113,6 +114,9 @@ def test_eval_shapes_report(model_dir, tmp_path):
     assert PIL.Image.open(out / "inpainting.png").width > 0
     assert report["outpainting"]["output_size_kept"] and report["outpainting"]["max_original_change"] == 0
     assert set(report["img2img"]["strengths"]) == {"0.00", "0.29", "0.43", "0.57", "0.71", "0.86", "1.00"}
+    reconstruction = report["reconstruction"]
+    assert reconstruction["num_images"] == 6 and sum(reconstruction[g]["num_samples"] for g in ("one_object",
+                                                                                              "two_objects")) == 6
     quickstart, small = report["prompts"]  # drawn at seed 0 like `var-clip generate PROMPT --seed 0`
     assert quickstart["prompt"] == "a red circle above a blue square" and quickstart["seeds"] == [0, 0]
     assert quickstart["right"] == int(quickstart["verdicts"][0]["caption"]) and small["verdicts"][0]["size"] is not None

@@ -13,6 +13,9 @@
   boundary column compared with the step between neighbouring columns elsewhere.
 - **Image-to-image**: scenes of one object, re-prompted with another colour and shape at each strength; scored: the
   new caption holds (prompt adherence) and PSNR to the input (similarity).
+- **Reconstruction**: random seen scenes (the training distribution) encoded to tokens and decoded by the VQ-VAE,
+  scored against their own captions: what survives the tokenizer, the ceiling of every figure of a transformer
+  that samples its tokens.
 
 Legend: H, W canvas · s the model's side.
 """
@@ -27,13 +30,14 @@ import torch
 from tqdm.auto import tqdm
 
 from .captions import noun_phrase
-from .evaluate import detect_objects, score_image
+from .evaluate import detect_objects, score_image, summarize_scores
+from .random_scenes import sample_scene
 from .render import render_scene
 from .scenes import Scene, ShapeObject
 from .spec import BACKGROUND, COLORS, HELD_OUT_PAIRS, IMAGE_SIZE, RELATION_PHRASES, RELATIONS, SHAPES
 
 __all__ = ["InpaintingTask", "inpainting_scenes", "inpainting_tasks", "evaluate_inpainting", "evaluate_outpainting",
-           "evaluate_img2img", "psnr"]
+           "evaluate_img2img", "evaluate_reconstruction", "psnr"]
 
 REDRAWN_PSNR = 20.0  # a kept region below this many dB against the reconstruction was redrawn, not kept
 
@@ -267,3 +271,28 @@ def evaluate_img2img(pipe, strengths: tuple[float, ...] = (0.0, 2 / 7, 3 / 7, 4 
                                     "psnr_to_input": float(np.median(finite)) if finite else float("inf")}
     bar.close()
     return {"strengths": table, "num_images": num_images, "samples_per_image": samples_per_image}
+
+
+@torch.no_grad()
+def evaluate_reconstruction(vqvae, num_images: int = 200, seed: int = 0, batch_size: int = 50,
+                            show_progress: bool = True) -> dict:
+    """Score the VQ-VAE's reconstructions of ``num_images`` random seen scenes (``sample_scene``, seeded) against
+    their captions. Returns ``{"one_object": {metric: fraction}, "two_objects": {...}, "num_images": n}`` with the
+    metrics of :func:`~var_clip.shapes_world.summarize_scores` (``num_samples`` per group)."""
+    rng = np.random.default_rng(seed)
+    scenes = [sample_scene(rng) for _ in range(num_images)]
+    device, dtype = vqvae.device, vqvae.dtype
+    records = []
+    bar = tqdm(total=num_images, desc="reconstruction", disable=not show_progress)
+    for start in range(0, num_images, batch_size):
+        chunk = scenes[start : start + batch_size]
+        pixels = np.stack([np.asarray(_at(render_scene(scene), vqvae.sample_size)) for scene in chunk])
+        images_B3HW = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device, dtype) / 127.5 - 1
+        decoded = _uint8(vqvae.decode_indices(vqvae.encode_indices(images_B3HW)))
+        for scene, image in zip(chunk, decoded):
+            scored = _at(PIL.Image.fromarray(image), IMAGE_SIZE)
+            records.append((scene.caption, score_image(scored, scene.caption), False, len(scene.objects)))
+        bar.update(len(chunk))
+    bar.close()
+    seen = summarize_scores(records)["seen"]
+    return {"one_object": seen["one_object"], "two_objects": seen["two_objects"], "num_images": num_images}

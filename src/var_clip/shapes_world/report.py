@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from ..utils.arguments import ArgumentParser, add_device_option, add_model_option, add_option, int_at_least
 from ..utils.files import claim_output_folder, input_paths
 from .captions import parse_caption
-from .edit_report import evaluate_img2img, evaluate_inpainting, evaluate_outpainting
+from .edit_report import evaluate_img2img, evaluate_inpainting, evaluate_outpainting, evaluate_reconstruction
 from .evaluate import score_image, summarize_scores
 from .extension import WorldExtension
 from .prompts import evaluation_prompts
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                help="also extend N scenes by 64 px to the right with a red circle and score it")
     add_option(p, "img2img", type=int_at_least(0), default=0, metavar="N",
                help="also re-prompt N scenes at every strength (adherence vs similarity)")
+    add_option(p, "reconstruction", type=int_at_least(0), default=0, metavar="N",
+               help="also score the VQ-VAE's reconstructions of N random seen scenes against their captions: what "
+                    "survives the tokenizer, the ceiling of the other figures")
     add_option(p, "prompt", action="append", default=None, metavar="TEXT",
                help="also score this caption of the shapes world at the seeds seed … seed + samples-per-prompt - 1 "
                     "(as var-clip generate --num-images --seed draws them); repeat for several")
@@ -261,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             report["outpainting"], _ = evaluate_outpainting(pipe, num_images=args.outpainting, **edit_kwargs)
         if args.img2img:
             report["img2img"] = evaluate_img2img(pipe, num_images=args.img2img, **edit_kwargs)
+        if args.reconstruction:
+            report["reconstruction"] = evaluate_reconstruction(pipe.vqvae, args.reconstruction, seed=args.seed)
         sampling = {k: v for k, v in edit_kwargs.items() if k not in ("samples_per_image", "seed")}
         prompt_results = [score_prompt_at_seeds(pipe, prompt, args.samples_per_prompt, args.seed, args.batch_size,
                                                 **sampling) for prompt in args.prompt or ()]
@@ -306,6 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         for strength, r in report["img2img"]["strengths"].items():
             print(f"img2img strength {strength}: new caption {r['new_caption']:.0%}, input caption "
                   f"{r['input_caption']:.0%}, PSNR to the input {r['psnr_to_input']:.1f} dB")
+    if "reconstruction" in report:
+        r = report["reconstruction"]
+        print(f"VQ-VAE reconstructions of {r['num_images']} scenes: whole caption one object "
+              f"{r['one_object']['caption']:.0%}, two objects {r['two_objects']['caption']:.0%} (shape "
+              f"{r['one_object']['shape']:.0%} / {r['two_objects']['shape']:.0%})")
     for r in report.get("prompts", ()):
         print(f"{r['prompt']!r}: right in {r['right']} of {r['num_images']} (seeds {r['seeds'][0]}–{r['seeds'][1]})")
     print(f"wrote {out / 'report.json'} and {out / 'samples.png'}")
