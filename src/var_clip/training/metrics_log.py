@@ -34,6 +34,8 @@ LOG_FILE_NAME = "train_log.jsonl"
 MAX_LOG_BYTES = 512 * 2**20
 #: Keys of a record that are not curves.
 NOT_METRICS = ("step", "epoch")
+#: Curves drawn as they are: a schedule, not a noisy measurement (a trailing mean would only make it lag).
+UNSMOOTHED = ("lr",)
 
 
 class MetricsLog:
@@ -153,8 +155,8 @@ def default_window(num_steps: int) -> int:
 def plot_logs(runs: dict[str, list[dict[str, Any]]], metrics: Sequence[str], window: int | None = None,
               width: float = 9.0, panel_height: float = 2.4):
     """One panel per metric (step on the x axis), one colour per run: the raw values faint, the trailing mean
-    (:func:`smooth`, ``window`` steps; default :func:`default_window` of the longest run) on top. Returns a PIL
-    image."""
+    (:func:`smooth`, ``window`` steps; default :func:`default_window` of the longest run) on top; the learning rate
+    as it is. Returns a PIL image."""
     try:
         from matplotlib.figure import Figure
     except ImportError as error:
@@ -171,8 +173,10 @@ def plot_logs(runs: dict[str, list[dict[str, Any]]], metrics: Sequence[str], win
             if not points:
                 continue
             steps, values = zip(*points)
-            if window > 1:
-                ax.plot(steps, values, color=f"C{colour}", alpha=0.2, linewidth=0.6)
+            if window == 1 or metric in UNSMOOTHED:
+                ax.plot(steps, values, color=f"C{colour}", linewidth=1.5, label=label)
+                continue
+            ax.plot(steps, values, color=f"C{colour}", alpha=0.2, linewidth=0.6)
             ax.plot(steps, smooth(values, window), color=f"C{colour}", linewidth=1.5, label=label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
