@@ -81,6 +81,7 @@ def test_vqvae_training_learns_and_saves_a_loadable_model(vqvae_dir):
     assert last < VQVAE_LOSS_DROP * first, losses
     record = read_log(vqvae_dir)[-1]
     assert 0 < record["codebook_usage"] <= 100 and 0 < record["codebook_usage_ema"] <= 100
+    assert all(0 < r["step_seconds"] < 60 for r in read_log(vqvae_dir))  # each step's wall-clock time
     model = MultiScaleVQModel.from_pretrained(vqvae_dir)
     assert model.sample_size == 8 and model.config.vocab_size == 32
     images = torch.rand(2, 3, 8, 8) * 2 - 1

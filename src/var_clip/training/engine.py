@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -479,6 +480,7 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
     losses: list[float] = []
     micro_losses: list[float] = []
     micro_metrics: dict[str, list[float]] = {}
+    last_step_end = time.perf_counter()
     while global_step < max_steps:
         batch_epoch = position.epoch
         batch, position = next(batches)
@@ -511,6 +513,11 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
         if grad_norm is not None:
             record["grad_norm"] = float(grad_norm)
         record.update({k: sum(v) / len(v) for k, v in micro_metrics.items()})
+        # wall-clock time since the previous step ended (its checkpoint and validation included): the log's sum is
+        # what the run cost, however often it was resumed (a resumed run's log drops the interrupted steps)
+        now = time.perf_counter()
+        record["step_seconds"] = round(now - last_step_end, 4)
+        last_step_end = now
         micro_losses, micro_metrics = [], {}
         losses.append(record["loss"])
         log.write(record)
