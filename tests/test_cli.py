@@ -122,6 +122,10 @@ def test_eval_shapes_report(model_dir, tmp_path):
     assert quickstart["right"] == int(quickstart["verdicts"][0]["caption"]) and small["verdicts"][0]["size"] is not None
     grid = PIL.Image.open(out / "prompts.png")
     assert grid.height > 2 * 128 > grid.width >= 128  # a row per prompt, its images side by side
+    # a second report into the same folder leaves no grid of the first behind
+    assert main(["eval-shapes", "--model", model_dir, "--output-dir", str(out), "--samples-per-prompt", "1",
+                 "--max-prompts", "1"]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["report.json", "samples.png"]
 
 
 def test_eval_shapes_refuses_a_prompt_it_cannot_score_before_any_work(tmp_path, capsys):

@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 names.append("prompts.png")
             for name in names:
                 os.replace(tmp / name, out / name)
+            for name in {"inpainting.png", "prompts.png"} - set(names):  # an earlier run's grid: not of this report
+                (out / name).unlink(missing_ok=True)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except ValueError as e:
