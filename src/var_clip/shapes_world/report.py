@@ -285,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 names.append("prompts.png")
             for name in names:
                 os.replace(tmp / name, out / name)
-            for name in {"inpainting.png", "prompts.png"} - set(names):  # an earlier run's grid: not of this report
-                (out / name).unlink(missing_ok=True)
+            for stale in [p for p in out.iterdir() if REPORT_FILES.match(p.name) and p.name not in names]:
+                stale.unlink()  # an earlier report's grid, not of this one
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     except ValueError as e:
