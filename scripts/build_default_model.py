@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                                      guidance_scale=EVAL["guidance_scale"], top_k=EVAL["top_k"], top_p=EVAL["top_p"])
         log["eval"] = round(time.time() - t)
         (work / "eval_summary.json").write_text(json.dumps(summary, indent=1))
-        write_card_and_publish(args, pipe, summary, log, tmp, output)
+        write_card_and_publish(args, pipe, summary, log, tmp, output, work)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log_path.write_text(json.dumps(log, indent=1))
@@ -232,7 +232,26 @@ def transformer_training(args) -> str:
             "cosine decay to 0")
 
 
-def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, output: Path) -> None:
+def training_time(args, log: dict, work: Path) -> str:
+    """The card's time. A continued run is resumed many times, so its transformer stage is timed by its log (each
+    step records the seconds since the previous one), not by the last process's clock."""
+    if not args.continue_from:
+        minutes = sum(log.values()) / 60
+        return (f"{minutes:.0f} minutes for the stages run here (the text encoder and VQ-VAE were reused from an "
+                "earlier build of this recipe)" if args.components else f"{minutes:.0f} minutes (all stages)")
+    from var_clip.training.metrics_log import logged_time, read_log
+
+    t = logged_time(read_log(work / "var"))
+    if t.estimated_seconds is None:
+        return "the continued transformer stage's time was not logged"
+    text = f"about {t.estimated_seconds / 3600:.1f} hours for the continued transformer stage"
+    if t.untimed_steps:
+        text += (f" (its {t.timed_steps} timed steps took {t.seconds / 3600:.1f} hours; {t.untimed_steps} steps, logged before "
+                 f"the trainer recorded step times, counted at their median of {t.median:.2f} s)")
+    return text + ", after the base build"
+
+
+def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, output: Path, work: Path) -> None:
     from huggingface_hub import ModelCardData
 
     from var_clip import shapes_world
@@ -261,9 +280,7 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
         text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
         vqvae_training=f"{steps_of(args, VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
         transformer_training=transformer_training(args),
-        training_hardware="2 CPU cores", training_time=(f"{sum(log.values()) / 60:.0f} minutes for the stages run here (the text encoder and "
-                                       "VQ-VAE were reused from an earlier build of this recipe)" if args.components
-                                       else f"{sum(log.values()) / 60:.0f} minutes (all stages)"),
+        training_hardware="2 CPU cores", training_time=training_time(args, log, work),
         num_samples_per_prompt=EVAL["samples_per_prompt"],
         num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
         num_heldout_prompts=sum(len(shapes_world.evaluation_prompts(True, n)) for n in (1, 2)),

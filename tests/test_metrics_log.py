@@ -9,7 +9,15 @@ import pytest
 from PIL import Image
 
 from var_clip.cli import main
-from var_clip.training.metrics_log import LOG_FILE_NAME, MetricsLog, log_metrics, plot_logs, read_log, smooth
+from var_clip.training.metrics_log import (
+    LOG_FILE_NAME,
+    MetricsLog,
+    log_metrics,
+    logged_time,
+    plot_logs,
+    read_log,
+    smooth,
+)
 
 pytest.importorskip("matplotlib")
 
@@ -103,3 +111,16 @@ def test_plot_log_refuses_bad_arguments_in_one_line(tmp_path, capsys):
 def test_plot_logs_draws_raw_values_only_when_asked():
     runs = {"run": [{"step": s, "loss": float(s % 7)} for s in range(1, 50)]}
     assert plot_logs(runs, ["loss"], window=1).size == (900, 240)
+
+
+def test_the_logged_time_sums_the_steps_and_counts_the_untimed_ones_at_the_median():
+    records = [{"step": s, "loss": 1.0} for s in (1, 2, 3)]  # logged before trainers recorded step times
+    records += [{"step": 4, "step_seconds": 2.0}, {"step": 5, "step_seconds": 3.0}, {"step": 6, "step_seconds": 10.0},
+                {"step": 7, "step_seconds": math.nan}, {"step": 8, "step_seconds": -1.0}, {"step": 9, "step_seconds": True}]
+    time = logged_time(records)
+    assert (time.seconds, time.timed_steps, time.untimed_steps, time.median) == (15.0, 3, 6, 3.0)
+    assert time.estimated_seconds == 15.0 + 6 * 3.0
+    even = logged_time([{"step": 1, "step_seconds": 1.0}, {"step": 2, "step_seconds": 4.0}])
+    assert even.median == 2.5 and even.estimated_seconds == 5.0
+    none = logged_time([{"step": 1}])
+    assert (none.seconds, none.untimed_steps, none.median, none.estimated_seconds) == (0.0, 1, None, None)

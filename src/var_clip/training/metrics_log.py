@@ -19,6 +19,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,8 @@ from ..utils.arguments import ArgumentParser, UsageError, add_option, int_at_lea
 from ..utils.atomic import atomic_open
 from ..utils.files import check_regular_file, check_writable, image_format_of, save_image
 
-__all__ = ["LOG_FILE_NAME", "MAX_LOG_BYTES", "MetricsLog", "read_log", "log_metrics", "smooth", "plot_logs",
-           "build_parser", "main"]
+__all__ = ["LOG_FILE_NAME", "MAX_LOG_BYTES", "MetricsLog", "read_log", "log_metrics", "LoggedTime", "logged_time",
+           "smooth", "plot_logs", "build_parser", "main"]
 
 LOG_FILE_NAME = "train_log.jsonl"
 #: The largest log read (a million steps of a trainer's records is about 200 MB); checked before reading.
@@ -126,6 +127,39 @@ def log_metrics(records: Sequence[dict[str, Any]]) -> list[str]:
             if key not in NOT_METRICS and _is_number(value):
                 names.setdefault(key)
     return list(names)
+
+
+@dataclass(frozen=True)
+class LoggedTime:
+    """What a run's steps cost, from its log: ``seconds`` sums the steps' ``step_seconds``; ``untimed_steps`` lack it
+    (logged before trainers recorded it) and are counted at the timed steps' ``median`` in :attr:`estimated_seconds`."""
+
+    seconds: float
+    timed_steps: int
+    untimed_steps: int
+    median: float | None
+
+    @property
+    def estimated_seconds(self) -> float | None:
+        """The whole run's time: the logged seconds plus the untimed steps at the median (None if no step is timed)."""
+        if self.median is None:
+            return None
+        return self.seconds + self.untimed_steps * self.median
+
+
+def logged_time(records: Sequence[dict[str, Any]]) -> LoggedTime:
+    """The wall-clock cost of the steps of a log (:func:`read_log`), however often the run was resumed: every record
+    holds the time since the previous step, checkpoints and validation included. A value that is not a finite number
+    >= 0 counts as untimed."""
+    times = [float(r["step_seconds"]) for r in records
+             if _is_number(r.get("step_seconds")) and math.isfinite(r["step_seconds"]) and r["step_seconds"] >= 0]
+    ordered = sorted(times)
+    median = None
+    if ordered:
+        middle = len(ordered) // 2
+        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    return LoggedTime(seconds=math.fsum(times), timed_steps=len(times), untimed_steps=len(records) - len(times),
+                      median=median)
 
 
 def _is_number(value: Any) -> bool:
