@@ -269,8 +269,9 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
         "default_model.md",
         ModelCardData(library_name="var-clip", license="mit", pipeline_tag="text-to-image",
                       tags=["var-clip", "text-to-image", "next-scale-prediction", "shapes-world"]),
-        conditioning=("conditioned on the pooled text embedding (AdaLN, start token) and, by cross-attention in "
-                      "every block, on the caption's token states" if tc.cross_attention_dim else
+        conditioning=(f"conditioned on the pooled text embedding ({'AdaLN, ' if tc.conditional_adaln else ''}start "
+                      "token) and, by cross-attention in every block, on the caption's token states"
+                      if tc.cross_attention_dim else
                       "conditioned on the pooled text embedding only (VAR-CLIP as published)"),
         depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, patch_nums=list(tc.patch_nums),
         image_size=pipe.vqvae.sample_size, vocab_size=vc.vocab_size, latent_channels=vc.latent_channels,

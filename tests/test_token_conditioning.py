@@ -33,7 +33,8 @@ def text_inputs(B=3, T=5, seed=0):
     return dict(text_embeds=pooled, encoder_hidden_states=states, encoder_attention_mask=mask)
 
 
-@pytest.mark.parametrize("variant", [dict(), dict(shared_aln=True), dict(attn_l2_norm=False)])
+@pytest.mark.parametrize("variant", [dict(), dict(shared_aln=True), dict(attn_l2_norm=False),
+                                     dict(conditional_adaln=False)])
 def test_kv_cached_sampling_equals_teacher_forcing_with_tokens(variant):
     """The cross-attention keys/values computed once per generation give the teacher-forced logits at every scale."""
     tr = make_tiny_transformer(cross_attention_dim=H, **variant)
@@ -94,6 +95,36 @@ def test_bad_token_inputs_are_refused():
         tr(x, **empty)
     with pytest.raises(ValueError, match="cross_attention_dim"):
         make_tiny_transformer("class", cross_attention_dim=H)
+
+
+def test_without_conditional_adaln_the_caption_enters_by_the_start_token_and_cross_attention_only(tmp_path):
+    tr = make_tiny_transformer(cross_attention_dim=H, conditional_adaln=False)
+    _, _, x = teacher_batch()
+    cond = text_inputs()
+    # every row gets the same modulation, whatever its caption (or the null condition)
+    mods = tr.modulations(tr.embed_condition(cond["text_embeds"]))
+    for ada in (*mods.blocks, mods.head):
+        assert torch.equal(ada, ada[:1].expand_as(ada))
+    with torch.no_grad():
+        a = tr(x, **cond).logits
+        # the pooled embedding still steers, through the start token: the first scale's logits change with it
+        other_pooled = dict(cond, text_embeds=torch.roll(cond["text_embeds"], 1, dims=0))
+        assert not torch.allclose(tr(x, **other_pooled).logits[:, :1], a[:, :1])
+    # a conditional AdaLN has no such vector, and the state dict says which model it is
+    assert make_tiny_transformer(cross_attention_dim=H).adaln_embed is None
+    assert "adaln_embed" in tr.state_dict()
+    tr.save_pretrained(tmp_path)
+    loaded = type(tr).from_pretrained(tmp_path)
+    assert loaded.config.conditional_adaln is False
+    torch.testing.assert_close(loaded(x, **cond).logits, a)
+
+
+def test_transformers_the_original_code_cannot_read_are_not_written_in_its_layout():
+    from var_clip.original_format import transformer_to_original
+
+    for kwargs in (dict(cross_attention_dim=H), dict(conditional_adaln=False)):
+        with pytest.raises(ValueError, match="cannot be written in its layout"):
+            transformer_to_original(make_tiny_transformer(**kwargs))
 
 
 def test_pooled_only_transformer_has_no_cross_attention():

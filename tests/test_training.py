@@ -323,6 +323,14 @@ def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
         train_var.main(common(workdir, "var-bad", 1, 4, 1e-3) + ["--scale_loss_weighting", "pixels"])
 
 
+def test_train_var_unconditional_adaln_option(workdir, vqvae_dir, clip_dir):
+    short_var_run(workdir, vqvae_dir, clip_dir, "var-uncond-adaln", 2, "--conditioning", "tokens",
+                  "--unconditional_adaln")
+    transformer = VARCLIPPipeline.from_pretrained(workdir / "var-uncond-adaln").transformer
+    assert transformer.config.conditional_adaln is False and transformer.uses_text_tokens
+    assert transformer.adaln_embed is not None
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Speed settings keep the maths
 # ----------------------------------------------------------------------------------------------------------------------

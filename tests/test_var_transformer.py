@@ -108,6 +108,7 @@ def test_save_load_keeps_derived_buffers_out(tmp_path):
         (dict(embed_dim=30, num_heads=4), "must divide `embed_dim`"),
         (dict(patch_nums=(1, 1, 2)), "`patch_nums`"),
         (dict(cond_drop_rate=1.5), "`cond_drop_rate`"),
+        (dict(conditional_adaln="no"), "`conditional_adaln`"),
     ],
 )
 def test_bad_config(kwargs, message):

@@ -166,7 +166,8 @@ def check_vqvae_config(*, vocab_size, latent_channels, ch, ch_mult, num_res_bloc
 
 def check_transformer_config(*, vocab_size, latent_channels, patch_nums, depth, embed_dim, num_heads, mlp_ratio,
                              norm_eps, shared_aln, attn_l2_norm, condition_type, text_embed_dim, cross_attention_dim,
-                             num_classes, cond_drop_rate, drop_rate, attn_drop_rate, drop_path_rate) -> None:
+                             num_classes, cond_drop_rate, drop_rate, attn_drop_rate, drop_path_rate,
+                             conditional_adaln=True) -> None:
     """Validate every field of :class:`~var_clip.models.VARTransformer2DModel`'s config; ValueError names the field.
 
     Called first in the transformer's ``__init__``, so an absurd ``config.json`` fails before any allocation.
@@ -183,6 +184,7 @@ def check_transformer_config(*, vocab_size, latent_channels, patch_nums, depth, 
     _float("norm_eps", norm_eps, 0.0, 1.0, low_open=True)
     _bool("shared_aln", shared_aln)
     _bool("attn_l2_norm", attn_l2_norm)
+    _bool("conditional_adaln", conditional_adaln)
     if condition_type not in CONDITION_TYPES:
         raise ValueError(f"`condition_type` must be one of {CONDITION_TYPES}, got {condition_type!r}")
     _int("text_embed_dim", text_embed_dim, 1, MAX_WIDTH)

@@ -381,6 +381,9 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         drop_rate (`float`, defaults to 0.0): dropout after the attention projection and the feed-forward.
         attn_drop_rate (`float`, defaults to 0.0): dropout on the attention weights.
         drop_path_rate (`float`, defaults to 0.0): stochastic depth, increasing linearly to this rate.
+        conditional_adaln (`bool`, defaults to True): every AdaLN (the blocks' and the head's) reads the condition,
+            as VAR. False: they read one learned vector (`adaln_embed`), the same for every sample, and the condition
+            enters by the start token (and, with `cross_attention_dim`, by cross-attention) only.
     """
 
     _supports_gradient_checkpointing = False
@@ -414,6 +417,7 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         drop_rate: float = 0.0,
         attn_drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
+        conditional_adaln: bool = True,
     ):
         super().__init__()
         # every field checked first, so a corrupted or hostile config.json fails before anything is allocated
@@ -423,6 +427,7 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
             attn_l2_norm=attn_l2_norm, condition_type=condition_type, text_embed_dim=text_embed_dim,
             cross_attention_dim=cross_attention_dim, num_classes=num_classes, cond_drop_rate=cond_drop_rate,
             drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate,
+            conditional_adaln=conditional_adaln,
         )
         if vocabulary is not None and not (isinstance(vocabulary, list)
                                            and all(isinstance(w, str) for w in vocabulary)):
@@ -450,6 +455,12 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
         if cross_attention_dim:
             self.null_text_tokens = nn.Parameter(torch.empty(1, 1, cross_attention_dim))
             nn.init.trunc_normal_(self.null_text_tokens, std=init_std)
+
+        # without a conditional AdaLN, every block's modulation reads this one learned vector instead of the condition,
+        # which then enters by the start token (and cross-attention) only
+        self.adaln_embed = None if conditional_adaln else nn.Parameter(torch.empty(1, D))
+        if self.adaln_embed is not None:
+            nn.init.trunc_normal_(self.adaln_embed, std=init_std)
 
         # 3. positions: start-token position, absolute position of every token, and a level (scale) embedding
         self.pos_start = nn.Parameter(torch.empty(1, patch_nums[0] ** 2, D))
@@ -690,6 +701,10 @@ class VARTransformer2DModel(StrictLoadingMixin, ModelMixin, ConfigMixin, PeftAda
                                      f"{device.type}): choose 'native', '_native_math' or 'flex' there")
 
     def modulations(self, cond_BD: torch.Tensor) -> Modulations:
+        """Every block's and the head's AdaLN scales, shifts and gates for the condition ``cond_BD`` (B, D); with
+        ``conditional_adaln=False``, the same for every row (the learned ``adaln_embed``)."""
+        if self.adaln_embed is not None:
+            cond_BD = self.adaln_embed.expand(cond_BD.shape[0], -1)
         shared = (self.shared_ada_lin(F.silu(cond_BD)).view(-1, 1, 6, self.config.embed_dim)
                   if self.shared_ada_lin is not None else None)
         blocks = [block.modulation(cond_BD, shared) for block in self.blocks]

@@ -76,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_option(group, "conditioning", choices=("pooled", "tokens"), default="pooled",
                help="pooled: VAR-CLIP as published (the pooled CLIP embedding is the start token and the AdaLN "
                     "condition); tokens: also cross-attend to the caption's token states in every block")
+    add_option(group, "unconditional-adaln", action="store_true",
+               help="every AdaLN learns one modulation for all captions instead of reading the condition, which "
+                    "then enters by the start token (and, with --conditioning tokens, by cross-attention) only")
     add_option(group, "cond-drop-rate", type=float, default=0.1,
                help="share of rows trained without condition, for classifier-free guidance (default 0.1)")
     add_option(group, "drop-rate", type=float, default=0.0, help="dropout after attention and MLP (default 0)")

@@ -103,4 +103,5 @@ def _new_transformer(args: argparse.Namespace, vqvae: MultiScaleVQModel, text_en
         num_classes=num_classes or 1000, cond_drop_rate=args.cond_drop_rate, drop_rate=args.drop_rate,
         attn_drop_rate=args.attn_drop_rate,
         drop_path_rate=args.drop_path_rate if args.drop_path_rate is not None else 0.1 * depth / 24,
+        conditional_adaln=not args.unconditional_adaln,
     )
