@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -145,6 +147,24 @@ def test_resume_refuses_a_different_batch_size(workdir, uninterrupted):
     args = var_args(workdir, "full", checkpointing_steps=3, train_batch_size=2, resume_from_checkpoint="latest")
     with pytest.raises(ValueError, match="global_batch_size"):
         train_var.main(args)
+
+
+def test_resume_with_another_thread_count_says_it_is_no_longer_the_same_run(workdir, uninterrupted, caplog):
+    state = json.loads((workdir / "full" / "checkpoint-3" / "training_state.json").read_text())
+    assert state["compute"] == {"device_type": "cpu", "torch_threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    other = workdir / "other-threads"
+    shutil.copytree(workdir / "full" / "checkpoint-3", other / "checkpoint-3")
+    torch.set_num_threads(threads + 1)
+    try:
+        with caplog.at_level(logging.WARNING, logger="var_clip.training.engine"):
+            assert train_var.main(var_args(workdir, "other-threads", checkpointing_steps=0,
+                                           resume_from_checkpoint="latest")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"with {threads} CPU threads, this one has {threads + 1}" in m and f"OMP_NUM_THREADS={threads}" in m
+               for m in warnings), warnings
 
 
 @pytest.mark.parametrize("conditioning", ["pooled", "tokens"])

@@ -365,6 +365,29 @@ def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path)
                              "accumulation (or start a new --output_dir)")
 
 
+def _compute(accelerator) -> dict[str, Any]:
+    """What else decides a step's float results, bit for bit: the device type and, on a CPU, torch's thread count
+    (some reductions of the backward pass are split across threads, so the trained weights differ in their last
+    bits, and after that chaotically, between thread counts)."""
+    return {"device_type": accelerator.device.type, "torch_threads": torch.get_num_threads()}
+
+
+def _warn_on_other_compute(saved: Any, current: dict[str, Any], path: Path) -> None:
+    """A resume on other hardware or, on a CPU, with another thread count works, but is no longer the same run."""
+    if not isinstance(saved, dict):
+        return  # a checkpoint of an older version
+    if saved.get("device_type") != current["device_type"]:
+        _log_main("%s was written on %s, this run is on %s: it continues the run, but not bit for bit as the "
+                  "earlier device would have", path, saved.get("device_type"), current["device_type"],
+                  level=logging.WARNING)
+    elif current["device_type"] == "cpu" and saved.get("torch_threads") != current["torch_threads"]:
+        _log_main("%s was written by a run with %s CPU threads, this one has %d: the thread count changes the "
+                  "trained weights in their last bits, so the continuation is not bit for bit the %s-thread run's "
+                  "(set OMP_NUM_THREADS=%s to continue it exactly)", path, saved.get("torch_threads"),
+                  current["torch_threads"], saved.get("torch_threads"), saved.get("torch_threads"),
+                  level=logging.WARNING)
+
+
 def claim_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir",
                      protected: Sequence[str | os.PathLike] = ()) -> Path:
     """Make ``output_dir`` this run's (main process): refuse a folder var-clip did not write (the user's files are at
@@ -455,6 +478,7 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
         saved = json.loads((checkpoint / "training_state.json").read_text(encoding="utf-8"))
         check_checkpoint_state(checkpoint, saved, max_steps)
         _check_signature(saved, signature, checkpoint)
+        _warn_on_other_compute(saved.get("compute"), _compute(accelerator), checkpoint)
         state = load_checkpoint(accelerator, checkpoint, task.generators, ema)
         global_step, position = int(state["step"]), DataPosition.from_dict(state["position"])
         if position.batch_index >= sampler.batches_per_epoch:
@@ -527,7 +551,8 @@ def _train(args: argparse.Namespace, accelerator, task: TrainingTask) -> Trainin
 
         if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
             training_state = {"position": position.to_dict(), "signature": signature,
-                              "epoch_samples_seen": position.batch_index * sampler.global_batch_size}
+                              "epoch_samples_seen": position.batch_index * sampler.global_batch_size,
+                              "compute": _compute(accelerator)}
             save_checkpoint(accelerator, output_dir, global_step, training_state, task.generators, ema,
                             args.checkpoints_total_limit)
         if task.validate is not None and args.validation_steps and global_step % args.validation_steps == 0 \
