@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from var_clip import VARCLIPPipeline
+from var_clip.models.var_transformer import ThreadInvariantLayerNorm
 
 from .conftest import TEXT_DIM, make_tiny_transformer, make_tiny_vqvae
 
@@ -125,6 +126,40 @@ def test_transformers_the_original_code_cannot_read_are_not_written_in_its_layou
     for kwargs in (dict(cross_attention_dim=H), dict(conditional_adaln=False)):
         with pytest.raises(ValueError, match="cannot be written in its layout"):
             transformer_to_original(make_tiny_transformer(**kwargs))
+
+
+def test_the_cross_attention_layernorm_is_torchs_but_its_gradients_ignore_the_thread_count():
+    """Same outputs and input gradient as nn.LayerNorm; scale and shift gradients equal to its up to rounding and the
+    same at one and two threads (torch's CPU kernel sums them per thread), at the default model's size."""
+    torch.manual_seed(0)
+    norm = ThreadInvariantLayerNorm(192, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    reference = torch.nn.LayerNorm(192, eps=1e-6)
+    reference.load_state_dict(norm.state_dict())
+    x, grad = torch.randn(32, 155, 192), torch.randn(32, 155, 192)
+
+    def run(module, threads):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            module.zero_grad()
+            x_in = x.clone().requires_grad_()
+            out = module(x_in)
+            out.backward(grad)
+            return out.detach(), x_in.grad, module.weight.grad.clone(), module.bias.grad.clone()
+        finally:
+            torch.set_num_threads(before)
+
+    one, two, ref = run(norm, 1), run(norm, 2), run(reference, 1)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+    assert torch.equal(one[0], ref[0]) and torch.equal(one[1], ref[1])
+    torch.testing.assert_close(one[2], ref[2], rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(one[3], ref[3], rtol=1e-5, atol=1e-3)
+    with torch.no_grad():  # inference is torch's own kernel
+        assert torch.equal(norm(x), reference(x))
+    assert isinstance(make_tiny_transformer(cross_attention_dim=H).blocks[0].norm_cross, ThreadInvariantLayerNorm)
 
 
 def test_pooled_only_transformer_has_no_cross_attention():

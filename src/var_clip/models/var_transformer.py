@@ -280,6 +280,43 @@ def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.div_(1 - p)
 
 
+class _LayerNormRowSums(torch.autograd.Function):
+    """torch's LayerNorm, forward and input gradient, with the scale and shift gradients summed over rows by a plain
+    reduction: torch's CPU backward kernel sums them in one partial sum per thread, so they (and every weight after
+    the next update) change with the thread count; a sum over the leading dimension does not."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps):
+        out, mean, rstd = torch.ops.aten.native_layer_norm(x, (x.shape[-1],), weight, bias, eps)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.native_layer_norm_backward(grad_out, x, (x.shape[-1],), mean, rstd, weight, bias,
+                                                               [True, False, False])[0]
+        rows = grad_out.reshape(-1, grad_out.shape[-1])
+        if ctx.needs_input_grad[1]:
+            grad_weight = (rows * ((x - mean) * rstd).reshape(rows.shape)).sum(0)
+        if ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        return grad_x, grad_weight, grad_bias, None
+
+
+class ThreadInvariantLayerNorm(nn.LayerNorm):
+    """``nn.LayerNorm`` (same parameters, same outputs) whose training on a CPU gives the same gradients at any
+    thread count (:class:`_LayerNormRowSums`); elsewhere, under autocast or without gradients, torch's own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (not torch.is_grad_enabled() or x.device.type != "cpu" or self.weight is None or self.bias is None
+                or torch.is_autocast_enabled("cpu") or x.dtype != self.weight.dtype):
+            return super().forward(x)
+        return _LayerNormRowSums.apply(x, self.weight, self.bias, self.eps)
+
+
 class AdaLNSelfAttnBlock(nn.Module):
     """Pre-norm transformer block whose LayerNorms take scale, shift and a residual gate from the condition."""
 
@@ -290,7 +327,7 @@ class AdaLNSelfAttnBlock(nn.Module):
         self.dim, self.shared_aln, self.drop_path = dim, shared_aln, drop_path
         self.attn = SelfAttention(dim, num_heads, attn_drop, drop, l2_norm)
         if cross_attention_dim:  # token-level text conditioning, after self-attention (as Switti and Infinity)
-            self.norm_cross = nn.LayerNorm(dim, eps=norm_eps)
+            self.norm_cross = ThreadInvariantLayerNorm(dim, eps=norm_eps)
             self.cross_attn = CrossAttention(dim, cross_attention_dim, num_heads, drop)
         else:
             self.norm_cross = self.cross_attn = None

@@ -366,9 +366,9 @@ def _check_signature(saved: dict[str, Any], current: dict[str, Any], path: Path)
 
 
 def _compute(accelerator) -> dict[str, Any]:
-    """What else decides a step's float results, bit for bit: the device type and, on a CPU, torch's thread count
-    (some reductions of the backward pass are split across threads, so the trained weights differ in their last
-    bits, and after that chaotically, between thread counts)."""
+    """What else can decide a step's float results, bit for bit: the device type and, on a CPU, torch's thread count
+    (kernels that split a sum by thread; the transformer's own layers avoid them in float32, see
+    :class:`~var_clip.models.var_transformer.ThreadInvariantLayerNorm`)."""
     return {"device_type": accelerator.device.type, "torch_threads": torch.get_num_threads()}
 
 
@@ -381,11 +381,11 @@ def _warn_on_other_compute(saved: Any, current: dict[str, Any], path: Path) -> N
                   "earlier device would have", path, saved.get("device_type"), current["device_type"],
                   level=logging.WARNING)
     elif current["device_type"] == "cpu" and saved.get("torch_threads") != current["torch_threads"]:
-        _log_main("%s was written by a run with %s CPU threads, this one has %d: the thread count changes the "
-                  "trained weights in their last bits, so the continuation is not bit for bit the %s-thread run's "
-                  "(set OMP_NUM_THREADS=%s to continue it exactly)", path, saved.get("torch_threads"),
-                  current["torch_threads"], saved.get("torch_threads"), saved.get("torch_threads"),
-                  level=logging.WARNING)
+        _log_main("%s was written by a run with %s CPU threads, this one has %d: CPU kernels that split a sum by "
+                  "thread (torch's LayerNorm backward, bf16 autocast) can change the trained weights' last bits, so "
+                  "the continuation may differ from the %s-thread run's (set OMP_NUM_THREADS=%s to continue it "
+                  "exactly)", path, saved.get("torch_threads"), current["torch_threads"], saved.get("torch_threads"),
+                  saved.get("torch_threads"), level=logging.WARNING)
 
 
 def claim_output_dir(output_dir: str | os.PathLike, flag: str = "--output_dir",
