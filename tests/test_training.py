@@ -323,6 +323,25 @@ def test_train_var_scale_loss_weighting_option(workdir, vqvae_dir, clip_dir):
         train_var.main(common(workdir, "var-bad", 1, 4, 1e-3) + ["--scale_loss_weighting", "pixels"])
 
 
+def test_train_var_keeps_embeddings_and_null_conditions_out_of_weight_decay():
+    from types import SimpleNamespace
+
+    from var_clip.training.engine import build_optimizer
+    from var_clip.training.train_var import TRANSFORMER_NO_DECAY_KEYS
+
+    from .conftest import make_tiny_transformer
+
+    model = make_tiny_transformer(cross_attention_dim=12, conditional_adaln=False)
+    args = SimpleNamespace(adam_weight_decay=0.05, adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-8)
+    optimizer = build_optimizer(model, args, TRANSFORMER_NO_DECAY_KEYS, 1e-3)
+    names = {id(p): n for n, p in model.named_parameters()}
+    undecayed = {names[id(p)] for g in optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    for name in ("pos_start", "pos_embed", "level_embed.weight", "null_text_embed", "null_text_tokens", "adaln_embed",
+                 "blocks.0.norm_cross.weight", "text_proj.bias"):
+        assert name in undecayed, name
+    assert "text_proj.weight" not in undecayed and "blocks.0.attn.mat_qkv.weight" not in undecayed
+
+
 def test_train_var_unconditional_adaln_option(workdir, vqvae_dir, clip_dir):
     short_var_run(workdir, vqvae_dir, clip_dir, "var-uncond-adaln", 2, "--conditioning", "tokens",
                   "--unconditional_adaln")

@@ -64,8 +64,8 @@ __all__ = ["TRANSFORMER_NO_DECAY_KEYS", "build_parser", "load_vqvae", "main", "s
            "var_loss"]
 
 # VAR's no-weight-decay names, in this package's parameter naming
-TRANSFORMER_NO_DECAY_KEYS = ("pos_start", "pos_embed", "level_embed", "null_text_embed", "ada_gss", "scale_mul",
-                             "adaln_embed")
+TRANSFORMER_NO_DECAY_KEYS = ("pos_start", "pos_embed", "level_embed", "null_text_embed", "null_text_tokens", "ada_gss",
+                             "scale_mul", "adaln_embed")
 
 
 def train(args: argparse.Namespace) -> TrainingResult:
