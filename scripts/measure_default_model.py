@@ -74,7 +74,22 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {name}: {what}\n{shlex.join([Path(sys.executable).name, *command])}")
         return 0
 
-    (out / "logs").mkdir(parents=True, exist_ok=True)
+    # a new or empty folder, or one this script wrote (its marker): nothing of the user's is written over
+    sys.path.insert(0, str(REPO / "src"))
+    from var_clip.utils.files import MARKER_NAME, resolve_output_dir, write_marker
+
+    try:
+        out = resolve_output_dir(out, "--output-dir")
+    except ValueError as error:
+        parser.error(str(error))
+    marker = out / MARKER_NAME
+    ours = marker.is_file() and '"measure_default_model"' in marker.read_text(encoding="utf-8", errors="replace")
+    if out.exists() and any(out.iterdir()) and not ours:
+        parser.error(f"--output-dir {str(out)!r} is not empty and was not written by this script: choose a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not ours:
+        write_marker(out, "measure_default_model")
+    (out / "logs").mkdir(exist_ok=True)
     for name, (command, what) in todo.items():
         done = out / name / "done.json"
         if done.is_file():
