@@ -280,10 +280,21 @@ def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     return x * keep.div_(1 - p)
 
 
+def _fixed_order_row_sum(rows: torch.Tensor) -> torch.Tensor:
+    """Σ over the rows of (N, D) as a pairwise tree of elementwise additions: each output element is summed in the
+    same order at any thread count (an elementwise kernel computes every element on its own), which a reduction
+    kernel does not promise."""
+    while rows.shape[0] > 1:
+        half = rows.shape[0] // 2
+        paired = rows[:half] + rows[half:2 * half]
+        rows = torch.cat((paired, rows[2 * half:])) if rows.shape[0] % 2 else paired
+    return rows[0]
+
+
 class _LayerNormRowSums(torch.autograd.Function):
-    """torch's LayerNorm, forward and input gradient, with the scale and shift gradients summed over rows by a plain
-    reduction: torch's CPU backward kernel sums them in one partial sum per thread, so they (and every weight after
-    the next update) change with the thread count; a sum over the leading dimension does not."""
+    """torch's LayerNorm, forward and input gradient, with the scale and shift gradients summed over rows in a fixed
+    order (:func:`_fixed_order_row_sum`): torch's CPU backward kernel sums them in one partial sum per thread, so they
+    (and every weight after the next update) change with the thread count."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps):
@@ -300,15 +311,15 @@ class _LayerNormRowSums(torch.autograd.Function):
                                                                [True, False, False])[0]
         rows = grad_out.reshape(-1, grad_out.shape[-1])
         if ctx.needs_input_grad[1]:
-            grad_weight = (rows * ((x - mean) * rstd).reshape(rows.shape)).sum(0)
+            grad_weight = _fixed_order_row_sum(rows * ((x - mean) * rstd).reshape(rows.shape))
         if ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(0)
+            grad_bias = _fixed_order_row_sum(rows)
         return grad_x, grad_weight, grad_bias, None
 
 
 class ThreadInvariantLayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (same parameters, same outputs) whose training on a CPU gives the same gradients at any
-    thread count (:class:`_LayerNormRowSums`); elsewhere, under autocast or without gradients, torch's own."""
+    thread count by construction (:class:`_LayerNormRowSums`); elsewhere, under autocast or without gradients, torch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not torch.is_grad_enabled() or x.device.type != "cpu" or self.weight is None or self.bias is None
