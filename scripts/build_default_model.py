@@ -246,8 +246,8 @@ def training_time(args, log: dict, work: Path) -> str:
         return "the continued transformer stage's time was not logged"
     text = f"about {t.estimated_seconds / 3600:.1f} hours for the continued transformer stage"
     if t.untimed_steps:
-        text += (f" (its {t.timed_steps} timed steps took {t.seconds / 3600:.1f} hours; {t.untimed_steps} steps, logged before "
-                 f"the trainer recorded step times, counted at their median of {t.median:.2f} s)")
+        text += (f" (its {t.timed_steps} timed steps took {t.seconds / 3600:.1f} hours; {t.untimed_steps} steps, "
+                 f"logged before the trainer recorded step times, counted at their median of {t.median:.2f} s)")
     return text + ", after the base build"
 
 

@@ -382,11 +382,11 @@ def transformer_to_original(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     included (the zero key biases, the level indices and the block-causal mask the original saves), so the original
     code loads it strictly. Transformers with what the original lacks (cross-attention to the caption's tokens, an
     AdaLN that does not read the condition) have no such layout: ValueError."""
-    if model.config.cross_attention_dim or not model.config.get("conditional_adaln", True):
+    if model.config.cross_attention_dim or not model.config.conditional_adaln:
         raise ValueError("the original VAR / VAR-CLIP has no cross-attention to the caption's tokens and reads the "
                          "condition in every AdaLN: this transformer (`cross_attention_dim` "
                          f"{model.config.cross_attention_dim}, `conditional_adaln` "
-                         f"{model.config.get('conditional_adaln', True)}) cannot be written in its layout")
+                         f"{model.config.conditional_adaln}) cannot be written in its layout")
     state_dict = {}
     for key, value in model.state_dict().items():
         for pattern, replacement in _TO_ORIGINAL_TRANSFORMER_KEYS:

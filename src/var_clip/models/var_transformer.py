@@ -319,7 +319,8 @@ class _LayerNormRowSums(torch.autograd.Function):
 
 class ThreadInvariantLayerNorm(nn.LayerNorm):
     """``nn.LayerNorm`` (same parameters, same outputs) whose training on a CPU gives the same gradients at any
-    thread count by construction (:class:`_LayerNormRowSums`); elsewhere, under autocast or without gradients, torch's own."""
+    thread count by construction (:class:`_LayerNormRowSums`); elsewhere, under autocast or without gradients,
+    torch's own."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (not torch.is_grad_enabled() or x.device.type != "cpu" or self.weight is None or self.bias is None

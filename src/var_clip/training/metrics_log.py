@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,13 +154,8 @@ def logged_time(records: Sequence[dict[str, Any]]) -> LoggedTime:
     >= 0 counts as untimed."""
     times = [float(r["step_seconds"]) for r in records
              if _is_number(r.get("step_seconds")) and math.isfinite(r["step_seconds"]) and r["step_seconds"] >= 0]
-    ordered = sorted(times)
-    median = None
-    if ordered:
-        middle = len(ordered) // 2
-        median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
     return LoggedTime(seconds=math.fsum(times), timed_steps=len(times), untimed_steps=len(records) - len(times),
-                      median=median)
+                      median=statistics.median(times) if times else None)
 
 
 def _is_number(value: Any) -> bool:
