@@ -10,12 +10,19 @@ default settings fit in about two hours on two CPU cores; `--scale 0.1` makes a 
 `--conditioning pooled` trains VAR-CLIP as published (the pooled CLIP embedding only) instead of the default
 token-level conditioning; `--components FOLDER` takes the text encoder, tokenizer and VQ-VAE of an existing pipeline
 folder instead of training them, so two builds can differ only in the transformer (the conditioning ablation).
+
+The long run, one stage at a time: each stage trains a finished folder's transformer on (`--steps`, 1,800 by
+default, about 80 minutes on two CPU cores) on scenes it has not seen, and ships a finished model whose
+`training_history.json` records every stage behind it; the next stage continues from that folder.
+
+    python scripts/build_default_model.py --continue_from src/var_clip/default_model --workdir runs/stage --output runs/next
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -37,10 +44,16 @@ VQVAE = dict(steps=2400, batch=32, lr=1.5e-3, ch=32, ch_mult=(1, 1, 2, 2), vocab
              patch_nums=(1, 2, 3, 4, 5, 6, 8))
 VAR = dict(steps=3000, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop=0.1, label_smoothing=0.0,
            scale_loss_weighting="tokens")
-# --continue_from: the long run. The transformer of a finished build (same architecture) trains on for `steps` more on
-# a larger dataset of the same seed (its first 20,000 scenes are the base build's), with a warm restart: linear
-# warm-up to `lr`, then cosine decay to 0. 27,000 + 3,000 steps = 960,000 images, 10x the base build.
-CONTINUED = dict(steps=27000, lr=5e-4, warmup=500, scheduler="cosine", num_images=100000)
+# --continue_from: the long run, in stages. Each stage trains the transformer of a finished pipeline folder (its other
+# components are kept, the architecture is unchanged) for `steps` more on `num_images` new scenes (data seed
+# DATA["seed"] + the stage's number), with a warm restart: linear warm-up to `lr`, then cosine decay to 0, so every
+# stage ends in a finished model that ships. A stage fits in one sitting of a 2-core CPU; the next stage continues
+# from the shipped folder, whose HISTORY file records the stages behind it. The target: 27,000 steps after the
+# base build's 3,000, 960,000 images, 10x the base build.
+STAGE = dict(steps=1800, lr=3e-4, warmup=100, scheduler="cosine", num_images=40000)
+LONG_RUN_STEPS = 30000
+HISTORY = "training_history.json"
+BASE_TRANSFORMER_MINUTES = 47  # the shipped base build's transformer stage (docs/default_model_timings.json)
 EVAL = dict(samples_per_prompt=4, guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P)
 MAX_MB = 25.0
 
@@ -100,21 +113,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's steps (0.1: a smoke build)")
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
     parser.add_argument("--num_images", type=int, default=None,
-                        help=f"training images (default {DATA['num_images']}; {CONTINUED['num_images']} with --continue_from)")
+                        help=f"training images (default {DATA['num_images']}; {STAGE['num_images']} new ones per stage "
+                             "with --continue_from)")
     parser.add_argument("--conditioning", choices=("tokens", "pooled"), default="tokens",
                         help="tokens (default): cross-attention to the caption's token states; pooled: VAR-CLIP as published")
     parser.add_argument("--components", default=None,
                         help="reuse this pipeline folder's text encoder, tokenizer and VQ-VAE (skips their stages)")
     parser.add_argument("--continue_from", "--continue-from", default=None,
-                        help="the long run: train this pipeline folder's transformer on (its other components are "
-                             f"kept) for {CONTINUED['steps']} × --scale more steps on {CONTINUED['num_images']} images")
+                        help="the long run's next stage: train this pipeline folder's transformer on (its other "
+                             f"components are kept) for --steps more steps on {STAGE['num_images']} new images")
+    parser.add_argument("--steps", type=int, default=STAGE["steps"],
+                        help=f"with --continue_from: the stage's steps (default {STAGE['steps']}, times --scale)")
     args = parser.parse_args(argv)
     if args.scale <= 0:
         parser.error("--scale must be > 0")
     if args.continue_from and args.components:
         parser.error("--continue_from keeps that folder's components: leave out --components")
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.num_images is None:
-        args.num_images = (CONTINUED if args.continue_from else DATA)["num_images"]
+        args.num_images = (STAGE if args.continue_from else DATA)["num_images"]
+    if args.num_images < 1:
+        parser.error(f"--num_images must be >= 1, got {args.num_images}")
 
     from var_clip import VARCLIPPipeline, shapes_world
     from var_clip.shapes_world.report import evaluate_shapes
@@ -138,16 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     # the losses stay in float32), float32 elsewhere: a CPU that emulates bf16 trains an order of magnitude slower
     common = ["--report_to", "none", "--mixed_precision", "auto", "--seed", "0"]
 
-    # 1. data
+    history = []  # the stages behind the folder a stage continues from
+    if args.continue_from:
+        if not (work / "base").is_dir():  # the run's own copy: resumes never see a changed folder
+            shutil.copytree(args.continue_from, work / ".base.partial", dirs_exist_ok=True)
+            os.replace(work / ".base.partial", work / "base")
+        history = read_history(work / "base")
+    stage = len(history) + 1
+    data_seed = DATA["seed"] + stage if args.continue_from else DATA["seed"]
+
+    # 1. data (a stage's scenes are new: its own seed)
     data = work / "data"
     if not (data / "metadata.jsonl").exists():
         t = time.time()
-        shapes_world.generate_dataset(data, num_images=args.num_images, seed=DATA["seed"])
+        shapes_world.generate_dataset(data, num_images=args.num_images, seed=data_seed)
         log["data"] = round(time.time() - t)
-
-    if args.continue_from and not (work / "base").is_dir():  # the run's own copy: resumes never see a changed folder
-        shutil.copytree(args.continue_from, work / ".base.partial", dirs_exist_ok=True)
-        os.replace(work / ".base.partial", work / "base")
     if args.continue_from or args.components:
         components = work / "base" if args.continue_from else Path(args.components)
         missing = [c for c in ("text_encoder", "tokenizer", "vqvae") if not (components / c).is_dir()]
@@ -166,10 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                 "--checkpointing_steps", "250" if args.continue_from else "500", "--checkpoints_total_limit", "1",
                 *common]
     if args.continue_from:
-        c = CONTINUED
+        c = STAGE
         var_argv += ["--pretrained_pipeline", str(components), "--learning_rate", str(c["lr"]),
-                     "--lr_scheduler", c["scheduler"], "--lr_warmup_steps", steps(c["warmup"]),
-                     "--max_train_steps", steps(c["steps"])]
+                     "--lr_scheduler", c["scheduler"],
+                     "--lr_warmup_steps", str(min(int(steps(c["warmup"])), int(steps(args.steps)))),
+                     "--max_train_steps", steps(args.steps)]
     else:
         var_argv += ["--vqvae", str(vqvae), "--text_encoder", str(text_encoder), "--tokenizer", str(tokenizer),
                      "--conditioning", args.conditioning, "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
@@ -193,13 +219,43 @@ def main(argv: list[str] | None = None) -> int:
                                      guidance_scale=EVAL["guidance_scale"], top_k=EVAL["top_k"], top_p=EVAL["top_p"])
         log["eval"] = round(time.time() - t)
         (work / "eval_summary.json").write_text(json.dumps(summary, indent=1))
-        write_card_and_publish(args, pipe, summary, log, tmp, output, work)
+        if args.continue_from:  # the stages behind the folder, this one last: the next stage continues from it
+            history = history + [stage_record(args, stage, data_seed, work)]
+            (tmp / HISTORY).write_text(json.dumps(history, indent=1) + "\n")
+        write_card_and_publish(args, pipe, summary, log, tmp, output, history)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log_path.write_text(json.dumps(log, indent=1))
     print(f"wrote {output} ({folder_mb(output):.1f} MB); timings (s): {log}")
     print(json.dumps({k: summary[k]["one_object"]["caption"] for k in ("seen", "held_out")}))
     return 0
+
+
+def read_history(folder: Path) -> list[dict]:
+    """The long-run stages behind a pipeline folder (its HISTORY file; none: the base build alone), checked."""
+    path = folder / HISTORY
+    if not path.is_file():
+        return []
+    if path.stat().st_size > 1_000_000:
+        raise SystemExit(f"{path} is over 1 MB: not a training history this recipe wrote")
+    try:
+        history = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SystemExit(f"{path} is not valid JSON: {error}") from None
+    fields = {"stage": int, "steps": int, "batch": int, "lr": float, "warmup": int, "scheduler": str,
+              "num_images": int, "data_seed": int, "hours": float, "hardware": str}
+    if not isinstance(history, list):
+        raise SystemExit(f"{path}: expected a list of stages, got {type(history).__name__}")
+    for number, entry in enumerate(history, start=1):
+        ok = isinstance(entry, dict) and set(entry) == set(fields) and entry["stage"] == number and all(
+            isinstance(entry[k], t if t is not float else (int, float)) and not isinstance(entry[k], bool)
+            for k, t in fields.items())
+        if not ok or not all(entry[k] >= 0 and (entry[k] > 0 or k in ("warmup", "hours"))
+                             for k, t in fields.items() if t is not str) or not math.isfinite(entry["lr"]) \
+                or not math.isfinite(entry["hours"]):
+            raise SystemExit(f"{path}: stage {number} is not a record this recipe writes (fields {sorted(fields)}, "
+                             "numbered from 1, finite numbers > 0)")
+    return history
 
 
 def ship_folder(folder: Path) -> None:
@@ -220,38 +276,50 @@ def ship_folder(folder: Path) -> None:
             config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def transformer_training(args) -> str:
+def transformer_training(args, history: list[dict]) -> str:
+    """The card's transformer line: the base build, then every stage of the long run behind the folder."""
     base_steps = VAR["steps"] if args.continue_from else steps_of(args, VAR["steps"])  # the base build ran in full
-    base = (f"{base_steps} steps × {VAR['batch']} images, lr {VAR['lr']} decayed linearly, "
+    text = (f"{base_steps} steps × {VAR['batch']} images, lr {VAR['lr']} decayed linearly, "
             f"{int(VAR['cond_drop'] * 100)} % condition dropout")
-    if not args.continue_from:
-        return base
-    c = CONTINUED
-    return (f"{base} (the base build), then continued for {steps_of(args, c['steps'])} steps × {VAR['batch']} images "
-            f"from the base build's float16 weights: warm-up to lr {c['lr']} over {steps_of(args, c['warmup'])} steps, "
-            "cosine decay to 0")
+    if not history:
+        return text
+    text += " (the base build)"
+    for h in history:
+        text += (f"; then long-run stage {h['stage']}: {h['steps']} steps × {h['batch']} images on {h['num_images']} "
+                 f"new scenes (seed {h['data_seed']}) from the previous float16 weights, warm-up to lr {h['lr']} over "
+                 f"{h['warmup']} steps, cosine decay to 0")
+    steps = int(base_steps) + sum(h["steps"] for h in history)
+    images = int(base_steps) * VAR["batch"] + sum(h["steps"] * h["batch"] for h in history)
+    return text + f". In all {steps} steps, {images:,} images ({images / (int(base_steps) * VAR['batch']):.1f}× the base build)"
 
 
-def training_time(args, log: dict, work: Path) -> str:
-    """The card's time. A continued run is resumed many times, so its transformer stage is timed by its log (each
-    step records the seconds since the previous one), not by the last process's clock."""
-    if not args.continue_from:
-        minutes = sum(log.values()) / 60
-        return (f"{minutes:.0f} minutes for the stages run here (the text encoder and VQ-VAE were reused from an "
-                "earlier build of this recipe)" if args.components else f"{minutes:.0f} minutes (all stages)")
+def stage_record(args, stage: int, data_seed: int, work: Path) -> dict:
+    """This stage's entry of the HISTORY file: its recipe, and its time from the trainer's log (each step records the
+    seconds since the previous one, so a resumed stage is timed by its steps, not by the last process's clock)."""
+    import torch
+
     from var_clip.training.metrics_log import logged_time, read_log
 
     t = logged_time(read_log(work / "var"))
-    if t.estimated_seconds is None:
-        return "the continued transformer stage's time was not logged"
-    text = f"about {t.estimated_seconds / 3600:.1f} hours for the continued transformer stage"
-    if t.untimed_steps:
-        text += (f" (its {t.timed_steps} timed steps took {t.seconds / 3600:.1f} hours; {t.untimed_steps} steps, "
-                 f"logged before the trainer recorded step times, counted at their median of {t.median:.2f} s)")
-    return text + ", after the base build"
+    seconds = t.seconds + (t.untimed_steps * t.median if t.median is not None else 0.0)
+    hardware = (f"one {torch.cuda.get_device_name()}" if torch.cuda.is_available()
+                else f"{os.cpu_count()} CPU cores")
+    return dict(stage=stage, steps=int(steps_of(args, args.steps)), batch=VAR["batch"], lr=STAGE["lr"],
+                warmup=min(int(steps_of(args, STAGE["warmup"])), int(steps_of(args, args.steps))), scheduler=STAGE["scheduler"], num_images=args.num_images,
+                data_seed=data_seed, hours=round(seconds / 3600, 2), hardware=hardware)
 
 
-def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, output: Path, work: Path) -> None:
+def training_time(args, log: dict, history: list[dict]) -> str:
+    """The card's time: the base build's stages, or the long run's stages behind the folder."""
+    if not history:
+        minutes = sum(log.values()) / 60
+        return (f"{minutes:.0f} minutes for the stages run here (the text encoder and VQ-VAE were reused from an "
+                "earlier build of this recipe)" if args.components else f"{minutes:.0f} minutes (all stages)")
+    stages = ", ".join(f"stage {h['stage']} {h['hours']:.1f} h on {h['hardware']}" for h in history)
+    return f"the base build's transformer {BASE_TRANSFORMER_MINUTES} minutes; the long run's {stages}"
+
+
+def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, output: Path, history: list[dict]) -> None:
     from huggingface_hub import ModelCardData
 
     from var_clip import shapes_world
@@ -278,10 +346,13 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
         transformer_params=count(pipe.transformer), vqvae_params=count(pipe.vqvae),
         text_encoder_description=f"CLIP text tower, {CLIP['layers']} layers, width {CLIP['width']}, trained "
                                  f"contrastively on the shapes world with {CLIP['hard_negatives']} hard negative captions per image",
-        text_embed_dim=tc.text_embed_dim, num_train_images=args.num_images, dataset_seed=DATA["seed"],
+        text_embed_dim=tc.text_embed_dim, num_train_images=DATA["num_images"] + sum(h["num_images"] for h in history),
+        dataset_seed="; ".join([f"{DATA['seed']}" + (f" for the base build's {DATA['num_images']}" if history else "")]
+                               + [f"{h['data_seed']} for stage {h['stage']}'s {h['num_images']}" for h in history]),
         vqvae_training=f"{steps_of(args, VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
-        transformer_training=transformer_training(args),
-        training_hardware="2 CPU cores", training_time=training_time(args, log, work),
+        transformer_training=transformer_training(args, history),
+        training_hardware=" and ".join(dict.fromkeys(["2 CPU cores", *(h["hardware"] for h in history)])),
+        training_time=training_time(args, log, history),
         num_samples_per_prompt=EVAL["samples_per_prompt"],
         num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
         num_heldout_prompts=sum(len(shapes_world.evaluation_prompts(True, n)) for n in (1, 2)),
