@@ -10,6 +10,7 @@ atomic ``save_pretrained``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import math
@@ -235,6 +236,10 @@ def trainer_main(build_parser: Callable[[], argparse.ArgumentParser], train: Cal
     args = build_parser().parse_args(argv)
     configure_logging()
     train(args)
+    # The trained model is garbage now, but kept alive by reference cycles (hooks that capture their module): an FSDP
+    # model holds its process group through its device mesh, and a gloo group freed only at interpreter shutdown can
+    # abort the process ("terminate called without an active exception") after the run succeeded. Free it now.
+    gc.collect()
     return 0
 
 
