@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -63,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_dir)
     if args.model is not None and not (Path(args.model) / "model_index.json").is_file():
         parser.error(f"--model {args.model!r} is not a pipeline folder (no model_index.json)")
+    if args.model is not None:
+        args.model = str(Path(args.model).resolve())  # the measurements run in the repository's folder
     todo = measurements(args.model, out)
     unknown = sorted(set(args.only or ()) - set(todo))
     if unknown:
@@ -74,21 +77,19 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {name}: {what}\n{shlex.join([Path(sys.executable).name, *command])}")
         return 0
 
-    # a new or empty folder, or one this script wrote (its marker): nothing of the user's is written over
+    # a new or empty folder, or one holding only what this script writes (and not the model it measures): nothing of
+    # the user's is written over
     sys.path.insert(0, str(REPO / "src"))
-    from var_clip.utils.files import MARKER_NAME, resolve_output_dir, write_marker
+    from var_clip.utils.files import claim_output_folder
 
+    own = re.compile(r"^(logs|" + "|".join(map(re.escape, measurements(None, out))) + r")$")
     try:
-        out = resolve_output_dir(out, "--output-dir")
+        out = claim_output_folder(out, "--output-dir", "measure_default_model", inputs=[args.model] if args.model else [],
+                                  own_dirs=own)
     except ValueError as error:
         parser.error(str(error))
-    marker = out / MARKER_NAME
-    ours = marker.is_file() and '"measure_default_model"' in marker.read_text(encoding="utf-8", errors="replace")
-    if out.exists() and any(out.iterdir()) and not ours:
-        parser.error(f"--output-dir {str(out)!r} is not empty and was not written by this script: choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    if not ours:
-        write_marker(out, "measure_default_model")
+    # the commands run in the repository: they name the folder by its resolved path, wherever the script was started
+    todo = {name: command for name, command in measurements(args.model, out).items() if name in todo}
     (out / "logs").mkdir(exist_ok=True)
     for name, (command, what) in todo.items():
         done = out / name / "done.json"

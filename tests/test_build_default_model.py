@@ -49,17 +49,19 @@ def run_stage(base: Path, work: Path, output: Path) -> subprocess.CompletedProce
 def test_two_stages_chain_their_history_into_the_folder_and_its_card(tmp_path):
     base = tiny_folder(tmp_path / "base")
     run_stage(base, tmp_path / "work1", tmp_path / "stage1")
-    run_stage(tmp_path / "stage1", tmp_path / "work2", tmp_path / "stage2")
+    # the next stage continues from the folder it replaces (as from the package's own default model)
+    run_stage(tmp_path / "stage1", tmp_path / "work2", tmp_path / "stage1")
+    stage2 = tmp_path / "stage1"
 
-    history = json.loads((tmp_path / "stage2" / "training_history.json").read_text())
+    history = json.loads((stage2 / "training_history.json").read_text())
     assert [h["stage"] for h in history] == [1, 2]
     assert [h["data_seed"] for h in history] == [2, 3]  # every stage trains on new scenes
     assert all(h["steps"] == 2 and h["num_images"] == 32 and h["scheduler"] == "cosine" for h in history)
-    card = (tmp_path / "stage2" / "README.md").read_text()
+    card = (stage2 / "README.md").read_text()
     assert "long-run stage 1: 2 steps" in card and "long-run stage 2: 2 steps" in card
     assert "In all 3004 steps" in card
     # the stage's folder loads as a pipeline, its transformer trained on from the base's
-    assert VARCLIPPipeline.from_pretrained(tmp_path / "stage2").transformer.config.depth == 2
+    assert VARCLIPPipeline.from_pretrained(stage2).transformer.config.depth == 2
 
 
 def test_a_history_that_is_not_the_recipes_is_refused(tmp_path):

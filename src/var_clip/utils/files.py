@@ -112,9 +112,9 @@ def resolve_output_dir(path: str | os.PathLike | None, flag: str) -> Path:
     return resolved
 
 
-def _unknown_entries(folder: Path, also_own: re.Pattern | None = None) -> list[str]:
+def _unknown_entries(folder: Path, also_own: re.Pattern | None = None, own_dirs: re.Pattern | None = None) -> list[str]:
     """The entries of ``folder`` that var-clip does not write (relative paths), recursively into components;
-    ``also_own`` matches the names of further files the command writes at the top."""
+    ``also_own`` matches the names of further files the command writes at the top, ``own_dirs`` of its folders."""
     unknown: list[str] = []
     components: set[str] = set()
     index = folder / "model_index.json"
@@ -139,17 +139,18 @@ def _unknown_entries(folder: Path, also_own: re.Pattern | None = None) -> list[s
         elif name.startswith("checkpoint-"):
             unknown += [f"{name}/{p.name}" for p in sorted(entry.iterdir())
                         if p.is_symlink() or not (p.is_dir() or _CHECKPOINT_FILE_RE.match(p.name))]
-        elif not _OWN_DIR_RE.match(name):
+        elif not _OWN_DIR_RE.match(name) and not (own_dirs and own_dirs.match(name)):
             unknown.append(name + "/")
     return unknown
 
 
 def check_replaceable(folder: str | os.PathLike, flag: str, protected: Iterable[str | os.PathLike | None] = (),
-                      also_own: re.Pattern | None = None) -> None:
+                      also_own: re.Pattern | None = None, own_dirs: re.Pattern | None = None) -> None:
     """Raise :class:`UnsafeOutputError` unless the existing ``folder`` may be replaced or written into by var-clip.
 
     It may when it is empty, or when every entry is something var-clip writes (pipeline components, weights,
-    configurations, checkpoints, logs, samples, the marker file, and the top-level files ``also_own`` matches). The
+    configurations, checkpoints, logs, samples, the marker file, and the top-level files ``also_own`` and folders
+    ``own_dirs`` match). The
     error names what else was found. The paths in ``protected`` (a command's inputs) may be neither the folder nor
     inside it: writing there would overwrite an input.
     """
@@ -163,7 +164,7 @@ def check_replaceable(folder: str | os.PathLike, flag: str, protected: Iterable[
         return
     if not folder.is_dir():
         raise UnsafeOutputError(f"{flag} {str(folder)!r} exists and is not a folder")
-    unknown = _unknown_entries(folder, also_own)
+    unknown = _unknown_entries(folder, also_own, own_dirs)
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
         raise UnsafeOutputError(f"{flag} {str(folder)!r} is not a folder var-clip wrote: it holds {shown}; "
@@ -184,12 +185,14 @@ def input_paths(args, names: Iterable[str] = INPUT_OPTIONS) -> list[Path]:
 
 
 def claim_output_folder(path: str | os.PathLike | None, flag: str, command: str,
-                        inputs: Iterable[str | os.PathLike] = (), own_files: re.Pattern | None = None) -> Path:
+                        inputs: Iterable[str | os.PathLike] = (), own_files: re.Pattern | None = None,
+                        own_dirs: re.Pattern | None = None) -> Path:
     """Make ``path`` the output folder of ``command``, before any compute: resolve it (:func:`resolve_output_dir`),
     prove that it is new, empty or var-clip's and holds none of ``inputs`` (:func:`check_replaceable`, with the
-    files the command writes matched by ``own_files``), create it and mark it. Returns the resolved folder."""
+    files and folders the command writes matched by ``own_files`` and ``own_dirs``), create it and mark it. Returns the
+    resolved folder."""
     folder = resolve_output_dir(path, flag)
-    check_replaceable(folder, flag, inputs, also_own=own_files)
+    check_replaceable(folder, flag, inputs, also_own=own_files, own_dirs=own_dirs)
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / MARKER_NAME).exists():
         write_marker(folder, command)
