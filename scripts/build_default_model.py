@@ -54,7 +54,8 @@ VAR = dict(steps=3000, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop
 STAGE = dict(steps=4000, lr=3e-4, warmup=100, scheduler="cosine", num_images=40000)
 LONG_RUN_STEPS = 30000
 HISTORY = "training_history.json"
-BASE_TRANSFORMER_MINUTES = 47  # the shipped base build's transformer stage (docs/default_model_timings.json)
+# the shipped base build's transformer stage and where it ran (docs/default_model_timings.json)
+BASE_TRANSFORMER_MINUTES, BASE_HARDWARE = 47, "2 CPU cores (bf16 autocast)"
 EVAL = dict(samples_per_prompt=4, guidance_scale=DEFAULT_GUIDANCE_SCALE, top_k=DEFAULT_TOP_K, top_p=DEFAULT_TOP_P)
 MAX_MB = 25.0
 
@@ -303,8 +304,11 @@ def stage_record(args, stage: int, data_seed: int, work: Path) -> dict:
 
     t = logged_time(read_log(work / "var"))
     seconds = t.seconds + (t.untimed_steps * t.median if t.median is not None else 0.0)
-    hardware = (f"one {torch.cuda.get_device_name()}" if torch.cuda.is_available()
-                else f"{os.cpu_count()} CPU cores")
+    from var_clip.utils.dtypes import has_native_bf16
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hardware = f"one {torch.cuda.get_device_name()}" if device == "cuda" else f"{os.cpu_count()} CPU cores"
+    hardware += " (bf16 autocast)" if has_native_bf16(device) else " (float32)"  # what --mixed_precision auto chose
     return dict(stage=stage, steps=int(steps_of(args, args.steps)), batch=VAR["batch"], lr=STAGE["lr"],
                 warmup=min(int(steps_of(args, STAGE["warmup"])), int(steps_of(args, args.steps))), scheduler=STAGE["scheduler"], num_images=args.num_images,
                 data_seed=data_seed, hours=round(seconds / 3600, 2), hardware=hardware)
@@ -352,7 +356,7 @@ def write_card_and_publish(args, pipe, summary: dict, log: dict, tmp: Path, outp
                                + [f"{h['data_seed']} for stage {h['stage']}'s {h['num_images']}" for h in history]),
         vqvae_training=f"{steps_of(args, VQVAE['steps'])} steps × {VQVAE['batch']} images, lr {VQVAE['lr']}",
         transformer_training=transformer_training(args, history),
-        training_hardware=" and ".join(dict.fromkeys(["2 CPU cores", *(h["hardware"] for h in history)])),
+        training_hardware=" and ".join(dict.fromkeys([BASE_HARDWARE, *(h["hardware"] for h in history)])),
         training_time=training_time(args, log, history),
         num_samples_per_prompt=EVAL["samples_per_prompt"],
         num_seen_prompts=sum(len(shapes_world.evaluation_prompts(False, n)) for n in (1, 2)),
