@@ -12,8 +12,9 @@ token-level conditioning; `--components FOLDER` takes the text encoder, tokenize
 folder instead of training them, so two builds can differ only in the transformer (the conditioning ablation).
 
 The long run, one stage at a time: each stage trains a finished folder's transformer on (`--steps`, 4,000 by
-default: about 70 minutes on two CPU cores with bf16 units, 3 hours without) on scenes it has not seen, and ships a finished model whose
-`training_history.json` records every stage behind it; the next stage continues from that folder.
+default: about 70 minutes on two CPU cores with bf16 units, 3 hours without) on scenes it has not seen, and ships a
+finished model whose `training_history.json` records every stage behind it; the next stage continues from that
+folder.
 
     python scripts/build_default_model.py --continue_from src/var_clip/default_model --workdir runs/stage --output runs/next
 """
@@ -52,7 +53,6 @@ VAR = dict(steps=3000, batch=32, lr=1e-3, depth=6, width=192, heads=6, cond_drop
 # from the shipped folder, whose HISTORY file records the stages behind it. The target: 27,000 steps after the
 # base build's 3,000, 960,000 images, 10x the base build.
 STAGE = dict(steps=4000, lr=3e-4, warmup=100, scheduler="cosine", num_images=40000)
-LONG_RUN_STEPS = 30000
 HISTORY = "training_history.json"
 # the shipped base build's transformer stage and where it ran (docs/default_model_timings.json)
 BASE_TRANSFORMER_MINUTES, BASE_HARDWARE = 47, "2 CPU cores (bf16 autocast)"
@@ -292,7 +292,8 @@ def transformer_training(args, history: list[dict]) -> str:
                  f"{h['warmup']} steps, cosine decay to 0")
     steps = int(base_steps) + sum(h["steps"] for h in history)
     images = int(base_steps) * VAR["batch"] + sum(h["steps"] * h["batch"] for h in history)
-    return text + f". In all {steps} steps, {images:,} images ({images / (int(base_steps) * VAR['batch']):.1f}× the base build)"
+    ratio = images / (int(base_steps) * VAR["batch"])
+    return text + f". In all {steps} steps, {images:,} images ({ratio:.1f}× the base build)"
 
 
 def stage_record(args, stage: int, data_seed: int, work: Path) -> dict:
@@ -301,17 +302,17 @@ def stage_record(args, stage: int, data_seed: int, work: Path) -> dict:
     import torch
 
     from var_clip.training.metrics_log import logged_time, read_log
+    from var_clip.utils.dtypes import has_native_bf16
 
     t = logged_time(read_log(work / "var"))
     seconds = t.seconds + (t.untimed_steps * t.median if t.median is not None else 0.0)
-    from var_clip.utils.dtypes import has_native_bf16
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hardware = f"one {torch.cuda.get_device_name()}" if device == "cuda" else f"{os.cpu_count()} CPU cores"
     hardware += " (bf16 autocast)" if has_native_bf16(device) else " (float32)"  # what --mixed_precision auto chose
-    return dict(stage=stage, steps=int(steps_of(args, args.steps)), batch=VAR["batch"], lr=STAGE["lr"],
-                warmup=min(int(steps_of(args, STAGE["warmup"])), int(steps_of(args, args.steps))), scheduler=STAGE["scheduler"], num_images=args.num_images,
-                data_seed=data_seed, hours=round(seconds / 3600, 2), hardware=hardware)
+    steps = int(steps_of(args, args.steps))
+    return dict(stage=stage, steps=steps, batch=VAR["batch"], lr=STAGE["lr"],
+                warmup=min(int(steps_of(args, STAGE["warmup"])), steps), scheduler=STAGE["scheduler"],
+                num_images=args.num_images, data_seed=data_seed, hours=round(seconds / 3600, 2), hardware=hardware)
 
 
 def training_time(args, log: dict, history: list[dict]) -> str:

@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     own = re.compile(r"^(logs|" + "|".join(map(re.escape, measurements(None, out))) + r")$")
     try:
-        out = claim_output_folder(out, "--output-dir", "measure_default_model", inputs=[args.model] if args.model else [],
-                                  own_dirs=own)
+        out = claim_output_folder(out, "--output-dir", "measure_default_model",
+                                  inputs=[args.model] if args.model else [], own_dirs=own)
     except ValueError as error:
         parser.error(str(error))
     # the commands run in the repository: they name the folder by its resolved path, wherever the script was started

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("measure_default_model", REPO / "scripts" / "measure_default_model.py")
+    path = REPO / "scripts" / "measure_default_model.py"
+    spec = importlib.util.spec_from_file_location("measure_default_model", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
