@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             os.replace(work / ".base.partial", work / "base")
         history = read_history(work / "base")
     stage = len(history) + 1
+    stage_steps = int(steps(args.steps))
+    stage_warmup = min(int(steps(STAGE["warmup"])), stage_steps)
     data_seed = DATA["seed"] + stage if args.continue_from else DATA["seed"]
 
     # 1. data (a stage's scenes are new: its own seed)
@@ -196,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         c = STAGE
         var_argv += ["--pretrained_pipeline", str(components), "--learning_rate", str(c["lr"]),
                      "--lr_scheduler", c["scheduler"],
-                     "--lr_warmup_steps", str(min(int(steps(c["warmup"])), int(steps(args.steps)))),
-                     "--max_train_steps", steps(args.steps)]
+                     "--lr_warmup_steps", str(stage_warmup), "--max_train_steps", str(stage_steps)]
     else:
         var_argv += ["--vqvae", str(vqvae), "--text_encoder", str(text_encoder), "--tokenizer", str(tokenizer),
                      "--conditioning", args.conditioning, "--depth", str(r["depth"]), "--embed_dim", str(r["width"]),
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         log["eval"] = round(time.time() - t)
         (work / "eval_summary.json").write_text(json.dumps(summary, indent=1))
         if args.continue_from:  # the stages behind the folder, this one last: the next stage continues from it
-            history = history + [stage_record(args, stage, data_seed, work)]
+            history = history + [stage_record(args, stage, stage_steps, stage_warmup, data_seed, work)]
             (tmp / HISTORY).write_text(json.dumps(history, indent=1) + "\n")
         write_card_and_publish(args, pipe, summary, log, tmp, output, history)
     finally:
@@ -296,7 +297,7 @@ def transformer_training(args, history: list[dict]) -> str:
     return text + f". In all {steps} steps, {images:,} images ({ratio:.1f}× the base build)"
 
 
-def stage_record(args, stage: int, data_seed: int, work: Path) -> dict:
+def stage_record(args, stage: int, steps: int, warmup: int, data_seed: int, work: Path) -> dict:
     """This stage's entry of the HISTORY file: its recipe, and its time from the trainer's log (each step records the
     seconds since the previous one, so a resumed stage is timed by its steps, not by the last process's clock)."""
     import torch
@@ -309,9 +310,7 @@ def stage_record(args, stage: int, data_seed: int, work: Path) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     hardware = f"one {torch.cuda.get_device_name()}" if device == "cuda" else f"{os.cpu_count()} CPU cores"
     hardware += " (bf16 autocast)" if has_native_bf16(device) else " (float32)"  # what --mixed_precision auto chose
-    steps = int(steps_of(args, args.steps))
-    return dict(stage=stage, steps=steps, batch=VAR["batch"], lr=STAGE["lr"],
-                warmup=min(int(steps_of(args, STAGE["warmup"])), steps), scheduler=STAGE["scheduler"],
+    return dict(stage=stage, steps=steps, batch=VAR["batch"], lr=STAGE["lr"], warmup=warmup, scheduler=STAGE["scheduler"],
                 num_images=args.num_images, data_seed=data_seed, hours=round(seconds / 3600, 2), hardware=hardware)
 
 

@@ -61,12 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
     args = parser.parse_args(argv)
 
-    out = Path(args.output_dir)
+    sys.path.insert(0, str(REPO / "src"))
+    from var_clip.utils.files import claim_output_folder, resolve_output_dir
+
+    try:  # resolved first (nothing is created yet): the commands run in the repository's folder, wherever this started
+        out = resolve_output_dir(args.output_dir, "--output-dir")
+    except ValueError as error:
+        parser.error(str(error))
     if args.model is not None and not (Path(args.model) / "model_index.json").is_file():
         parser.error(f"--model {args.model!r} is not a pipeline folder (no model_index.json)")
     if args.model is not None:
         args.model = str(Path(args.model).resolve())  # the measurements run in the repository's folder
-    todo = measurements(args.model, out)
+    every = measurements(args.model, out)
+    todo = dict(every)
     unknown = sorted(set(args.only or ()) - set(todo))
     if unknown:
         parser.error(f"--only: unknown measurement(s) {unknown}; choose from {sorted(todo)}")
@@ -79,17 +86,12 @@ def main(argv: list[str] | None = None) -> int:
 
     # a new or empty folder, or one holding only what this script writes (and not the model it measures): nothing of
     # the user's is written over
-    sys.path.insert(0, str(REPO / "src"))
-    from var_clip.utils.files import claim_output_folder
-
-    own = re.compile(r"^(logs|" + "|".join(map(re.escape, measurements(None, out))) + r")$")
+    own = re.compile(r"^(logs|" + "|".join(map(re.escape, every)) + r")$")
     try:
         out = claim_output_folder(out, "--output-dir", "measure_default_model",
                                   inputs=[args.model] if args.model else [], own_dirs=own)
     except ValueError as error:
         parser.error(str(error))
-    # the commands run in the repository: they name the folder by its resolved path, wherever the script was started
-    todo = {name: command for name, command in measurements(args.model, out).items() if name in todo}
     (out / "logs").mkdir(exist_ok=True)
     for name, (command, what) in todo.items():
         done = out / name / "done.json"

@@ -112,7 +112,8 @@ def resolve_output_dir(path: str | os.PathLike | None, flag: str) -> Path:
     return resolved
 
 
-def _unknown_entries(folder: Path, also_own: re.Pattern | None = None, own_dirs: re.Pattern | None = None) -> list[str]:
+def _unknown_entries(folder: Path, also_own: re.Pattern | None = None,
+                     own_dirs: re.Pattern | None = None) -> list[str]:
     """The entries of ``folder`` that var-clip does not write (relative paths), recursively into components;
     ``also_own`` matches the names of further files the command writes at the top, ``own_dirs`` of its folders."""
     unknown: list[str] = []
@@ -150,9 +151,8 @@ def check_replaceable(folder: str | os.PathLike, flag: str, protected: Iterable[
 
     It may when it is empty, or when every entry is something var-clip writes (pipeline components, weights,
     configurations, checkpoints, logs, samples, the marker file, and the top-level files ``also_own`` and folders
-    ``own_dirs`` match). The
-    error names what else was found. The paths in ``protected`` (a command's inputs) may be neither the folder nor
-    inside it: writing there would overwrite an input.
+    ``own_dirs`` match). The error names what else was found. The paths in ``protected`` (a command's inputs) may be
+    neither the folder nor inside it: writing there would overwrite an input.
     """
     folder = Path(folder)
     for path in protected:
