@@ -212,6 +212,20 @@ def test_inpainting_tasks_draw_the_new_object_and_its_relation_from_the_seed():
         assert {"right": hi < half, "left": lo > half, "top": top > half, "bottom": bottom < half}[MASKED_HALF[t.relation]]
 
 
+def test_the_strict_inpainting_verdict_counts_every_object_in_the_masked_half():
+    from var_clip import shapes_world as sw
+    from var_clip.shapes_world.edit_report import _half_box, _objects_in
+
+    kept = sw.ShapeObject("blue", "square", 16, 16.0, 32.0)
+    new = sw.ShapeObject("green", "circle", 16, 48.0, 20.0)
+    extra = sw.ShapeObject("red", "circle", 12, 48.0, 50.0)
+    right = _half_box("right", sw.IMAGE_SIZE)
+    clean = sw.render_scene(sw.Scene((kept, new), "a green circle to the right of a blue square"))
+    crowded = sw.render_scene(sw.Scene((kept, new, extra), "a green circle to the right of a blue square"))
+    assert sw.score_image(crowded, "a green circle to the right of a blue square")["caption"]  # the caption holds ...
+    assert _objects_in(clean, right) == 1 and _objects_in(crowded, right) == 2  # ... but the edit drew one too many
+
+
 def _every_command_parser():
     """(name, parser) of every var-clip subcommand, built the way the command builds it."""
     import importlib

@@ -79,6 +79,7 @@ def test_inpainting_a_new_object_keeps_the_rest_of_the_image(pipe):
     summary, _ = evaluate_inpainting(pipe, num_images=3, samples_per_image=2, show_progress=False)
     assert summary["max_unmasked_change"] == 0
     assert summary["caption_with_new_object_in_mask"] >= INPAINTING_FLOOR, summary
+    assert summary["caption_with_only_new_object_in_mask"] <= summary["caption_with_new_object_in_mask"]
     assert summary["kept_latent_psnr_median"] >= KEPT_PSNR_FLOOR, summary
 
 

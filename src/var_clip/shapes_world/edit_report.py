@@ -4,7 +4,7 @@
   of the intended result: a new object, its colour and shape drawn at random (seeded) from the seen pairs, in the
   relation to the kept object that puts it in the mask ("a green triangle above a blue square" masks the top half and
   keeps the object in the bottom one). Scored: the two-object caption holds *and* the new object lies inside the mask;
-  the kept half of the *generated latent* (decoded before the blend with the input) against the VQ-VAE's own
+  stricter, the same *and* it is the only object in the mask (an extra object drawn beside it fails); the kept half of the *generated latent* (decoded before the blend with the input) against the VQ-VAE's own
   reconstruction of the input (PSNR; below 20 dB counts as redrawn); pixels outside the mask unchanged (largest
   difference, 0–255).
 - **Outpainting**: the same scenes extended by 64 px to the right (a 128 × 64 canvas), prompted "a red circle on the
@@ -133,6 +133,12 @@ def _object_in(image: PIL.Image.Image, color: str, shape: str, box: tuple[float,
                for o in detect_objects(image))
 
 
+def _objects_in(image: PIL.Image.Image, box: tuple[float, float, float, float]) -> int:
+    """How many detected objects have their centre inside ``box`` (x0, y0, x1, y1)."""
+    x0, y0, x1, y1 = box
+    return sum(x0 <= o.cx <= x1 and y0 <= o.cy <= y1 for o in detect_objects(image))
+
+
 def _uint8(images_B3HW: torch.Tensor) -> np.ndarray:
     return (images_B3HW.float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy())
 
@@ -151,7 +157,7 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
     inpaint = VARCLIPInpaintPipeline(**pipe.components)
     inpaint.set_progress_bar_config(disable=True)
     size = inpaint.vqvae.sample_size  # scenes are drawn at the spec's 64 px and resized to the model's side
-    correct, kept_psnr, records, max_change = [], [], [], 0
+    correct, alone, kept_psnr, records, max_change = [], [], [], [], 0
     by_relation: dict[str, list[bool]] = {}
     bar = tqdm(total=num_images * samples_per_image, desc="inpainting", disable=not show_progress)
     for i, task in enumerate(inpainting_tasks(num_images, seed)):
@@ -181,9 +187,10 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
             max_change = max(max_change, int(change.max()))
             kept_psnr.append(psnr(latent_image[~mask], reconstruction[~mask]))
             scored = _at(image, IMAGE_SIZE)  # the evaluator reads the spec's 64 × 64 canvas
-            ok = bool(score_image(scored, task.prompt)["caption"]) and _object_in(
-                scored, task.color, task.shape, _half_box(task.masked_half, IMAGE_SIZE))
+            box = _half_box(task.masked_half, IMAGE_SIZE)
+            ok = bool(score_image(scored, task.prompt)["caption"]) and _object_in(scored, task.color, task.shape, box)
             correct.append(ok)
+            alone.append(ok and _objects_in(scored, box) == 1)
             by_relation.setdefault(task.relation, []).append(ok)
             records.append((task.prompt, shaded, image, ok))
         bar.update(samples_per_image)
@@ -191,6 +198,7 @@ def evaluate_inpainting(pipe, num_images: int = 12, samples_per_image: int = 4, 
     finite = [p for p in kept_psnr if np.isfinite(p)] or [float("inf")]
     summary = {
         "caption_with_new_object_in_mask": float(np.mean(correct)),
+        "caption_with_only_new_object_in_mask": float(np.mean(alone)),
         "by_relation": {r: float(np.mean(v)) for r, v in by_relation.items()},
         "kept_latent_psnr_median": float(np.median(kept_psnr)),
         "kept_latent_psnr_min": float(min(finite)),

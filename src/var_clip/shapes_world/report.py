@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  guidance {g}: " + ", ".join(f"{k} {v:.0%}" for k, v in a.items() if v is not None))
     if "inpainting" in report:
         r = report["inpainting"]
-        print(f"inpainting: caption with the new object in the mask {r['caption_with_new_object_in_mask']:.0%}, kept "
+        print(f"inpainting: caption with the new object in the mask {r['caption_with_new_object_in_mask']:.0%} "
+              f"(the only object there {r['caption_with_only_new_object_in_mask']:.0%}), kept "
               f"half of the generated latent {r['kept_latent_psnr_median']:.1f} dB median "
               f"({r['kept_redrawn_share']:.0%} redrawn), largest change outside the mask {r['max_unmasked_change']}; "
               "by relation of the new object: "
