@@ -257,7 +257,7 @@ def test_shared_exclusive_lock_lets_a_change_wait_for_running_work_and_hold_back
 
 def test_lora_load_weight_unload(engine, tmp_path):
     pytest.importorskip("peft")
-    from var_clip.loaders import lora_config
+    from var_clip.loaders import adapter_parts, lora_config
 
     pipe = engine.pipe
     source = load_pipeline(None)
@@ -266,11 +266,16 @@ def test_lora_load_weight_unload(engine, tmp_path):
         for name, param in source.transformer.named_parameters():
             if "lora_B.style." in name:
                 param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(0)) * 2)
-    source.save_lora_adapter_weights(tmp_path / "adapter", adapter_name="style")
+    source.save_lora_weights(tmp_path / "adapter", adapter_words=["huge"],
+                             **adapter_parts({"transformer": source.transformer}, "style"))
 
     base = run(engine, DemoRequest("a red circle", seed=1))[-1].images[0].image
+    assert run(engine, DemoRequest("a huge red circle"))[-1].unknown_words == ["huge"]
     engine.load_lora(str(tmp_path / "adapter"), 1.0)
     assert engine.lora == (str(tmp_path / "adapter"), 1.0)
+    # the word the adapter taught is not called unknown while it is loaded
+    assert run(engine, DemoRequest("a huge red circle"))[-1].unknown_words == []
+    assert "huge" in engine.vocabulary
     adapted = run(engine, DemoRequest("a red circle", seed=1))[-1].images[0].image
     assert not np.array_equal(np.asarray(adapted), np.asarray(base))
     engine.set_lora_weight(0.0)
@@ -278,6 +283,7 @@ def test_lora_load_weight_unload(engine, tmp_path):
                           np.asarray(base))
     engine.unload_lora()
     assert engine.lora is None and pipe.get_list_adapters() in ({}, {"transformer": []})
+    assert "huge" not in engine.vocabulary
     with pytest.raises(ValueError, match="no LoRA"):
         engine.set_lora_weight(1.0)
     with pytest.raises(ValueError, match="LoRA folder"):

@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 from var_clip import VARCLIPImg2ImgPipeline, VARCLIPInpaintPipeline, VARCLIPPipeline
 from var_clip.cli import main as cli_main
 from var_clip.loaders import (
+    ADAPTER_WORDS_KEY,
     LORA_WEIGHT_NAME,
+    adapter_parts,
     add_text_encoder_adapter,
     lora_config,
     lora_target_modules,
@@ -27,6 +29,7 @@ from var_clip.shapes_world import generate_dataset
 from var_clip.training import train_var
 from var_clip.training.checkpointing import list_checkpoints
 from var_clip.training.engine import read_log
+from var_clip.vocabulary import unknown_words
 
 from .conftest import (
     killed_after_checkpoint,
@@ -273,6 +276,69 @@ def test_pickled_adapter_files_are_refused(tiny_pipe, tmp_path):
     with pytest.raises(ValueError, match="not a LoRA file"):
         tiny_pipe.load_lora_weights(tmp_path / "not_lora.safetensors")
     assert tiny_pipe.get_list_adapters() == {}
+
+
+def test_the_words_an_adapter_taught_are_known_while_it_is_active(tiny_pipe, tmp_path, caplog):
+    tiny_pipe.transformer.register_to_config(vocabulary=["a", "circle", "red"])
+    add_random_adapter(tiny_pipe, "huge", seed=0)
+    parts = adapter_parts({"transformer": tiny_pipe.transformer}, "huge")
+    path = VARCLIPPipeline.save_lora_weights(tmp_path / "huge", adapter_words=["huge", "huge"], **parts)
+    tiny_pipe.delete_adapters("huge")
+    with safetensors.safe_open(path, framework="pt") as handle:
+        assert json.loads(handle.metadata()[ADAPTER_WORDS_KEY]) == ["huge"]
+    saved_adapter(tiny_pipe, tmp_path / "other", "other", seed=1)  # an adapter that records no words
+
+    prompt = "a huge red circle"
+    assert tiny_pipe.warn_unknown_words(prompt) == ["huge"]
+    tiny_pipe.load_lora_weights(tmp_path / "huge", adapter_name="huge")
+    caplog.clear()
+    assert tiny_pipe.warn_unknown_words(prompt) == [] and "never saw" not in caplog.text
+    assert tiny_pipe.known_words() == ["a", "circle", "huge", "red"]
+    # pipelines made from this one share its components, and so the adapter's words
+    assert VARCLIPImg2ImgPipeline.from_pipe(tiny_pipe).warn_unknown_words(prompt) == []
+    # a loaded adapter is saved again with its words
+    again = tiny_pipe.save_lora_adapter_weights(tmp_path / "again", adapter_name="huge")
+    with safetensors.safe_open(again, framework="pt") as handle:
+        assert json.loads(handle.metadata()[ADAPTER_WORDS_KEY]) == ["huge"]
+
+    # only the active adapters' words count
+    tiny_pipe.load_lora_weights(tmp_path / "other", adapter_name="other")
+    assert tiny_pipe.warn_unknown_words(prompt) == ["huge"]
+    tiny_pipe.set_adapters(["huge", "other"])
+    assert tiny_pipe.warn_unknown_words(prompt) == []
+    tiny_pipe.delete_adapters("huge")
+    assert tiny_pipe.warn_unknown_words(prompt) == ["huge"]
+    tiny_pipe.load_lora_weights(tmp_path / "huge", adapter_name="huge")
+    tiny_pipe.unload_lora_weights()
+    assert tiny_pipe.warn_unknown_words(prompt) == ["huge"] and tiny_pipe.adapter_words() == []
+
+
+@pytest.mark.parametrize(("header", "message"), [
+    ("not json", "header is not JSON"),
+    ('{"huge": 1}', "must be a list of words"),
+    ('["two words"]', "single lower-case words"),
+    ('["Huge"]', "single lower-case words"),
+    ("[" + ", ".join(['"a"'] * 100_001) + "]", "at most 100,000"),
+])
+def test_adapter_words_in_a_file_are_checked(tiny_pipe, tmp_path, header, message):
+    add_random_adapter(tiny_pipe, "concept", seed=0)
+    tensors = {f"transformer.{k}": v.contiguous()
+               for k, v in get_peft_model_state_dict(tiny_pipe.transformer, adapter_name="concept").items()}
+    tiny_pipe.delete_adapters("concept")
+    save_file(tensors, tmp_path / LORA_WEIGHT_NAME, metadata={"format": "pt", ADAPTER_WORDS_KEY: header})
+    with pytest.raises(ValueError, match=message) as error:
+        tiny_pipe.load_lora_weights(tmp_path)
+    assert ADAPTER_WORDS_KEY in str(error.value)
+    assert tiny_pipe.get_list_adapters() == {}
+
+
+def test_save_lora_weights_refuses_bad_adapter_words_before_writing(tiny_pipe, tmp_path):
+    add_random_adapter(tiny_pipe, "concept", seed=0)
+    parts = adapter_parts({"transformer": tiny_pipe.transformer}, "concept")
+    for words in ("huge", ["in the corner"], [3]):
+        with pytest.raises(ValueError, match="adapter_words"):
+            VARCLIPPipeline.save_lora_weights(tmp_path / "out", adapter_words=words, **parts)
+    assert not (tmp_path / "out").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -551,8 +617,13 @@ def test_a_token_embedding_adapter_learns_new_words_and_leaves_known_prompts_bit
         return e.prompt_embeds
 
     before_known, before_new = encoded(known), encoded(new)
+    captions = [json.loads(line)["text"] for line in (workdir / "shapes" / "metadata.jsonl").read_text().splitlines()]
+    taught = unknown_words(captions, ["a", "red", "circle"])
+    with safetensors.safe_open(workdir / "te-emb" / LORA_WEIGHT_NAME, framework="pt") as handle:
+        assert json.loads(handle.metadata()[ADAPTER_WORDS_KEY]) == sorted(taught) and taught
     base.load_lora_weights(workdir / "te-emb", adapter_name="words")
     assert base.get_list_adapters() == {"text_encoder": ["words"]}
+    assert base.warn_unknown_words(captions) == []  # what the adapter taught is no longer called unknown
     assert torch.equal(encoded(known), before_known)  # rows of known tokens stayed exactly zero
     assert not torch.equal(encoded(new), before_new)
 

@@ -253,7 +253,8 @@ class DemoEngine:
 
     @property
     def vocabulary(self) -> list[str]:
-        return list(getattr(self.pipe.transformer.config, "vocabulary", None) or [])
+        """The words that steer the model, the loaded adapter's included ([] when the model records none)."""
+        return self.pipe.known_words() or []
 
     @property
     def judges_shapes_world(self) -> bool:

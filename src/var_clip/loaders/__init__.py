@@ -4,6 +4,7 @@ VARCLIPLoraLoaderMixin`` keeps working.
 """
 
 from .lora import (
+    ADAPTER_WORDS_KEY,
     LORA_WEIGHT_NAME,
     TEXT_ENCODER_LORA_TARGETS,
     VARCLIPLoraLoaderMixin,
@@ -18,6 +19,7 @@ from .lora import (
 )
 
 __all__ = [
+    "ADAPTER_WORDS_KEY",
     "LORA_WEIGHT_NAME",
     "TEXT_ENCODER_LORA_TARGETS",
     "VARCLIPLoraLoaderMixin",

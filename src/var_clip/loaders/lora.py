@@ -8,7 +8,9 @@ The transformer is a diffusers ``PeftAdapterMixin`` model (``add_adapter``, ``se
 Files follow diffusers' layout: one ``pytorch_lora_weights.safetensors`` whose keys are
 ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` (and ``text_encoder.<module>...`` when the adapter also
 adapts the text encoder) and whose header holds each part's peft ``LoraConfig`` (``lora_adapter_metadata``, each key
-prefixed with its component), so rank, alpha and targets travel with the weights.
+prefixed with its component), so rank, alpha and targets travel with the weights. An adapter that taught the model
+words its base never read records them in the header too (``var_clip_words``, a JSON list): while it is active, the
+pipelines count them as known and do not warn about them.
 Only safetensors are read: a pickled adapter (``.bin``, ``torch.save``) is refused, whatever its suffix, because
 unpickling runs code.
 """
@@ -38,9 +40,10 @@ from diffusers.utils.peft_utils import set_weights_and_activate_adapters
 from ..hub import is_pickle_file
 from ..utils.atomic import atomic_open
 from ..utils.files import check_regular_file, check_replaceable, resolve_output_dir
+from ..vocabulary import caption_words
 
-__all__ = ["LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin", "adapter_parts",
-           "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules", "remove_adapter",
+__all__ = ["ADAPTER_WORDS_KEY", "LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin",
+           "adapter_parts", "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules", "remove_adapter",
            "require_peft", "text_encoder_lora_config"]
 
 logger = logging.get_logger(__name__)
@@ -50,6 +53,9 @@ LORA_WEIGHT_NAME = LORA_WEIGHT_NAME_SAFE
 LORA_METADATA_KEY = LORA_ADAPTER_METADATA_KEY  # diffusers' header key for the adapter's LoraConfig
 TRANSFORMER_PREFIX = "transformer"
 TEXT_ENCODER_PREFIX = "text_encoder"
+#: the header key of the words an adapter taught (a JSON list), read by the pipelines' unknown-word check
+ADAPTER_WORDS_KEY = "var_clip_words"
+MAX_ADAPTER_WORDS, MAX_WORD_LENGTH = 100_000, 128
 #: the CLIP text encoder's default LoRA targets, as diffusers' text-encoder LoRA trainings: every attention projection
 TEXT_ENCODER_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -292,6 +298,20 @@ def _check_lora_contents(state_dict: Mapping[str, torch.Tensor], metadata: dict 
                              "`lora_B.bias` tensors; the header does not describe the weights")
 
 
+def check_adapter_words(words, name: str) -> list[str]:
+    """``words`` as a sorted list of distinct lower-case words (what :func:`~var_clip.vocabulary.caption_words` finds
+    in a caption); a ValueError naming ``name`` for anything else."""
+    if isinstance(words, (str, bytes)) or not isinstance(words, Sequence):
+        raise ValueError(f"{name} must be a list of words, got {type(words).__name__}")
+    if len(words) > MAX_ADAPTER_WORDS:
+        raise ValueError(f"{name} holds {len(words):,} words; at most {MAX_ADAPTER_WORDS:,} are allowed")
+    bad = [w for w in words if not isinstance(w, str) or len(w) > MAX_WORD_LENGTH or caption_words(w) != [w]]
+    if bad:
+        raise ValueError(f"{name} must hold single lower-case words (letters, an apostrophe; at most "
+                         f"{MAX_WORD_LENGTH} characters), got {str(bad[0])[:80]!r}")
+    return sorted(set(words))
+
+
 def _local_lora_file(path: Path, weight_name: str | None) -> Path:
     """The safetensors file a local path names, or a ValueError that says why it is not one."""
     if path.is_dir():
@@ -336,6 +356,16 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         ``pytorch_lora_weights.safetensors``), a Hub repo id (the file is downloaded with ``huggingface_hub``;
         ``revision``, ``token``, ``cache_dir``, ``local_files_only`` are passed on) or a state dict.
         """
+        state_dict, metadata, _ = cls._read_lora(pretrained_model_name_or_path_or_dict, weight_name, subfolder,
+                                                 **hub_kwargs)
+        return (state_dict, metadata) if return_lora_metadata else state_dict
+
+    @classmethod
+    def _read_lora(cls, pretrained_model_name_or_path_or_dict, weight_name: str | None = None,
+                   subfolder: str | None = None, **hub_kwargs) -> tuple[dict, dict | None, list[str]]:
+        """The tensors, the adapter metadata (or None) and the words the adapter taught (``[]`` when it records
+        none) of a LoRA file or state dict, checked."""
+        words: list[str] = []
         if isinstance(pretrained_model_name_or_path_or_dict, Mapping):
             state_dict, metadata = dict(pretrained_model_name_or_path_or_dict), None
         else:
@@ -358,20 +388,24 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
             try:
                 state_dict = safetensors.torch.load_file(path, device="cpu")
                 with safetensors.safe_open(path, framework="pt") as handle:
-                    raw = (handle.metadata() or {}).get(LORA_METADATA_KEY)
+                    header = handle.metadata() or {}
             except safetensors.SafetensorError as error:
                 raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
+            raw, raw_words = header.get(LORA_METADATA_KEY), header.get(ADAPTER_WORDS_KEY)
             try:
                 metadata = json.loads(raw) if raw else None
+                words = json.loads(raw_words) if raw_words else []
             except ValueError:
-                raise ValueError(f"{str(path)!r}: its `{LORA_METADATA_KEY}` header is not JSON") from None
+                key = LORA_METADATA_KEY if raw_words is None else f"{LORA_METADATA_KEY}` or `{ADAPTER_WORDS_KEY}"
+                raise ValueError(f"{str(path)!r}: its `{key}` header is not JSON") from None
+            words = check_adapter_words(words, f"{str(path)!r}: its `{ADAPTER_WORDS_KEY}` header")
         is_lora = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
         if not state_dict or not all(any(part in k for part in is_lora) for k in state_dict):
             odd = [k for k in state_dict if not any(part in k for part in is_lora)][:3]
             raise ValueError(f"not a LoRA file in diffusers' peft layout (keys `...lora_A.weight` / "
                              f"`...lora_B.weight`): {'it is empty' if not state_dict else f'found {odd}'}")
         _check_lora_contents(state_dict, metadata)
-        return (state_dict, metadata) if return_lora_metadata else state_dict
+        return state_dict, metadata, words
 
     def load_lora_weights(self, pretrained_model_name_or_path_or_dict, adapter_name: str | None = None,
                           hotswap: bool = False, **kwargs) -> None:
@@ -381,8 +415,7 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         the same adapter name; a file with neither is refused.
         """
         require_peft()
-        state_dict, metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict, return_lora_metadata=True,
-                                                    **kwargs)
+        state_dict, metadata, words = self._read_lora(pretrained_model_name_or_path_or_dict, **kwargs)
         parts = {prefix: any(k.startswith(f"{prefix}.") for k in state_dict)
                  for prefix in (TRANSFORMER_PREFIX, TEXT_ENCODER_PREFIX)}
         if not any(parts.values()):
@@ -426,6 +459,9 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                 if active:
                     self.set_adapters(active)
             raise
+        self._adapter_words.pop(adapter_name, None)
+        if words:
+            self._adapter_words[adapter_name] = words
         # a newly loaded adapter is the active one, in every component it adapts and no other
         self.set_adapters(adapter_name)
 
@@ -436,19 +472,21 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                           is_main_process: bool = True, weight_name: str | None = None,
                           transformer_lora_adapter_metadata: dict | None = None,
                           text_encoder_lora_adapter_metadata: dict | None = None,
-                          safe_serialization: bool = True) -> Path:
+                          safe_serialization: bool = True, adapter_words: Sequence[str] | None = None) -> Path:
         """Write ``transformer_lora_layers`` and/or ``text_encoder_lora_layers`` (peft's
         ``get_peft_model_state_dict(module, adapter_name=...)``) as diffusers' ``pytorch_lora_weights.safetensors`` in
         ``save_directory``, atomically; returns the file. ``save_directory`` must be new or hold only files var-clip
         writes (:func:`~var_clip.utils.files.check_replaceable`): a user's folder is refused before anything is written.
 
         ``*_lora_adapter_metadata`` is each part's ``LoraConfig.to_dict()``; with it the file loads with the same rank,
-        alpha and targets anywhere.
+        alpha and targets anywhere. ``adapter_words``: the words the adapter taught that its base model never read
+        (lower-case single words); a pipeline that loads the file does not warn about them while it is active.
         """
         if not safe_serialization:
             raise ValueError("var-clip writes LoRA weights as safetensors only (`safe_serialization=True`)")
         parts = {TRANSFORMER_PREFIX: (transformer_lora_layers, transformer_lora_adapter_metadata),
                  TEXT_ENCODER_PREFIX: (text_encoder_lora_layers, text_encoder_lora_adapter_metadata)}
+        words = check_adapter_words(adapter_words, "adapter_words") if adapter_words is not None else []
         if not transformer_lora_layers and not text_encoder_lora_layers:
             raise ValueError("pass `transformer_lora_layers` (and/or `text_encoder_lora_layers`), e.g. "
                              "peft.utils.get_peft_model_state_dict(pipe.transformer, adapter_name=...)")
@@ -463,6 +501,8 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         header = {"format": "pt"}
         if packed:
             header[LORA_METADATA_KEY] = json.dumps(packed, indent=2, sort_keys=True, default=str)
+        if words:
+            header[ADAPTER_WORDS_KEY] = json.dumps(words)
         name = weight_name or LORA_WEIGHT_NAME
         if Path(name).name != name or not name.endswith(".safetensors"):
             raise ValueError(f"`weight_name` must be a file name ending in .safetensors, got {weight_name!r}")
@@ -485,7 +525,27 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                               adapter_name)
         if not parts:
             raise ValueError(f"no adapter {adapter_name!r} in this pipeline (it has {self.get_list_adapters()})")
-        return self.save_lora_weights(save_directory, weight_name=weight_name, **parts)
+        return self.save_lora_weights(save_directory, weight_name=weight_name,
+                                      adapter_words=self._adapter_words.get(adapter_name), **parts)
+
+    @property
+    def _adapter_words(self) -> dict[str, list[str]]:
+        """Per loaded adapter, the words its file says it taught. Kept on the transformer (the text encoder where there
+        is none), so that pipelines made from this one with ``from_pipe``, which share it, see the same."""
+        holder = getattr(self, TRANSFORMER_PREFIX, None)
+        if holder is None:
+            holder = getattr(self, TEXT_ENCODER_PREFIX, None)
+        if holder is None:
+            return {}
+        return holder.__dict__.setdefault("_var_clip_adapter_words", {})
+
+    def adapter_words(self) -> list[str]:
+        """The words the active adapters taught (as their files record them), sorted; ``[]`` without adapters."""
+        taught = self._adapter_words
+        if not taught:
+            return []
+        active = set(self.get_active_adapters())
+        return sorted({word for name, words in taught.items() if name in active for word in words})
 
     def _loaded(self, adapter_names: list[str] | str) -> tuple[list[str], dict[str, list[str]]]:
         """``adapter_names`` as a list, and the adapters each component holds; an error naming any not loaded."""
@@ -535,6 +595,8 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         for component, held in present.items():
             for name in (n for n in names if n in held):
                 remove_adapter(getattr(self, component), name)
+        for name in names:
+            self._adapter_words.pop(name, None)
 
     def get_active_adapters(self) -> list[str]:
         """The adapters active in any component, in the order they were activated."""
@@ -603,3 +665,4 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
         if self._weights_before_fusing:
             self.unfuse_lora(components=list(self._weights_before_fusing))
         super().unload_lora_weights()
+        self._adapter_words.clear()

@@ -220,9 +220,19 @@ class VARCLIPPipeline(NextScalePipelineMixin, DiffusionPipeline, VARCLIPLoraLoad
             condition.update(encoder_hidden_states=states, encoder_attention_mask=mask)
         return condition
 
-    def warn_unknown_words(self, prompt: str | list[str] | None) -> list[str]:
-        """Warn once per call when the prompts use words the transformer never saw in training; returns them."""
+    def known_words(self) -> list[str] | None:
+        """The words that steer this pipeline: those of the transformer's training captions (its config's
+        ``vocabulary``) and those the active LoRA adapters taught; None when the model records no vocabulary."""
         vocabulary = getattr(self.transformer.config, "vocabulary", None) if self.transformer is not None else None
+        if not vocabulary:
+            return None
+        taught = self.adapter_words()
+        return sorted({*vocabulary, *taught}) if taught else list(vocabulary)
+
+    def warn_unknown_words(self, prompt: str | list[str] | None) -> list[str]:
+        """Warn once per call when the prompts use words the transformer never saw in training (and no active adapter
+        taught); returns them."""
+        vocabulary = self.known_words()
         if not vocabulary or prompt is None:
             return []
         unknown = unknown_words([prompt] if isinstance(prompt, str) else prompt, vocabulary)
