@@ -43,8 +43,8 @@ from ..utils.files import check_regular_file, check_replaceable, resolve_output_
 from ..vocabulary import caption_words
 
 __all__ = ["ADAPTER_WORDS_KEY", "LORA_WEIGHT_NAME", "TEXT_ENCODER_LORA_TARGETS", "VARCLIPLoraLoaderMixin",
-           "adapter_parts", "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules", "remove_adapter",
-           "require_peft", "text_encoder_lora_config"]
+           "adapter_parts", "add_text_encoder_adapter", "loaded_adapters", "lora_config", "lora_target_modules",
+           "remove_adapter", "require_peft", "text_encoder_lora_config"]
 
 logger = logging.get_logger(__name__)
 
@@ -312,6 +312,15 @@ def check_adapter_words(words, name: str) -> list[str]:
     return sorted(set(words))
 
 
+def _json_header(header: Mapping[str, str], key: str, path: Path):
+    """The JSON value under ``key`` of a safetensors header (None when absent), or a ValueError naming the file."""
+    raw = header.get(key)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        raise ValueError(f"{str(path)!r}: its `{key}` header is not JSON") from None
+
+
 def _local_lora_file(path: Path, weight_name: str | None) -> Path:
     """The safetensors file a local path names, or a ValueError that says why it is not one."""
     if path.is_dir():
@@ -391,14 +400,9 @@ class VARCLIPLoraLoaderMixin(LoraBaseMixin):
                     header = handle.metadata() or {}
             except safetensors.SafetensorError as error:
                 raise ValueError(f"{str(path)!r} is not a readable safetensors file: {error}") from error
-            raw, raw_words = header.get(LORA_METADATA_KEY), header.get(ADAPTER_WORDS_KEY)
-            try:
-                metadata = json.loads(raw) if raw else None
-                words = json.loads(raw_words) if raw_words else []
-            except ValueError:
-                key = LORA_METADATA_KEY if raw_words is None else f"{LORA_METADATA_KEY}` or `{ADAPTER_WORDS_KEY}"
-                raise ValueError(f"{str(path)!r}: its `{key}` header is not JSON") from None
-            words = check_adapter_words(words, f"{str(path)!r}: its `{ADAPTER_WORDS_KEY}` header")
+            metadata = _json_header(header, LORA_METADATA_KEY, path)
+            words = check_adapter_words(_json_header(header, ADAPTER_WORDS_KEY, path) or [],
+                                        f"{str(path)!r}: its `{ADAPTER_WORDS_KEY}` header")
         is_lora = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
         if not state_dict or not all(any(part in k for part in is_lora) for k in state_dict):
             odd = [k for k in state_dict if not any(part in k for part in is_lora)][:3]
