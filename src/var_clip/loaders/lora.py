@@ -312,6 +312,12 @@ def check_adapter_words(words, name: str) -> list[str]:
     return sorted(set(words))
 
 
+def recordable_words(words: Sequence[str]) -> list[str]:
+    """The words of ``words`` a LoRA file can record (:func:`check_adapter_words` accepts them all): caption words no
+    longer than ``MAX_WORD_LENGTH``, the first ``MAX_ADAPTER_WORDS`` of them."""
+    return [w for w in words if len(w) <= MAX_WORD_LENGTH and caption_words(w) == [w]][:MAX_ADAPTER_WORDS]
+
+
 def _json_header(header: Mapping[str, str], key: str, path: Path):
     """The JSON value under ``key`` of a safetensors header (None when absent), or a ValueError naming the file."""
     raw = header.get(key)

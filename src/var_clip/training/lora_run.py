@@ -21,13 +21,7 @@ import numpy as np
 import torch
 
 from .. import DEFAULT_MODEL
-from ..loaders.lora import (
-    LORA_WEIGHT_NAME,
-    MAX_ADAPTER_WORDS,
-    MAX_WORD_LENGTH,
-    VARCLIPLoraLoaderMixin,
-    adapter_parts,
-)
+from ..loaders.lora import LORA_WEIGHT_NAME, VARCLIPLoraLoaderMixin, adapter_parts, recordable_words
 from ..pipelines.pipeline_var_clip import VARCLIPPipeline
 from .lora_defaults import CACHE_DIR, LoraDefaults, choose_lora_defaults
 from .prior_preservation import (
@@ -139,8 +133,7 @@ def export_lora(model: torch.nn.Module, folder: Path, args: argparse.Namespace, 
     text_encoder = getattr(model, "text_encoder", None)
     parts = adapter_parts({"transformer": transformer, "text_encoder": text_encoder}, LORA_ADAPTER_NAME)
     # the words the captions taught: while the adapter is active the pipelines no longer warn that they are unknown
-    # (as many as a file records; a word too long to be one is left out)
-    taught = [w for w in run.defaults.new_words or [] if len(w) <= MAX_WORD_LENGTH][:MAX_ADAPTER_WORDS]
+    taught = recordable_words(run.defaults.new_words or [])
     VARCLIPLoraLoaderMixin.save_lora_weights(folder, adapter_words=taught or None, **parts)
 
     rows = ["| part | rank | alpha | dropout | targets | adapter parameters | base parameters |",
